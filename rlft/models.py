@@ -1,0 +1,213 @@
+"""Building and loading Stable Diffusion pipelines: a hub id or folder, the offline tiny model, SD 1.5 random.
+
+Every pipeline comes back with a `DDIMScheduler` (the sampler's log-probabilities need DDIM), the safety
+checker off, all weights frozen and the progress bar off. Names are checked before anything is built.
+"""
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+BUILTIN_MODELS = ("tiny", "sd15-random")
+# Hub ids are "owner/name" with letters, digits, '-', '_' and '.' (huggingface_hub's own rule).
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
+
+# The prompts the tiny tokenizer is trained on; any other prompt still tokenizes (down to bytes).
+TINY_TOKENIZER_TEXT = (
+    "a photo of a cat dog horse monkey rabbit zebra spider bird sheep deer cow goat lion frog chicken duck "
+    "goose bee pig turkey fly llama camel bat gorilla hedgehog kangaroo an the painting picture of in on with"
+)
+
+
+def check_model_name(name: str) -> str:
+    """Which kind of model `name` is ("tiny", "sd15-random", "folder" or "hub"), or a ValueError that says why not."""
+    if name in BUILTIN_MODELS:
+        return name
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise ValueError(f"model folder {name!r} has no model_index.json: not a diffusers pipeline folder")
+        return "folder"
+    if name.startswith((".", "/", "~")) or os.sep in name.strip("/").replace("/", "", 1):
+        raise ValueError(f"model folder {name!r} does not exist")
+    if not _HUB_ID.match(name) or ".." in name or name.endswith(".git"):
+        raise ValueError(
+            f"model {name!r} is not allowed: use 'tiny', 'sd15-random', an existing pipeline folder, "
+            "or a hub id like 'stable-diffusion-v1-5/stable-diffusion-v1-5'"
+        )
+    return "hub"
+
+
+def load_pipeline(
+    name_or_path: str,
+    *,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> StableDiffusionPipeline:
+    """A frozen `StableDiffusionPipeline` with a DDIM scheduler, on `device` in `dtype`.
+
+    "tiny" builds the offline tiny model from `seed` (DESIGN.md, "The tiny model"); "sd15-random" builds the
+    Stable Diffusion 1.5 architecture with random weights, for speed and memory work; anything else is a hub
+    id or a local folder, loaded with diffusers' `from_pretrained`.
+    """
+    kind = check_model_name(name_or_path)
+    if kind == "tiny":
+        pipe = build_tiny_pipeline(seed)
+    elif kind == "sd15-random":
+        pipe = build_sd15_random_pipeline(seed)
+    else:
+        pipe = StableDiffusionPipeline.from_pretrained(
+            name_or_path, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False
+        )
+        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    # Casting only when asked: diffusers warns on any dtype cast of a built model.
+    pipe = pipe.to(device) if dtype == torch.float32 else pipe.to(device=device, dtype=dtype)
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+        module.requires_grad_(False)
+        module.eval()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _sd_scheduler() -> DDIMScheduler:
+    # Stable Diffusion 1.x's noise schedule.
+    return DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+
+
+def build_tiny_tokenizer() -> CLIPTokenizer:
+    """A CLIP tokenizer whose BPE merges are learned from TINY_TOKENIZER_TEXT, offline and deterministically.
+
+    The vocabulary holds every byte symbol (CLIP's byte-to-unicode table, plain and word-final), so any
+    prompt tokenizes; the merges only make the listed words single tokens.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers.models.clip.tokenization_clip import bytes_to_unicode
+
+    symbols = list(bytes_to_unicode().values())
+    tokenizer = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.BpeTrainer(
+        vocab_size=800, initial_alphabet=symbols, end_of_word_suffix="</w>", show_progress=False
+    )
+    tokenizer.train_from_iterator([TINY_TOKENIZER_TEXT], trainer)
+    learned = json.loads(tokenizer.to_str())["model"]
+    vocab = {s: i for i, s in enumerate(symbols + [s + "</w>" for s in symbols])}
+    for merge in learned["merges"]:
+        merged = "".join(merge) if isinstance(merge, list) else merge.replace(" ", "")
+        vocab.setdefault(merged, len(vocab))
+    for special in ("<|startoftext|>", "<|endoftext|>"):
+        vocab[special] = len(vocab)
+    merges = [" ".join(m) if isinstance(m, list) else m for m in learned["merges"]]
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / "vocab.json").write_text(json.dumps(vocab))
+        # CLIPTokenizer skips the first line of merges.txt (a version header).
+        (Path(folder) / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+        return CLIPTokenizer(
+            str(Path(folder) / "vocab.json"), str(Path(folder) / "merges.txt"), model_max_length=77
+        )
+
+
+def build_tiny_pipeline(seed: int = 0) -> StableDiffusionPipeline:
+    """The offline tiny model: 16x16 images, 8x8 latents, a 0.8 M-parameter UNet; random weights from `seed`."""
+    tokenizer = build_tiny_tokenizer()
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=4,
+        norm_num_groups=8,
+    )
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKL(
+        block_out_channels=(32, 64),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=16,
+    )
+    torch.manual_seed(seed + 2)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            max_position_embeddings=77,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=_sd_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def build_sd15_random_pipeline(seed: int = 0) -> StableDiffusionPipeline:
+    """Stable Diffusion 1.5's architecture (860 M-parameter UNet, 512x512 images) with random weights.
+
+    For GPU speed and memory measurements only: nothing is downloaded, so the tokenizer is the tiny one
+    (ids still index the real 49408-entry embedding table).
+    """
+    tokenizer = build_tiny_tokenizer()
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        layers_per_block=2,
+        sample_size=512,
+    )
+    torch.manual_seed(seed + 2)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=49408,
+            hidden_size=768,
+            intermediate_size=3072,
+            num_attention_heads=12,
+            num_hidden_layers=12,
+            max_position_embeddings=77,
+            hidden_act="quick_gelu",
+            projection_dim=768,
+        )
+    )
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=_sd_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
