@@ -29,6 +29,8 @@ def check_model_name(name: str) -> str:
     """Which kind of model `name` is ("tiny", "sd15-random", "folder" or "hub"), or a ValueError that says why not."""
     if name in BUILTIN_MODELS:
         return name
+    if not name.strip():
+        raise ValueError("model name is empty: use 'tiny', 'sd15-random', a pipeline folder or a hub id")
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "model_index.json").is_file():
@@ -89,31 +91,28 @@ def _sd_scheduler() -> DDIMScheduler:
 
 
 def build_tiny_tokenizer() -> CLIPTokenizer:
-    """A CLIP tokenizer whose BPE merges are learned from TINY_TOKENIZER_TEXT, offline and deterministically.
+    """A CLIP tokenizer for TINY_TOKENIZER_TEXT's words, built offline and identically every time.
 
     The vocabulary holds every byte symbol (CLIP's byte-to-unicode table, plain and word-final), so any
-    prompt tokenizes; the merges only make the listed words single tokens.
+    prompt tokenizes; each listed word adds left-to-right merges, so most become one token. (BPE trained
+    with `tokenizers` breaks ties between equally frequent pairs differently from run to run: not used.)
     """
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers.models.clip.tokenization_clip import bytes_to_unicode
 
     symbols = list(bytes_to_unicode().values())
-    tokenizer = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    trainer = trainers.BpeTrainer(
-        vocab_size=800, initial_alphabet=symbols, end_of_word_suffix="</w>", show_progress=False
-    )
-    tokenizer.train_from_iterator([TINY_TOKENIZER_TEXT], trainer)
-    learned = json.loads(tokenizer.to_str())["model"]
-    vocab = {s: i for i, s in enumerate(symbols + [s + "</w>" for s in symbols])}
-    for merge in learned["merges"]:
-        merged = "".join(merge) if isinstance(merge, list) else merge.replace(" ", "")
-        vocab.setdefault(merged, len(vocab))
-    for special in ("<|startoftext|>", "<|endoftext|>"):
-        vocab[special] = len(vocab)
-    merges = [" ".join(m) if isinstance(m, list) else m for m in learned["merges"]]
+    vocab = symbols + [s + "</w>" for s in symbols]
+    merges: list[str] = []
+    for word in sorted(set(TINY_TOKENIZER_TEXT.split())):
+        parts = [*word[:-1], word[-1] + "</w>"]
+        while len(parts) > 1:
+            merge, merged = f"{parts[0]} {parts[1]}", parts[0] + parts[1]
+            if merged not in vocab:
+                merges.append(merge)
+                vocab.append(merged)
+            parts = [merged, *parts[2:]]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
     with tempfile.TemporaryDirectory() as folder:
-        (Path(folder) / "vocab.json").write_text(json.dumps(vocab))
+        (Path(folder) / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(vocab)}))
         # CLIPTokenizer skips the first line of merges.txt (a version header).
         (Path(folder) / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
         return CLIPTokenizer(

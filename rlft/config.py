@@ -1,0 +1,134 @@
+"""Run configuration: one frozen dataclass per algorithm, every field documented, checked on construction.
+
+`tyro` turns these into `--help` and flags. A bad value raises ValueError naming the field and what is
+allowed, before any model is built. Defaults run the embedded tiny model on a CPU in minutes; the paper
+values for Stable Diffusion 1.5 are noted where they differ.
+"""
+
+from dataclasses import dataclass
+from typing import Literal
+
+from rlft.models import check_model_name
+from rlft.prompts import PROMPT_SETS
+from rlft.rewards import get_reward
+
+
+def _check(ok: bool, field: str, value: object, allowed: str) -> None:
+    if not ok:
+        raise ValueError(f"{field}={value!r} is not allowed: {allowed}")
+
+
+@dataclass(frozen=True)
+class CommonConfig:
+    model: str = "tiny"
+    """Pipeline: 'tiny' (offline, 16x16), 'sd15-random' (SD 1.5 shape, random weights), a hub id or a folder."""
+    epochs: int = 8
+    """Sampling-and-training rounds."""
+    seed: int = 0
+    """Seeds the tiny model's weights, the LoRA init, the noise and the shuffles."""
+    prompts: str = "animals"
+    """Prompt set: one of the built-in sets."""
+    num_steps: int = 20
+    """DDIM denoising steps per sample."""
+    guidance_scale: float = 5.0
+    """Classifier-free guidance weight (1 turns guidance off)."""
+    resolution: int | None = None
+    """Image side in pixels; default: the model's own (16 for tiny, 512 for SD 1.5)."""
+    lora_rank: int = 4
+    """LoRA rank on the UNet attention projections."""
+    lora_alpha: float | None = None
+    """LoRA alpha (scale alpha/rank); default: equal to the rank."""
+    full_finetune: bool = False
+    """Train every UNet weight instead of a LoRA adapter (the reference is then a frozen copy)."""
+    max_grad_norm: float = 1.0
+    """Gradients are clipped to this global norm."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where to run: 'auto' picks CUDA when torch sees it."""
+    threads: int = 1
+    """CPU threads for torch (with tensors this small one thread per process is fastest here)."""
+
+    def __post_init__(self) -> None:
+        check_model_name(self.model)
+        _check(self.epochs >= 1, "epochs", self.epochs, "at least 1")
+        _check(self.prompts in PROMPT_SETS, "prompts", self.prompts, f"one of {', '.join(PROMPT_SETS)}")
+        _check(self.num_steps >= 1, "num_steps", self.num_steps, "at least 1")
+        _check(self.guidance_scale >= 1, "guidance_scale", self.guidance_scale, "at least 1")
+        _check(
+            self.resolution is None or (self.resolution >= 8 and self.resolution % 8 == 0),
+            "resolution", self.resolution, "a multiple of 8, at least 8",
+        )
+        _check(self.lora_rank >= 1, "lora_rank", self.lora_rank, "at least 1")
+        _check(self.lora_alpha is None or self.lora_alpha > 0, "lora_alpha", self.lora_alpha, "positive")
+        _check(self.max_grad_norm > 0, "max_grad_norm", self.max_grad_norm, "positive")
+        _check(self.threads >= 1, "threads", self.threads, "at least 1")
+
+
+@dataclass(frozen=True)
+class D3POConfig(CommonConfig):
+    reward: str = "jpeg-compressibility"
+    """Reward whose order within each group decides the preferred sample."""
+    pairs_per_epoch: int = 16
+    """Groups sampled per epoch, each from one prompt and one shared initial noise."""
+    group_size: int = 2
+    """Samples per group sharing x_T; every pair within a group with different rewards trains."""
+    eta: float = 1.0
+    """DDIM stochasticity; must be > 0, since the loss needs each step's log-probability."""
+    beta: float = 0.1
+    """DPO temperature on the log-ratio difference."""
+    clip: float = 0.1
+    """Ratios policy/reference are clamped to [1 - clip, 1 + clip]."""
+    lr: float = 1e-2
+    """AdamW learning rate (the paper uses 3e-5 on SD 1.5; the random tiny model needs far more)."""
+    batch_size: int = 16
+    """(pair, timestep) items per optimizer step."""
+    output_dir: str = "runs/d3po"
+    """Folder the trained adapter is saved to (diffusers LoRA safetensors)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        get_reward(self.reward)
+        _check(self.pairs_per_epoch >= 1, "pairs_per_epoch", self.pairs_per_epoch, "at least 1")
+        _check(self.group_size >= 2, "group_size", self.group_size, "at least 2 (D3PO compares samples)")
+        _check(self.eta > 0, "eta", self.eta, "> 0 (D3PO needs log-probabilities, undefined at eta = 0)")
+        _check(self.beta > 0, "beta", self.beta, "positive")
+        _check(0 < self.clip < 1, "clip", self.clip, "in (0, 1)")
+        _check(self.lr > 0, "lr", self.lr, "positive")
+        _check(self.batch_size >= 1, "batch_size", self.batch_size, "at least 1")
+
+
+@dataclass(frozen=True)
+class DRaFTConfig(CommonConfig):
+    reward: str = "smoothness"
+    """Differentiable reward backpropagated through the last steps of sampling."""
+    variant: Literal["draft-k", "draft-lv", "full"] = "draft-k"
+    """'draft-k': gradient through the last k steps; 'draft-lv': k = 1 with lv_copies re-noised copies;
+    'full': gradient through every step."""
+    k: int = 1
+    """Steps with gradient for draft-k (1..num_steps)."""
+    lv_copies: int = 2
+    """Re-noised copies of the final sample for draft-lv (the paper's n; 2 by default)."""
+    batch_size: int = 8
+    """Samples per optimizer step."""
+    steps_per_epoch: int = 4
+    """Optimizer steps per epoch, each on a fresh batch."""
+    eta: float = 0.0
+    """DDIM stochasticity (0: deterministic sampling, as DRaFT uses)."""
+    lr: float = 1e-2
+    """AdamW learning rate (the paper uses 2e-4 on SD 1.5 with rank-8 LoRA)."""
+    output_dir: str = "runs/draft"
+    """Folder the trained adapter is saved to (diffusers LoRA safetensors)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        get_reward(self.reward, differentiable=True)
+        _check(1 <= self.k <= self.num_steps, "k", self.k, f"in 1..{self.num_steps} (num_steps)")
+        _check(self.lv_copies >= 1, "lv_copies", self.lv_copies, "at least 1")
+        _check(self.batch_size >= 1, "batch_size", self.batch_size, "at least 1")
+        _check(self.steps_per_epoch >= 1, "steps_per_epoch", self.steps_per_epoch, "at least 1")
+        _check(self.eta >= 0, "eta", self.eta, ">= 0")
+        _check(self.lr > 0, "lr", self.lr, "positive")
+
+    @property
+    def steps_with_grad(self) -> int:
+        """K: how many final steps the gradient runs through."""
+        return {"draft-k": self.k, "draft-lv": 1, "full": self.num_steps}[self.variant]

@@ -1,0 +1,107 @@
+"""D3PO training: pairs from a reward's order, (pair, timestep) items, and the learner that applies updates.
+
+The learner is a plain class (no Ray): the single-process loop calls it directly, and a Ray Train worker
+can hold one. Both members of every pair and both halves of classifier-free guidance go through one UNet
+call per batch; the reference is the same UNet with the adapter disabled.
+"""
+
+import torch
+from diffusers import DDIMScheduler
+from torch import Tensor
+
+from rlft.ddim import ddim_step_with_logprob
+from rlft.losses import d3po_loss
+from rlft.policy import Policy
+from rlft.sampling import guided_eps
+
+
+def pairs_from_rewards(rewards: Tensor, group: Tensor) -> tuple[Tensor, Tensor, int]:
+    """Every pair of samples in the same group with different rewards, as (index_w, index_l, ties).
+
+    rewards, group: (B,). A pair with equal rewards carries no preference and is counted in `ties`.
+    """
+    index_w, index_l, ties = [], [], 0
+    for g in group.unique():
+        members = (group == g).nonzero().flatten().tolist()
+        for a, i in enumerate(members):
+            for j in members[a + 1 :]:
+                if rewards[i] == rewards[j]:
+                    ties += 1
+                elif rewards[i] > rewards[j]:
+                    index_w.append(i), index_l.append(j)
+                else:
+                    index_w.append(j), index_l.append(i)
+    return torch.tensor(index_w, dtype=torch.long), torch.tensor(index_l, dtype=torch.long), ties
+
+
+def pair_items(trajectories: dict[str, Tensor], index_w: Tensor, index_l: Tensor) -> dict[str, Tensor]:
+    """Flatten P pairs x S steps into P*S training items, one (pair, timestep) each.
+
+    Keys: latents_w/_l (x_t) and next_latents_w/_l (x_{t-1}) (N, C, h, w), timesteps (N,),
+    embeds_w/_l (N, L, D). Item n is pair n // S at step n % S.
+    """
+    latents, embeds = trajectories["latents"], trajectories["prompt_embeds"]
+    steps = trajectories["timesteps"].numel()
+    pair = torch.arange(len(index_w)).repeat_interleave(steps)  # (N,)
+    step = torch.arange(steps).repeat(len(index_w))  # (N,)
+    items = {"timesteps": trajectories["timesteps"][step]}
+    for suffix, index in (("w", index_w), ("l", index_l)):
+        sample = index.to(latents.device)[pair]
+        items[f"latents_{suffix}"] = latents[sample, step]
+        items[f"next_latents_{suffix}"] = latents[sample, step + 1]
+        items[f"embeds_{suffix}"] = embeds[sample]
+    return items
+
+
+class D3POLearner:
+    """Applies D3PO updates to a `Policy`, one optimizer step per batch of (pair, timestep) items."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        scheduler: DDIMScheduler,
+        *,
+        lr: float,
+        beta: float,
+        clip: float,
+        guidance_scale: float,
+        eta: float,
+        max_grad_norm: float = 1.0,
+    ):
+        self.policy, self.scheduler = policy, scheduler
+        self.beta, self.clip, self.guidance_scale, self.eta = beta, clip, guidance_scale, eta
+        self.max_grad_norm = max_grad_norm
+        self.optimizer = torch.optim.AdamW(policy.parameters(), lr=lr, weight_decay=1e-4)
+
+    def _logp(self, unet, batch: dict[str, Tensor], uncond: Tensor) -> Tensor:
+        """log-probs of the w and l steps under `unet`: (2N,), w first."""
+        latents = torch.cat([batch["latents_w"], batch["latents_l"]])  # (2N, C, h, w)
+        timesteps = torch.cat([batch["timesteps"], batch["timesteps"]])
+        embeds = torch.cat([batch["embeds_w"], batch["embeds_l"]])
+        eps = guided_eps(unet, latents, timesteps, embeds, uncond, self.guidance_scale)
+        prev = torch.cat([batch["next_latents_w"], batch["next_latents_l"]])
+        return ddim_step_with_logprob(self.scheduler, eps, timesteps, latents, eta=self.eta, prev_sample=prev)[1]
+
+    def step(self, batch: dict[str, Tensor], uncond: Tensor) -> dict[str, float]:
+        """One optimizer step on a batch of items (see `pair_items`); returns the loss metrics."""
+        with torch.no_grad(), self.policy.reference() as reference:
+            ref_logp_w, ref_logp_l = self._logp(reference, batch, uncond).chunk(2)
+        logp_w, logp_l = self._logp(self.policy.unet, batch, uncond).chunk(2)
+        loss, metrics = d3po_loss(logp_w, ref_logp_w, logp_l, ref_logp_l, beta=self.beta, clip=self.clip)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+        self.optimizer.step()
+        return metrics | {"grad_norm": grad_norm.item()}
+
+    def train_epoch(
+        self, items: dict[str, Tensor], uncond: Tensor, *, batch_size: int, generator: torch.Generator
+    ) -> dict[str, float]:
+        """Shuffle the items with `generator`, then one `step` per batch of `batch_size`; mean metrics."""
+        count = items["timesteps"].shape[0]
+        order = torch.randperm(count, generator=generator)
+        history = []
+        for start in range(0, count, batch_size):
+            index = order[start : start + batch_size].to(items["timesteps"].device)
+            history.append(self.step({k: v[index] for k, v in items.items()}, uncond))
+        return {k: sum(h[k] for h in history) / len(history) for k in history[0]}

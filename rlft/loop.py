@@ -1,0 +1,128 @@
+"""The single-process training loops (no Ray): sample, score, update, one printed line per epoch.
+
+They are the reference the Ray jobs are held to: the same seed gives the same numbers. Each returns one
+metrics dict per epoch, with names shared by both algorithms (reward_mean, reward_std, loss,
+samples_per_s, epoch_time_s) plus each algorithm's own.
+"""
+
+import time
+from collections.abc import Callable
+
+import torch
+from diffusers import StableDiffusionPipeline
+
+from rlft.config import CommonConfig, D3POConfig, DRaFTConfig
+from rlft.d3po import D3POLearner, pair_items, pairs_from_rewards
+from rlft.draft import DRaFTLearner
+from rlft.models import load_pipeline
+from rlft.policy import Policy
+from rlft.prompts import draw_prompts
+from rlft.rewards import get_reward
+from rlft.sampling import sample_trajectories
+
+Log = Callable[[str], None]
+
+
+def pick_device(choice: str) -> torch.device:
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' but torch sees no CUDA device")
+    return torch.device("cuda" if choice != "cpu" and torch.cuda.is_available() else "cpu")
+
+
+def build_policy(cfg: CommonConfig) -> tuple[StableDiffusionPipeline, Policy]:
+    """The pipeline whose UNet is the trainable policy (sampling through `pipe` uses the current weights)."""
+    torch.set_num_threads(cfg.threads)
+    pipe = load_pipeline(cfg.model, seed=cfg.seed, device=pick_device(cfg.device))
+    torch.manual_seed(cfg.seed)  # the LoRA A-matrix init
+    policy = Policy(
+        pipe.unet, lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha, full_finetune=cfg.full_finetune
+    )
+    return pipe, policy
+
+
+def reward_summary(rewards: torch.Tensor) -> dict[str, float]:
+    n = rewards.numel()
+    std = rewards.std().item() if n > 1 else 0.0
+    return {"reward_mean": rewards.mean().item(), "reward_std": std, "reward_se": std / n**0.5}
+
+
+def format_epoch(epoch: int, m: dict[str, float]) -> str:
+    extra = f" | acc {m['preference_accuracy']:.2f}" if "preference_accuracy" in m else ""
+    return (
+        f"epoch {epoch:3d} | reward {m['reward_mean']:.4f} +- {m['reward_std']:.4f} | loss {m['loss']:.4f}"
+        f"{extra} | grad {m['grad_norm']:.3f} | {m['samples_per_s']:.1f} img/s | {m['epoch_time_s']:.1f} s"
+    )
+
+
+def train_d3po(cfg: D3POConfig, log: Log = print) -> list[dict[str, float]]:
+    """D3PO: pairs sharing x_T, preferred by reward order, per-step DPO against the adapter-off reference."""
+    pipe, policy = build_policy(cfg)
+    reward = get_reward(cfg.reward)
+    learner = D3POLearner(
+        policy, pipe.scheduler, lr=cfg.lr, beta=cfg.beta, clip=cfg.clip,
+        guidance_scale=cfg.guidance_scale, eta=cfg.eta, max_grad_norm=cfg.max_grad_norm,
+    )
+    noise_gen = torch.Generator(pipe.device).manual_seed(cfg.seed)
+    order_gen = torch.Generator().manual_seed(cfg.seed + 1)
+    history = []
+    for epoch in range(cfg.epochs):
+        start = time.perf_counter()
+        prompts = draw_prompts(cfg.prompts, cfg.pairs_per_epoch, order_gen)
+        trajectories = sample_trajectories(
+            pipe, prompts, group_size=cfg.group_size, num_steps=cfg.num_steps,
+            guidance_scale=cfg.guidance_scale, eta=cfg.eta, resolution=cfg.resolution, generator=noise_gen,
+        )
+        rewards = reward.fn(trajectories["images"])
+        index_w, index_l, ties = pairs_from_rewards(rewards, trajectories["group"].cpu())
+        if len(index_w):
+            items = pair_items(trajectories, index_w, index_l)
+            metrics = learner.train_epoch(
+                items, trajectories["uncond_embeds"], batch_size=cfg.batch_size, generator=order_gen
+            )
+        else:  # every pair tied: nothing to learn from this epoch
+            metrics = {"loss": float("nan"), "preference_accuracy": float("nan"), "grad_norm": 0.0}
+        elapsed = time.perf_counter() - start
+        metrics |= reward_summary(rewards) | {
+            "ties": ties, "samples_per_s": rewards.numel() / elapsed, "epoch_time_s": elapsed,
+        }
+        history.append(metrics)
+        log(format_epoch(epoch, metrics))
+    policy.save(cfg.output_dir)
+    return history
+
+
+def train_draft(cfg: DRaFTConfig, log: Log = print) -> list[dict[str, float]]:
+    """DRaFT-K / DRaFT-LV / full DRaFT on a differentiable reward."""
+    pipe, policy = build_policy(cfg)
+    reward_fn = get_reward(cfg.reward, differentiable=True).fn
+    k = cfg.steps_with_grad
+    lv_copies = cfg.lv_copies if cfg.variant == "draft-lv" else 0
+    learner = DRaFTLearner(
+        pipe, policy, reward_fn, lr=cfg.lr, num_steps=cfg.num_steps, k=k, lv_copies=lv_copies,
+        guidance_scale=cfg.guidance_scale, eta=cfg.eta, max_grad_norm=cfg.max_grad_norm,
+    )
+    noise_gen = torch.Generator(pipe.device).manual_seed(cfg.seed)
+    order_gen = torch.Generator().manual_seed(cfg.seed + 1)
+    history = []
+    for epoch in range(cfg.epochs):
+        start, steps, rewards = time.perf_counter(), [], []
+        for _ in range(cfg.steps_per_epoch):
+            prompts = draw_prompts(cfg.prompts, cfg.batch_size, order_gen)
+            trajectories = sample_trajectories(
+                pipe, prompts, num_steps=cfg.num_steps, guidance_scale=cfg.guidance_scale, eta=cfg.eta,
+                resolution=cfg.resolution, generator=noise_gen, skip_last=0 if lv_copies else k,
+                with_logprob=False,
+            )
+            metrics, sample_rewards = learner.step(trajectories, noise_gen)
+            steps.append(metrics)
+            rewards.append(sample_rewards)
+        elapsed = time.perf_counter() - start
+        rewards = torch.cat(rewards)
+        metrics = {key: sum(s[key] for s in steps) / len(steps) for key in steps[0]}
+        metrics |= reward_summary(rewards) | {
+            "samples_per_s": rewards.numel() / elapsed, "epoch_time_s": elapsed,
+        }
+        history.append(metrics)
+        log(format_epoch(epoch, metrics))
+    policy.save(cfg.output_dir)
+    return history

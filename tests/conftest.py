@@ -1,0 +1,28 @@
+import pytest
+import torch
+
+from rlft.models import build_tiny_pipeline
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # One thread per process is fastest for tensors this small (DESIGN.md).
+    torch.set_num_threads(1)
+
+
+@pytest.fixture
+def tiny_pipe():
+    pipe = build_tiny_pipeline(seed=0)
+    pipe.set_progress_bar_config(disable=True)
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+        module.requires_grad_(False)
+    return pipe
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
