@@ -17,7 +17,9 @@ def main() -> None:
         cfg = tyro.cli(D3POConfig, description=__doc__)
     except ValueError as error:
         sys.exit(f"error: {error}")
-    print(f"D3PO | model {cfg.model} | reward {cfg.reward} | {cfg.epochs} epochs x {cfg.pairs_per_epoch} pairs")
+    print(
+        f"D3PO | model {cfg.model} | reward {cfg.reward} | {cfg.epochs} epochs x {cfg.pairs_per_epoch} pairs"
+    )
     history = train_d3po(cfg)
     first, last = history[0]["reward_mean"], history[-1]["reward_mean"]
     print(f"reward {first:.4f} -> {last:.4f} | adapter saved in {cfg.output_dir}")

@@ -21,7 +21,7 @@ def _check(ok: bool, field: str, value: object, allowed: str) -> None:
 @dataclass(frozen=True)
 class CommonConfig:
     model: str = "tiny"
-    """Pipeline: 'tiny' (offline, 16x16), 'sd15-random' (SD 1.5 shape, random weights), a hub id or a folder."""
+    """'tiny' (offline, 16x16), 'sd15-random' (SD 1.5 shape, random weights), a hub id or a folder."""
     epochs: int = 8
     """Sampling-and-training rounds."""
     seed: int = 0
@@ -55,7 +55,9 @@ class CommonConfig:
         _check(self.guidance_scale >= 1, "guidance_scale", self.guidance_scale, "at least 1")
         _check(
             self.resolution is None or (self.resolution >= 8 and self.resolution % 8 == 0),
-            "resolution", self.resolution, "a multiple of 8, at least 8",
+            "resolution",
+            self.resolution,
+            "a multiple of 8, at least 8",
         )
         _check(self.lora_rank >= 1, "lora_rank", self.lora_rank, "at least 1")
         _check(self.lora_alpha is None or self.lora_alpha > 0, "lora_alpha", self.lora_alpha, "positive")

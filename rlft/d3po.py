@@ -80,7 +80,9 @@ class D3POLearner:
         embeds = torch.cat([batch["embeds_w"], batch["embeds_l"]])
         eps = guided_eps(unet, latents, timesteps, embeds, uncond, self.guidance_scale)
         prev = torch.cat([batch["next_latents_w"], batch["next_latents_l"]])
-        return ddim_step_with_logprob(self.scheduler, eps, timesteps, latents, eta=self.eta, prev_sample=prev)[1]
+        return ddim_step_with_logprob(
+            self.scheduler, eps, timesteps, latents, eta=self.eta, prev_sample=prev
+        )[1]
 
     def step(self, batch: dict[str, Tensor], uncond: Tensor) -> dict[str, float]:
         """One optimizer step on a batch of items (see `pair_items`); returns the loss metrics."""

@@ -39,9 +39,7 @@ def denoise_with_grad(
     noises: (S, B, C, h, w), the step noise when eta > 0 (fixed noise makes the chain differentiable).
     """
     for i, t in enumerate(timesteps):
-        eps = checkpoint(
-            guided_eps, unet, latents, t, embeds, uncond, guidance_scale, use_reentrant=False
-        )
+        eps = checkpoint(guided_eps, unet, latents, t, embeds, uncond, guidance_scale, use_reentrant=False)
         noise = noises[i] if noises is not None else torch.zeros_like(latents)
         latents = ddim_step(scheduler, eps, t, latents, eta=eta, noise=noise)[0]
     return latents
@@ -65,8 +63,15 @@ def draft_k_loss(
     Returns (loss, rewards (B,)). No gradient reaches whatever computed `latents_in`.
     """
     x0 = denoise_with_grad(
-        unet, pipe.scheduler, latents_in.detach(), timesteps, embeds, uncond,
-        guidance_scale=guidance_scale, eta=eta, noises=noises,
+        unet,
+        pipe.scheduler,
+        latents_in.detach(),
+        timesteps,
+        embeds,
+        uncond,
+        guidance_scale=guidance_scale,
+        eta=eta,
+        noises=noises,
     )
     rewards = reward_fn(decode(pipe, x0))
     return -rewards.mean(), rewards.detach()
@@ -134,16 +139,26 @@ class DRaFTLearner:
         latents = trajectories["latents"][:, -1]
         if self.lv_copies:
             loss, rewards = draft_lv_loss(
-                self.pipe, self.policy.unet, self.reward_fn, latents, trajectories["timesteps"][-1],
-                embeds, uncond, guidance_scale=self.guidance_scale, copies=self.lv_copies, generator=generator,
+                self.pipe,
+                self.policy.unet,
+                self.reward_fn,
+                latents,
+                trajectories["timesteps"][-1],
+                embeds,
+                uncond,
+                guidance_scale=self.guidance_scale,
+                copies=self.lv_copies,
+                generator=generator,
             )
             with torch.no_grad():
                 sample_rewards = self.reward_fn(trajectories["images"])
         else:
             prefix = trajectories["timesteps"].numel()
             if prefix != self.num_steps - self.k:
-                raise ValueError(f"expected latents entering the last {self.k} of {self.num_steps} steps, "
-                                 f"got latents after {prefix} steps")
+                raise ValueError(
+                    f"expected latents entering the last {self.k} of {self.num_steps} steps, "
+                    f"got latents after {prefix} steps"
+                )
             self.pipe.scheduler.set_timesteps(self.num_steps, device=latents.device)
             tail = self.pipe.scheduler.timesteps[prefix:]
             noises = None
@@ -152,8 +167,16 @@ class DRaFTLearner:
                     (self.k, *latents.shape), generator=generator, device=latents.device, dtype=latents.dtype
                 )
             loss, rewards = draft_k_loss(
-                self.pipe, self.policy.unet, self.reward_fn, latents, tail, embeds, uncond,
-                guidance_scale=self.guidance_scale, eta=self.eta, noises=noises,
+                self.pipe,
+                self.policy.unet,
+                self.reward_fn,
+                latents,
+                tail,
+                embeds,
+                uncond,
+                guidance_scale=self.guidance_scale,
+                eta=self.eta,
+                noises=noises,
             )
             sample_rewards = rewards
         self.optimizer.zero_grad(set_to_none=True)

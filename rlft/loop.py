@@ -59,8 +59,14 @@ def train_d3po(cfg: D3POConfig, log: Log = print) -> list[dict[str, float]]:
     pipe, policy = build_policy(cfg)
     reward = get_reward(cfg.reward)
     learner = D3POLearner(
-        policy, pipe.scheduler, lr=cfg.lr, beta=cfg.beta, clip=cfg.clip,
-        guidance_scale=cfg.guidance_scale, eta=cfg.eta, max_grad_norm=cfg.max_grad_norm,
+        policy,
+        pipe.scheduler,
+        lr=cfg.lr,
+        beta=cfg.beta,
+        clip=cfg.clip,
+        guidance_scale=cfg.guidance_scale,
+        eta=cfg.eta,
+        max_grad_norm=cfg.max_grad_norm,
     )
     noise_gen = torch.Generator(pipe.device).manual_seed(cfg.seed)
     order_gen = torch.Generator().manual_seed(cfg.seed + 1)
@@ -69,8 +75,14 @@ def train_d3po(cfg: D3POConfig, log: Log = print) -> list[dict[str, float]]:
         start = time.perf_counter()
         prompts = draw_prompts(cfg.prompts, cfg.pairs_per_epoch, order_gen)
         trajectories = sample_trajectories(
-            pipe, prompts, group_size=cfg.group_size, num_steps=cfg.num_steps,
-            guidance_scale=cfg.guidance_scale, eta=cfg.eta, resolution=cfg.resolution, generator=noise_gen,
+            pipe,
+            prompts,
+            group_size=cfg.group_size,
+            num_steps=cfg.num_steps,
+            guidance_scale=cfg.guidance_scale,
+            eta=cfg.eta,
+            resolution=cfg.resolution,
+            generator=noise_gen,
         )
         rewards = reward.fn(trajectories["images"])
         index_w, index_l, ties = pairs_from_rewards(rewards, trajectories["group"].cpu())
@@ -83,7 +95,9 @@ def train_d3po(cfg: D3POConfig, log: Log = print) -> list[dict[str, float]]:
             metrics = {"loss": float("nan"), "preference_accuracy": float("nan"), "grad_norm": 0.0}
         elapsed = time.perf_counter() - start
         metrics |= reward_summary(rewards) | {
-            "ties": ties, "samples_per_s": rewards.numel() / elapsed, "epoch_time_s": elapsed,
+            "ties": ties,
+            "samples_per_s": rewards.numel() / elapsed,
+            "epoch_time_s": elapsed,
         }
         history.append(metrics)
         log(format_epoch(epoch, metrics))
@@ -98,8 +112,16 @@ def train_draft(cfg: DRaFTConfig, log: Log = print) -> list[dict[str, float]]:
     k = cfg.steps_with_grad
     lv_copies = cfg.lv_copies if cfg.variant == "draft-lv" else 0
     learner = DRaFTLearner(
-        pipe, policy, reward_fn, lr=cfg.lr, num_steps=cfg.num_steps, k=k, lv_copies=lv_copies,
-        guidance_scale=cfg.guidance_scale, eta=cfg.eta, max_grad_norm=cfg.max_grad_norm,
+        pipe,
+        policy,
+        reward_fn,
+        lr=cfg.lr,
+        num_steps=cfg.num_steps,
+        k=k,
+        lv_copies=lv_copies,
+        guidance_scale=cfg.guidance_scale,
+        eta=cfg.eta,
+        max_grad_norm=cfg.max_grad_norm,
     )
     noise_gen = torch.Generator(pipe.device).manual_seed(cfg.seed)
     order_gen = torch.Generator().manual_seed(cfg.seed + 1)
@@ -109,8 +131,14 @@ def train_draft(cfg: DRaFTConfig, log: Log = print) -> list[dict[str, float]]:
         for _ in range(cfg.steps_per_epoch):
             prompts = draw_prompts(cfg.prompts, cfg.batch_size, order_gen)
             trajectories = sample_trajectories(
-                pipe, prompts, num_steps=cfg.num_steps, guidance_scale=cfg.guidance_scale, eta=cfg.eta,
-                resolution=cfg.resolution, generator=noise_gen, skip_last=0 if lv_copies else k,
+                pipe,
+                prompts,
+                num_steps=cfg.num_steps,
+                guidance_scale=cfg.guidance_scale,
+                eta=cfg.eta,
+                resolution=cfg.resolution,
+                generator=noise_gen,
+                skip_last=0 if lv_copies else k,
                 with_logprob=False,
             )
             metrics, sample_rewards = learner.step(trajectories, noise_gen)
@@ -120,7 +148,8 @@ def train_draft(cfg: DRaFTConfig, log: Log = print) -> list[dict[str, float]]:
         rewards = torch.cat(rewards)
         metrics = {key: sum(s[key] for s in steps) / len(steps) for key in steps[0]}
         metrics |= reward_summary(rewards) | {
-            "samples_per_s": rewards.numel() / elapsed, "epoch_time_s": elapsed,
+            "samples_per_s": rewards.numel() / elapsed,
+            "epoch_time_s": elapsed,
         }
         history.append(metrics)
         log(format_epoch(epoch, metrics))

@@ -31,4 +31,3 @@ def d3po_loss(
         "log_ratio_abs": ratios.abs().mean().item(),
     }
     return loss, metrics
-

@@ -26,7 +26,7 @@ TINY_TOKENIZER_TEXT = (
 
 
 def check_model_name(name: str) -> str:
-    """Which kind of model `name` is ("tiny", "sd15-random", "folder" or "hub"), or a ValueError that says why not."""
+    """The kind of model `name` is ("tiny", "sd15-random", "folder" or "hub"), or a ValueError saying why."""
     if name in BUILTIN_MODELS:
         return name
     if not name.strip():
@@ -34,7 +34,9 @@ def check_model_name(name: str) -> str:
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "model_index.json").is_file():
-            raise ValueError(f"model folder {name!r} has no model_index.json: not a diffusers pipeline folder")
+            raise ValueError(
+                f"model folder {name!r} has no model_index.json: not a diffusers pipeline folder"
+            )
         return "folder"
     if name.startswith((".", "/", "~")) or os.sep in name.strip("/").replace("/", "", 1):
         raise ValueError(f"model folder {name!r} does not exist")
@@ -121,7 +123,7 @@ def build_tiny_tokenizer() -> CLIPTokenizer:
 
 
 def build_tiny_pipeline(seed: int = 0) -> StableDiffusionPipeline:
-    """The offline tiny model: 16x16 images, 8x8 latents, a 0.8 M-parameter UNet; random weights from `seed`."""
+    """The offline tiny model: 16x16 images, 8x8 latents, a 1 M-parameter UNet, random weights from `seed`."""
     tokenizer = build_tiny_tokenizer()
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(

@@ -1,4 +1,4 @@
-"""The trainable policy: a UNet with a LoRA adapter (through `peft`) or fully fine-tuned, and its frozen reference.
+"""The trainable policy: a UNet with a LoRA adapter (through `peft`) or fully fine-tuned; its reference.
 
 With LoRA the reference is the same UNet with the adapter disabled, not a second copy (DESIGN.md). Only
 with full fine-tuning does a frozen copy exist. Adapters are saved in the format diffusers'

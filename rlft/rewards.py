@@ -1,9 +1,10 @@
-"""Rewards that need no weights. Each takes images (B, 3, H, W) in [0, 1] and returns (B,) float32.
+"""Rewards that need no weights. Each takes images (B, 3, H, W) in [0, 1] and returns (B,).
 
 The JPEG rewards are the compressibility tasks of DDPO (arXiv 2305.13301) and D3PO: the size of the image
 saved as JPEG at quality 95, in kB. They are not differentiable. `smoothness` is a differentiable stand-in
 for compressibility (JPEG size grows with high-frequency content, which total variation measures), and
-`brightness` the simplest differentiable reward there is; DRaFT uses these on the tiny model.
+`brightness` the simplest differentiable reward there is; DRaFT uses these on the tiny model. The JPEG
+rewards return float32; the differentiable ones keep the images' dtype (float64 for gradient checks).
 """
 
 import io
@@ -40,12 +41,12 @@ def smoothness(images: Tensor) -> Tensor:
     """Minus the mean absolute difference between neighbouring pixels (total variation), times 10."""
     dx = (images[..., :, 1:] - images[..., :, :-1]).abs().mean(dim=(1, 2, 3))
     dy = (images[..., 1:, :] - images[..., :-1, :]).abs().mean(dim=(1, 2, 3))
-    return -10 * (dx + dy).float()
+    return -10 * (dx + dy)
 
 
 def brightness(images: Tensor) -> Tensor:
     """Mean pixel value, in [0, 1]."""
-    return images.mean(dim=(1, 2, 3)).float()
+    return images.mean(dim=(1, 2, 3))
 
 
 @dataclass(frozen=True)

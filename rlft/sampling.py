@@ -27,7 +27,7 @@ def guided_eps(
     uncond: Tensor,
     guidance_scale: float,
 ) -> Tensor:
-    """Classifier-free-guided model output for latents (B, C, h, w) at timesteps (B,) or scalar, one UNet call."""
+    """Classifier-free-guided model output for latents (B, C, h, w) at timesteps (B,) or (), one UNet call."""
     batch = latents.shape[0]
     t = torch.as_tensor(timesteps, device=latents.device).reshape(-1).expand(batch)
     if guidance_scale == 1.0:

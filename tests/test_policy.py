@@ -13,8 +13,14 @@ def _perturb(policy: Policy, seed: int = 1) -> None:
 
 
 def _images(pipe):
-    return pipe("a photo of a cat", num_inference_steps=6, height=16, width=16, output_type="pt",
-                generator=torch.Generator().manual_seed(7)).images
+    return pipe(
+        "a photo of a cat",
+        num_inference_steps=6,
+        height=16,
+        width=16,
+        output_type="pt",
+        generator=torch.Generator().manual_seed(7),
+    ).images
 
 
 def test_saved_adapter_loads_into_a_stock_pipeline_and_gives_the_same_images(tiny_pipe, tmp_path):

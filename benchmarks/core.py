@@ -1,0 +1,154 @@
+"""Benchmark of the core: sampler throughput against the stock pipeline, and D3PO training speed.
+
+Prints, for the same model and inputs in one run:
+1. images/s of `sample_trajectories` (recording every latent and log-prob) and of a plain
+   `StableDiffusionPipeline.__call__`, and their ratio (target >= 0.95);
+2. D3PO training time per (pair, timestep) item over a whole epoch, its FLOP rate (FLOPs counted with
+   `torch.utils.flop_counter`), and that rate against this machine's matrix-multiply peak measured in the
+   same run (target >= 50 %).
+
+Runs without Ray or MLflow:  python benchmarks/core.py [--model tiny] [--threads 1] [--device cpu]
+"""
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from rlft.d3po import D3POLearner, pair_items, pairs_from_rewards
+from rlft.models import load_pipeline
+from rlft.policy import Policy
+from rlft.prompts import PROMPT_SETS
+from rlft.rewards import jpeg_compressibility
+from rlft.sampling import sample_trajectories
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def best_time(fn, device: torch.device, repeats: int) -> float:
+    """Fastest of `repeats` timed calls, after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 2048) -> float:
+    """FLOP/s of an n x n matrix multiply: the machine's practical peak for this dtype."""
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    seconds = best_time(lambda: a @ b, device, repeats=5)
+    return 2 * n**3 / seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default="tiny")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--pairs", type=int, default=16, help="pairs per epoch (two images each)")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--resolution", type=int, default=None)
+    parser.add_argument(
+        "--batch-size", type=int, default=16, help="(pair, timestep) items per optimizer step"
+    )
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+
+    pipe = load_pipeline(args.model, device=device, dtype=dtype)
+    resolution = args.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    prompts = [PROMPT_SETS["animals"][i % len(PROMPT_SETS["animals"])] for i in range(args.pairs)]
+    common = dict(guidance_scale=5.0, eta=1.0)
+    print(
+        f"model {args.model} | {device} {args.dtype} | threads {args.threads} | {args.pairs} pairs x "
+        f"{args.steps} steps at {resolution}px"
+    )
+
+    # 1. Sampler against the stock pipeline: the same prompts, images, steps, guidance and eta.
+    def stock():
+        pipe(
+            prompts,
+            num_images_per_prompt=2,
+            num_inference_steps=args.steps,
+            height=resolution,
+            width=resolution,
+            output_type="pt",
+            generator=torch.Generator(device).manual_seed(0),
+            **common,
+        )
+
+    def ours():
+        sample_trajectories(
+            pipe,
+            prompts,
+            group_size=2,
+            num_steps=args.steps,
+            resolution=resolution,
+            generator=torch.Generator(device).manual_seed(0),
+            **common,
+        )
+
+    images = 2 * args.pairs
+    t_stock = best_time(stock, device, args.repeats)
+    t_ours = best_time(ours, device, args.repeats)
+    print(
+        f"sampler   {images / t_ours:8.2f} img/s | pipeline {images / t_stock:8.2f} img/s | "
+        f"ratio {t_stock / t_ours:.3f} (target >= 0.95)"
+    )
+
+    # 2. D3PO training over one epoch of (pair, timestep) items.
+    policy = Policy(pipe.unet)
+    out = sample_trajectories(
+        pipe,
+        prompts,
+        group_size=2,
+        num_steps=args.steps,
+        resolution=resolution,
+        generator=torch.Generator(device).manual_seed(1),
+        **common,
+    )
+    index_w, index_l, _ = pairs_from_rewards(jpeg_compressibility(out["images"]), out["group"].cpu())
+    items = pair_items(out, index_w, index_l)
+    learner = D3POLearner(policy, pipe.scheduler, lr=1e-4, beta=0.1, clip=0.1, **common)
+
+    def epoch():
+        learner.train_epoch(
+            items,
+            out["uncond_embeds"],
+            batch_size=args.batch_size,
+            generator=torch.Generator().manual_seed(0),
+        )
+
+    with FlopCounterMode(display=False) as counter:
+        epoch()
+    flops = counter.get_total_flops()
+    seconds = statistics.median([best_time(epoch, device, 1) for _ in range(args.repeats)])
+    count = items["timesteps"].shape[0]
+    rate, peak = flops / seconds, matmul_peak(device, dtype)
+    print(
+        f"d3po      {1e3 * seconds / count:8.2f} ms per (pair, timestep) | "
+        f"{count} items in {seconds:.2f} s | "
+        f"{flops / count / 1e9:.3f} GFLOP per item"
+    )
+    print(
+        f"flops     {rate / 1e9:8.1f} GFLOP/s | matmul peak {peak / 1e9:.1f} GFLOP/s | "
+        f"{100 * rate / peak:.1f} % of peak (target >= 50 %)"
+    )
+
+
+if __name__ == "__main__":
+    main()

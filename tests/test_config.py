@@ -1,0 +1,65 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rlft.config import D3POConfig, DRaFTConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize(
+    "config, kwargs, message",
+    [
+        (D3POConfig, {"eta": 0.0}, "eta=0.0 is not allowed: > 0"),
+        (D3POConfig, {"group_size": 1}, "group_size=1 is not allowed: at least 2"),
+        (D3POConfig, {"reward": "aesthetic"}, "reward 'aesthetic' is unknown"),
+        (D3POConfig, {"model": "./nowhere"}, "model folder './nowhere' does not exist"),
+        (D3POConfig, {"clip": 1.5}, "clip=1.5 is not allowed: in \\(0, 1\\)"),
+        (DRaFTConfig, {"k": 0}, "k=0 is not allowed: in 1..20"),
+        (DRaFTConfig, {"k": 21}, "k=21 is not allowed: in 1..20"),
+        (DRaFTConfig, {"reward": "jpeg-compressibility"}, "not differentiable"),
+        (DRaFTConfig, {"resolution": 20}, "resolution=20 is not allowed: a multiple of 8"),
+    ],
+)
+def test_bad_values_name_the_field(config, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        config(**kwargs)
+
+
+def test_draft_variants_set_how_many_steps_carry_gradient():
+    assert DRaFTConfig(k=3).steps_with_grad == 3
+    assert DRaFTConfig(variant="draft-lv").steps_with_grad == 1
+    assert DRaFTConfig(variant="full", num_steps=7).steps_with_grad == 7
+
+
+@pytest.mark.parametrize(
+    "job, flags, field",
+    [
+        ("d3po.py", ["--eta", "0"], "eta"),
+        ("draft.py", ["--k", "50"], "k=50"),
+        ("d3po.py", ["--model", "no/such/./folder/x"], "model"),
+    ],
+)
+def test_jobs_refuse_bad_flags_before_building_anything(job, flags, field, tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "jobs" / job), *flags, "--output-dir", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert field in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_jobs_print_help():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "jobs" / "draft.py"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0
+    assert "--lv-copies" in result.stdout and "Re-noised copies" in result.stdout
