@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from rlft.models import check_model_name
+from rlft.policy import DEFAULT_LORA_TARGETS
 from rlft.prompts import PROMPT_SETS
 from rlft.rewards import get_reward
 
@@ -21,7 +22,7 @@ def _check(ok: bool, field: str, value: object, allowed: str) -> None:
 @dataclass(frozen=True)
 class CommonConfig:
     model: str = "tiny"
-    """'tiny' (offline, 16x16), 'sd15-random' (SD 1.5 shape, random weights), a hub id or a folder."""
+    """'tiny' (offline, 32x32), 'sd15-random' (SD 1.5 shape, random weights), a hub id or a folder."""
     epochs: int = 8
     """Sampling-and-training rounds."""
     seed: int = 0
@@ -33,19 +34,21 @@ class CommonConfig:
     guidance_scale: float = 5.0
     """Classifier-free guidance weight (1 turns guidance off)."""
     resolution: int | None = None
-    """Image side in pixels; default: the model's own (16 for tiny, 512 for SD 1.5)."""
+    """Image side in pixels; default: the model's own (32 for tiny, 512 for SD 1.5)."""
     lora_rank: int = 4
     """LoRA rank on the UNet attention projections."""
     lora_alpha: float | None = None
     """LoRA alpha (scale alpha/rank); default: equal to the rank."""
+    lora_targets: tuple[str, ...] = DEFAULT_LORA_TARGETS
+    """UNet module names (suffixes) that get LoRA layers: the attention projections by default."""
     full_finetune: bool = False
     """Train every UNet weight instead of a LoRA adapter (the reference is then a frozen copy)."""
     max_grad_norm: float = 1.0
     """Gradients are clipped to this global norm."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to run: 'auto' picks CUDA when torch sees it."""
-    threads: int = 1
-    """CPU threads for torch (with tensors this small one thread per process is fastest here)."""
+    threads: int | None = None
+    """CPU threads for torch; default: torch's own choice (one per core)."""
 
     def __post_init__(self) -> None:
         check_model_name(self.model)
@@ -60,15 +63,18 @@ class CommonConfig:
             "a multiple of 8, at least 8",
         )
         _check(self.lora_rank >= 1, "lora_rank", self.lora_rank, "at least 1")
+        _check(len(self.lora_targets) > 0, "lora_targets", self.lora_targets, "at least one module name")
         _check(self.lora_alpha is None or self.lora_alpha > 0, "lora_alpha", self.lora_alpha, "positive")
         _check(self.max_grad_norm > 0, "max_grad_norm", self.max_grad_norm, "positive")
-        _check(self.threads >= 1, "threads", self.threads, "at least 1")
+        _check(self.threads is None or self.threads >= 1, "threads", self.threads, "at least 1")
 
 
 @dataclass(frozen=True)
 class D3POConfig(CommonConfig):
     reward: str = "jpeg-compressibility"
     """Reward whose order within each group decides the preferred sample."""
+    num_steps: int = 10
+    """DDIM denoising steps per sample (10 keeps the tiny default fast; the paper uses 20 on SD 1.5)."""
     pairs_per_epoch: int = 16
     """Groups sampled per epoch, each from one prompt and one shared initial noise."""
     group_size: int = 2

@@ -101,6 +101,8 @@ class D3POLearner:
     ) -> dict[str, float]:
         """Shuffle the items with `generator`, then one `step` per batch of `batch_size`; mean metrics."""
         count = items["timesteps"].shape[0]
+        if count == 0:
+            raise ValueError("no training items: every pair tied on the reward")
         order = torch.randperm(count, generator=generator)
         history = []
         for start in range(0, count, batch_size):

@@ -31,11 +31,16 @@ def pick_device(choice: str) -> torch.device:
 
 def build_policy(cfg: CommonConfig) -> tuple[StableDiffusionPipeline, Policy]:
     """The pipeline whose UNet is the trainable policy (sampling through `pipe` uses the current weights)."""
-    torch.set_num_threads(cfg.threads)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     pipe = load_pipeline(cfg.model, seed=cfg.seed, device=pick_device(cfg.device))
     torch.manual_seed(cfg.seed)  # the LoRA A-matrix init
     policy = Policy(
-        pipe.unet, lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha, full_finetune=cfg.full_finetune
+        pipe.unet,
+        lora_rank=cfg.lora_rank,
+        lora_alpha=cfg.lora_alpha,
+        lora_targets=cfg.lora_targets,
+        full_finetune=cfg.full_finetune,
     )
     return pipe, policy
 
@@ -50,7 +55,7 @@ def format_epoch(epoch: int, m: dict[str, float]) -> str:
     extra = f" | acc {m['preference_accuracy']:.2f}" if "preference_accuracy" in m else ""
     return (
         f"epoch {epoch:3d} | reward {m['reward_mean']:.4f} +- {m['reward_std']:.4f} | loss {m['loss']:.4f}"
-        f"{extra} | grad {m['grad_norm']:.3f} | {m['samples_per_s']:.1f} img/s | {m['epoch_time_s']:.1f} s"
+        f"{extra} | grad {m['grad_norm']:.1e} | {m['samples_per_s']:.1f} img/s | {m['epoch_time_s']:.1f} s"
     )
 
 

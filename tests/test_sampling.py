@@ -22,6 +22,7 @@ def test_images_equal_the_stock_pipeline_for_the_same_seed(tiny_pipe):
         tiny_pipe,
         PROMPTS,
         num_steps=8,
+        resolution=16,
         eta=1.0,
         guidance_scale=5.0,
         generator=torch.Generator().manual_seed(3),
@@ -33,9 +34,9 @@ def test_groups_share_initial_noise_and_record_every_step(tiny_pipe):
     out = sample_trajectories(
         tiny_pipe, PROMPTS, group_size=3, num_steps=6, generator=torch.Generator().manual_seed(0)
     )
-    assert out["latents"].shape == (6, 7, 4, 8, 8)
+    assert out["latents"].shape == (6, 7, 4, 16, 16)  # the tiny model makes 32x32 images
     assert out["log_probs"].shape == (6, 6) and out["timesteps"].shape == (6,)
-    assert out["images"].shape == (6, 3, 16, 16) and out["prompt_embeds"].shape[0] == 6
+    assert out["images"].shape == (6, 3, 32, 32) and out["prompt_embeds"].shape[0] == 6
     assert out["group"].tolist() == [0, 0, 0, 1, 1, 1]
     x_T = out["latents"][:, 0]
     assert torch.equal(x_T[0], x_T[2]) and torch.equal(x_T[3], x_T[5]) and not torch.equal(x_T[0], x_T[3])
