@@ -45,10 +45,22 @@ def build_policy(cfg: CommonConfig) -> tuple[StableDiffusionPipeline, Policy]:
     return pipe, policy
 
 
-def reward_summary(rewards: torch.Tensor) -> dict[str, float]:
+def finish_epoch(
+    epoch: int, metrics: dict[str, float], rewards: torch.Tensor, start: float, log: Log
+) -> dict[str, float]:
+    """Add the shared reward and throughput metrics to an epoch's own, print its line, return them all."""
+    elapsed = time.perf_counter() - start
     n = rewards.numel()
     std = rewards.std().item() if n > 1 else 0.0
-    return {"reward_mean": rewards.mean().item(), "reward_std": std, "reward_se": std / n**0.5}
+    metrics = metrics | {
+        "reward_mean": rewards.mean().item(),
+        "reward_std": std,
+        "reward_se": std / n**0.5,
+        "samples_per_s": n / elapsed,
+        "epoch_time_s": elapsed,
+    }
+    log(format_epoch(epoch, metrics))
+    return metrics
 
 
 def format_epoch(epoch: int, m: dict[str, float]) -> str:
@@ -98,14 +110,7 @@ def train_d3po(cfg: D3POConfig, log: Log = print) -> list[dict[str, float]]:
             )
         else:  # every pair tied: nothing to learn from this epoch
             metrics = {"loss": float("nan"), "preference_accuracy": float("nan"), "grad_norm": 0.0}
-        elapsed = time.perf_counter() - start
-        metrics |= reward_summary(rewards) | {
-            "ties": ties,
-            "samples_per_s": rewards.numel() / elapsed,
-            "epoch_time_s": elapsed,
-        }
-        history.append(metrics)
-        log(format_epoch(epoch, metrics))
+        history.append(finish_epoch(epoch, metrics | {"ties": ties}, rewards, start, log))
     policy.save(cfg.output_dir)
     return history
 
@@ -149,14 +154,7 @@ def train_draft(cfg: DRaFTConfig, log: Log = print) -> list[dict[str, float]]:
             metrics, sample_rewards = learner.step(trajectories, noise_gen)
             steps.append(metrics)
             rewards.append(sample_rewards)
-        elapsed = time.perf_counter() - start
-        rewards = torch.cat(rewards)
         metrics = {key: sum(s[key] for s in steps) / len(steps) for key in steps[0]}
-        metrics |= reward_summary(rewards) | {
-            "samples_per_s": rewards.numel() / elapsed,
-            "epoch_time_s": elapsed,
-        }
-        history.append(metrics)
-        log(format_epoch(epoch, metrics))
+        history.append(finish_epoch(epoch, metrics, torch.cat(rewards), start, log))
     policy.save(cfg.output_dir)
     return history

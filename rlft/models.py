@@ -80,15 +80,25 @@ def load_pipeline(
     return pipe
 
 
-def _sd_scheduler() -> DDIMScheduler:
-    # Stable Diffusion 1.x's noise schedule.
-    return DDIMScheduler(
+def _assemble(unet, vae, text_encoder, tokenizer) -> StableDiffusionPipeline:
+    """A pipeline from built parts, with Stable Diffusion 1.x's noise schedule and no safety checker."""
+    scheduler = DDIMScheduler(
         beta_start=0.00085,
         beta_end=0.012,
         beta_schedule="scaled_linear",
         clip_sample=False,
         set_alpha_to_one=False,
         steps_offset=1,
+    )
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )
 
 
@@ -163,16 +173,7 @@ def build_tiny_pipeline(seed: int = 0) -> StableDiffusionPipeline:
             pad_token_id=tokenizer.pad_token_id,
         )
     )
-    return StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=_sd_scheduler(),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    return _assemble(unet, vae, text_encoder, tokenizer)
 
 
 def build_sd15_random_pipeline(seed: int = 0) -> StableDiffusionPipeline:
@@ -206,13 +207,4 @@ def build_sd15_random_pipeline(seed: int = 0) -> StableDiffusionPipeline:
             projection_dim=768,
         )
     )
-    return StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=_sd_scheduler(),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    return _assemble(unet, vae, text_encoder, tokenizer)
