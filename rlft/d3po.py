@@ -27,10 +27,10 @@ def pairs_from_rewards(rewards: Tensor, group: Tensor) -> tuple[Tensor, Tensor, 
             for j in members[a + 1 :]:
                 if rewards[i] == rewards[j]:
                     ties += 1
-                elif rewards[i] > rewards[j]:
-                    index_w.append(i), index_l.append(j)
-                else:
-                    index_w.append(j), index_l.append(i)
+                    continue
+                winner, loser = (i, j) if rewards[i] > rewards[j] else (j, i)
+                index_w.append(winner)
+                index_l.append(loser)
     return torch.tensor(index_w, dtype=torch.long), torch.tensor(index_l, dtype=torch.long), ties
 
 
