@@ -49,6 +49,15 @@ class CommonConfig:
     """Where to run: 'auto' picks CUDA when torch sees it."""
     threads: int | None = None
     """CPU threads for torch; default: torch's own choice (one per core)."""
+    run_name: str | None = None
+    """Names the run's folder (runs_dir/run_name) and its MLflow run; the same name again resumes the run.
+    Default: the algorithm and the start time."""
+    runs_dir: str = "runs"
+    """Folder holding one subfolder per run: its checkpoint and final adapter."""
+    track: bool = True
+    """Log to MLflow (MLFLOW_TRACKING_URI and MLFLOW_EXPERIMENT_NAME; default: sqlite mlflow.db here)."""
+    image_every: int = 2
+    """Log an image grid with its prompts every this many epochs (and at the last)."""
 
     def __post_init__(self) -> None:
         check_model_name(self.model)
@@ -67,6 +76,14 @@ class CommonConfig:
         _check(self.lora_alpha is None or self.lora_alpha > 0, "lora_alpha", self.lora_alpha, "positive")
         _check(self.max_grad_norm > 0, "max_grad_norm", self.max_grad_norm, "positive")
         _check(self.threads is None or self.threads >= 1, "threads", self.threads, "at least 1")
+        _check(self.image_every >= 1, "image_every", self.image_every, "at least 1")
+        _check(
+            self.run_name is None
+            or (self.run_name.strip() and "/" not in self.run_name and "'" not in self.run_name),
+            "run_name",
+            self.run_name,
+            "a non-empty name without '/' or quotes",
+        )
 
 
 @dataclass(frozen=True)
@@ -89,8 +106,6 @@ class D3POConfig(CommonConfig):
     """AdamW learning rate (the paper uses 3e-5 on SD 1.5; the random tiny model needs far more)."""
     batch_size: int = 16
     """(pair, timestep) items per optimizer step."""
-    output_dir: str = "runs/d3po"
-    """Folder the trained adapter is saved to (diffusers LoRA safetensors)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -123,8 +138,6 @@ class DRaFTConfig(CommonConfig):
     """DDIM stochasticity (0: deterministic sampling, as DRaFT uses)."""
     lr: float = 1e-2
     """AdamW learning rate (the paper uses 2e-4 on SD 1.5 with rank-8 LoRA)."""
-    output_dir: str = "runs/draft"
-    """Folder the trained adapter is saved to (diffusers LoRA safetensors)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()

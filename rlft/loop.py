@@ -2,15 +2,20 @@
 
 They are the reference the Ray jobs are held to: the same seed gives the same numbers. Each returns one
 metrics dict per epoch, with names shared by both algorithms (reward_mean, reward_std, loss,
-samples_per_s, epoch_time_s) plus each algorithm's own.
+samples_per_s, epoch_time_s) plus each algorithm's own. Every finished epoch is checkpointed under
+`run_dir`; started again on the same `run_dir`, a loop goes on after the last finished epoch with the
+same numbers an uninterrupted run gives, and logs no epoch to MLflow twice.
 """
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from diffusers import StableDiffusionPipeline
+from torch import Tensor
 
+from rlft.checkpoint import load_checkpoint, save_checkpoint
 from rlft.config import CommonConfig, D3POConfig, DRaFTConfig
 from rlft.d3po import D3POLearner, pair_items, pairs_from_rewards
 from rlft.draft import DRaFTLearner
@@ -19,8 +24,13 @@ from rlft.policy import Policy
 from rlft.prompts import draw_prompts
 from rlft.rewards import get_reward
 from rlft.sampling import sample_trajectories
+from rlft.tracking import Tracker
 
 Log = Callable[[str], None]
+# Images to show: a grid (N, 3, H, W) in [0, 1] and its prompts, made only when they are logged.
+ShowFn = Callable[[], tuple[Tensor, list[str]]]
+# One epoch's work: (the algorithm's own metrics, per-sample rewards (B,), the images to show).
+EpochFn = Callable[[], tuple[dict[str, float], Tensor, ShowFn]]
 
 
 def pick_device(choice: str) -> torch.device:
@@ -45,22 +55,17 @@ def build_policy(cfg: CommonConfig) -> tuple[StableDiffusionPipeline, Policy]:
     return pipe, policy
 
 
-def finish_epoch(
-    epoch: int, metrics: dict[str, float], rewards: torch.Tensor, start: float, log: Log
-) -> dict[str, float]:
-    """Add the shared reward and throughput metrics to an epoch's own, print its line, return them all."""
-    elapsed = time.perf_counter() - start
+def epoch_metrics(metrics: dict[str, float], rewards: Tensor, elapsed: float) -> dict[str, float]:
+    """An epoch's own metrics plus the reward and throughput metrics both algorithms share."""
     n = rewards.numel()
     std = rewards.std().item() if n > 1 else 0.0
-    metrics = metrics | {
+    return metrics | {
         "reward_mean": rewards.mean().item(),
         "reward_std": std,
         "reward_se": std / n**0.5,
         "samples_per_s": n / elapsed,
         "epoch_time_s": elapsed,
     }
-    log(format_epoch(epoch, metrics))
-    return metrics
 
 
 def format_epoch(epoch: int, m: dict[str, float]) -> str:
@@ -71,7 +76,54 @@ def format_epoch(epoch: int, m: dict[str, float]) -> str:
     )
 
 
-def train_d3po(cfg: D3POConfig, log: Log = print) -> list[dict[str, float]]:
+def run_epochs(
+    cfg: CommonConfig,
+    run_dir: Path,
+    policy: Policy,
+    optimizer: torch.optim.Optimizer,
+    generators: dict[str, torch.Generator],
+    one_epoch: EpochFn,
+    tracker: Tracker | None,
+    log: Log,
+) -> list[dict[str, float]]:
+    """Resume from run_dir's checkpoint if there is one, then run, checkpoint and log the remaining epochs."""
+    checkpoint = Path(run_dir) / "checkpoint"
+    last, history = load_checkpoint(checkpoint, policy=policy, optimizer=optimizer, generators=generators)
+    if last >= 0:
+        log(f"resuming {run_dir} after epoch {last}")
+    if tracker is not None:  # epochs checkpointed but not logged (a crash between the two) are logged now
+        logged = set(tracker.logged_epochs())
+        for epoch, metrics in enumerate(history):
+            if epoch not in logged:
+                tracker.log_epoch(epoch, metrics)
+    for epoch in range(last + 1, cfg.epochs):
+        start = time.perf_counter()
+        own, rewards, show = one_epoch()
+        metrics = epoch_metrics(own, rewards, time.perf_counter() - start)
+        history.append(metrics)
+        log(format_epoch(epoch, metrics))
+        # Checkpoint, then log: after a crash in between, the epoch is logged from the checkpoint.
+        save_checkpoint(
+            checkpoint,
+            epoch=epoch,
+            history=history,
+            policy=policy,
+            optimizer=optimizer,
+            generators=generators,
+        )
+        if tracker is not None:
+            tracker.log_epoch(epoch, metrics)
+            if epoch % cfg.image_every == 0 or epoch == cfg.epochs - 1:
+                tracker.log_images(epoch, *show())
+    policy.save(Path(run_dir) / "adapter")
+    if tracker is not None:
+        tracker.log_folder(Path(run_dir) / "adapter", "adapter")
+    return history
+
+
+def train_d3po(
+    cfg: D3POConfig, run_dir: Path, tracker: Tracker | None = None, log: Log = print
+) -> list[dict[str, float]]:
     """D3PO: pairs sharing x_T, preferred by reward order, per-step DPO against the adapter-off reference."""
     pipe, policy = build_policy(cfg)
     reward = get_reward(cfg.reward)
@@ -87,9 +139,8 @@ def train_d3po(cfg: D3POConfig, log: Log = print) -> list[dict[str, float]]:
     )
     noise_gen = torch.Generator(pipe.device).manual_seed(cfg.seed)
     order_gen = torch.Generator().manual_seed(cfg.seed + 1)
-    history = []
-    for epoch in range(cfg.epochs):
-        start = time.perf_counter()
+
+    def one_epoch():
         prompts = draw_prompts(cfg.prompts, cfg.pairs_per_epoch, order_gen)
         trajectories = sample_trajectories(
             pipe,
@@ -110,12 +161,16 @@ def train_d3po(cfg: D3POConfig, log: Log = print) -> list[dict[str, float]]:
             )
         else:  # every pair tied: nothing to learn from this epoch
             metrics = {"loss": float("nan"), "preference_accuracy": float("nan"), "grad_norm": 0.0}
-        history.append(finish_epoch(epoch, metrics | {"ties": ties}, rewards, start, log))
-    policy.save(cfg.output_dir)
-    return history
+        images = trajectories["images"][:: cfg.group_size]  # one image per group for the grid
+        return metrics | {"ties": ties}, rewards, lambda: (images, prompts)
+
+    generators = {"noise": noise_gen, "order": order_gen}
+    return run_epochs(cfg, run_dir, policy, learner.optimizer, generators, one_epoch, tracker, log)
 
 
-def train_draft(cfg: DRaFTConfig, log: Log = print) -> list[dict[str, float]]:
+def train_draft(
+    cfg: DRaFTConfig, run_dir: Path, tracker: Tracker | None = None, log: Log = print
+) -> list[dict[str, float]]:
     """DRaFT-K / DRaFT-LV / full DRaFT on a differentiable reward."""
     pipe, policy = build_policy(cfg)
     reward_fn = get_reward(cfg.reward, differentiable=True).fn
@@ -135,9 +190,9 @@ def train_draft(cfg: DRaFTConfig, log: Log = print) -> list[dict[str, float]]:
     )
     noise_gen = torch.Generator(pipe.device).manual_seed(cfg.seed)
     order_gen = torch.Generator().manual_seed(cfg.seed + 1)
-    history = []
-    for epoch in range(cfg.epochs):
-        start, steps, rewards = time.perf_counter(), [], []
+
+    def one_epoch():
+        steps, rewards = [], []
         for _ in range(cfg.steps_per_epoch):
             prompts = draw_prompts(cfg.prompts, cfg.batch_size, order_gen)
             trajectories = sample_trajectories(
@@ -155,6 +210,23 @@ def train_draft(cfg: DRaFTConfig, log: Log = print) -> list[dict[str, float]]:
             steps.append(metrics)
             rewards.append(sample_rewards)
         metrics = {key: sum(s[key] for s in steps) / len(steps) for key in steps[0]}
-        history.append(finish_epoch(epoch, metrics, torch.cat(rewards), start, log))
-    policy.save(cfg.output_dir)
-    return history
+
+        def show():
+            # DRaFT-K's samples finish inside the learner: show fresh ones of the updated policy, from a
+            # generator of their own so that showing them changes no training randomness.
+            images = sample_trajectories(
+                pipe,
+                prompts,
+                num_steps=cfg.num_steps,
+                guidance_scale=cfg.guidance_scale,
+                eta=cfg.eta,
+                resolution=cfg.resolution,
+                generator=torch.Generator(pipe.device).manual_seed(cfg.seed),
+                with_logprob=False,
+            )["images"]
+            return images, prompts
+
+        return metrics, torch.cat(rewards), show
+
+    generators = {"noise": noise_gen, "order": order_gen}
+    return run_epochs(cfg, run_dir, policy, learner.optimizer, generators, one_epoch, tracker, log)

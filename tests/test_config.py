@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -40,17 +41,35 @@ def test_draft_variants_set_how_many_steps_carry_gradient():
         ("d3po.py", ["--eta", "0"], "eta"),
         ("draft.py", ["--k", "50"], "k=50"),
         ("d3po.py", ["--model", "no/such/./folder/x"], "model"),
+        ("d3po.py", ["--run-name", "a/b"], "run_name"),
+        ("draft.py", ["--tracking-uri-is-not-a-flag"], "Unrecognized"),
     ],
 )
 def test_jobs_refuse_bad_flags_before_building_anything(job, flags, field, tmp_path):
+    env = os.environ | {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     result = subprocess.run(
-        [sys.executable, str(ROOT / "jobs" / job), *flags, "--output-dir", str(tmp_path / "o")],
+        [sys.executable, str(ROOT / "jobs" / job), *flags, "--runs-dir", str(tmp_path / "o")],
         capture_output=True,
         text=True,
         timeout=120,
+        env=env,
     )
     assert result.returncode != 0
     assert field in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "o").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_an_unreachable_tracking_server_is_named_before_anything_starts(tmp_path):
+    env = os.environ | {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}  # the discard port: nothing listens
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "jobs" / "d3po.py"), "--runs-dir", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "MLFLOW_TRACKING_URI 'http://127.0.0.1:9' is unreachable" in result.stderr
     assert not (tmp_path / "o").exists()
 
 

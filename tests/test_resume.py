@@ -1,0 +1,114 @@
+"""Checkpoints and MLflow tracking: a run started again goes on where it stopped and logs nothing twice."""
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from rlft.checkpoint import load_checkpoint, save_checkpoint
+from rlft.config import D3POConfig, DRaFTConfig
+from rlft.loop import train_d3po, train_draft
+from rlft.policy import Policy
+from rlft.tracking import Tracker, check_tracking_uri
+
+SMALL = dict(pairs_per_epoch=2, num_steps=3, batch_size=3, threads=1)
+
+
+def _tracker(tmp_path, name="run"):
+    return Tracker(name, D3POConfig(), {"algorithm": "d3po"}, uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+def test_a_resumed_run_equals_an_uninterrupted_one_and_logs_each_epoch_once(tmp_path):
+    straight = train_d3po(D3POConfig(epochs=3, **SMALL), tmp_path / "straight", log=print)
+
+    with _tracker(tmp_path) as tracker:
+        train_d3po(D3POConfig(epochs=2, **SMALL), tmp_path / "resumed", tracker, log=print)
+    lines = []
+    with _tracker(tmp_path) as tracker:  # the same name: the same MLflow run
+        assert tracker.resumed
+        resumed = train_d3po(D3POConfig(epochs=3, **SMALL), tmp_path / "resumed", tracker, log=lines.append)
+    assert lines[0] == f"resuming {tmp_path / 'resumed'} after epoch 1" and len(lines) == 2
+
+    for a, b in zip(straight, resumed, strict=True):
+        assert a["reward_mean"] == b["reward_mean"] and a["loss"] == b["loss"]
+    client = MlflowClient(tracker.uri)
+    assert [m.step for m in client.get_metric_history(tracker.run_id, "reward_mean")] == [0, 1, 2]
+    assert client.get_run(tracker.run_id).info.status == "FINISHED"
+    assert len(client.search_runs([client.get_run(tracker.run_id).info.experiment_id])) == 1
+
+
+def test_draft_resumes_too(tmp_path):
+    small = dict(batch_size=2, steps_per_epoch=1, num_steps=3, threads=1)
+    straight = train_draft(DRaFTConfig(epochs=2, **small), tmp_path / "a", log=print)
+    train_draft(DRaFTConfig(epochs=1, **small), tmp_path / "b", log=print)
+    resumed = train_draft(DRaFTConfig(epochs=2, **small), tmp_path / "b", log=print)
+    assert [h["reward_mean"] for h in straight] == [h["reward_mean"] for h in resumed]
+
+
+def test_epochs_checkpointed_but_never_logged_are_logged_on_resume(tmp_path, tiny_pipe):
+    policy = Policy(tiny_pipe.unet)
+    optimizer = torch.optim.AdamW(policy.parameters())
+    history = [{"reward_mean": -1.5, "loss": 0.69}, {"reward_mean": -1.4, "loss": 0.68}]
+    save_checkpoint(
+        tmp_path / "run" / "checkpoint",
+        epoch=1,
+        history=history,
+        policy=policy,
+        optimizer=optimizer,
+        generators={"noise": torch.Generator().manual_seed(0), "order": torch.Generator().manual_seed(1)},
+    )
+    # A crash right after the checkpoint: epoch 1 never reached MLflow. Resuming logs it, then goes on.
+    with _tracker(tmp_path) as tracker:
+        tracker.log_epoch(0, history[0])
+        train_d3po(D3POConfig(epochs=2, **SMALL), tmp_path / "run", tracker, log=print)
+    assert tracker.logged_epochs() == [0, 1]
+
+
+def test_a_failed_run_ends_failed_with_its_error(tmp_path):
+    with pytest.raises(RuntimeError), _tracker(tmp_path) as tracker:
+        raise RuntimeError("sampler died")
+    run = MlflowClient(tracker.uri).get_run(tracker.run_id)
+    assert run.info.status == "FAILED" and run.data.tags["error"] == "RuntimeError: sampler died"
+
+
+def test_checkpoint_restores_weights_optimizer_and_generators(tmp_path, tiny_pipe):
+    policy = Policy(tiny_pipe.unet)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=0.1)
+    sum(p.sum() for p in policy.parameters()).backward()
+    optimizer.step()
+    generator = torch.Generator().manual_seed(5)
+    torch.rand(3, generator=generator)
+    save_checkpoint(
+        tmp_path / "c",
+        epoch=4,
+        history=[{}] * 5,
+        policy=policy,
+        optimizer=optimizer,
+        generators={"noise": generator},
+    )
+    expected_next = torch.rand(3, generator=generator)
+
+    fresh = Policy(type(tiny_pipe.unet).from_config(tiny_pipe.unet.config))
+    fresh_optimizer = torch.optim.AdamW(fresh.parameters(), lr=0.1)
+    fresh_generator = torch.Generator().manual_seed(0)
+    epoch, history = load_checkpoint(
+        tmp_path / "c", policy=fresh, optimizer=fresh_optimizer, generators={"noise": fresh_generator}
+    )
+    assert epoch == 4 and len(history) == 5
+    assert torch.equal(torch.rand(3, generator=fresh_generator), expected_next)
+    for a, b in zip(policy.state_dict().values(), fresh.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert fresh_optimizer.state_dict()["state"][0]["step"] == 1
+
+
+@pytest.mark.parametrize(
+    "uri, message",
+    [
+        ("http://127.0.0.1:9", "is unreachable"),
+        ("file:///tmp/mlruns", "file stores are refused"),
+        ("mlruns", "file stores are refused"),
+        ("sqlite:////no/such/folder/mlflow.db", "is missing or not writable"),
+    ],
+)
+def test_bad_tracking_uris_are_named(uri, message):
+    with pytest.raises(ValueError, match=message):
+        check_tracking_uri(uri, timeout_s=2)
