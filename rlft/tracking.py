@@ -18,6 +18,8 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from torch import Tensor
 
+from rlft.config import D3POConfig, DRaFTConfig
+
 DEFAULT_EXPERIMENT = "rlft"
 
 
@@ -109,7 +111,7 @@ class Tracker:
         self.client.set_terminated(self.run_id, status="FAILED" if error is not None else "FINISHED")
 
 
-def open_run(cfg: object, algorithm: str) -> tuple[Path, Tracker | None]:
+def open_run(cfg: D3POConfig | DRaFTConfig, algorithm: str) -> tuple[Path, Tracker | None]:
     """The run's folder (runs_dir/run_name; default name: algorithm and start time) and its tracker."""
     run_name = cfg.run_name or f"{algorithm}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = Path(cfg.runs_dir) / run_name

@@ -1,5 +1,3 @@
-import time
-
 import pytest
 import torch
 
@@ -34,9 +32,7 @@ def test_names_that_are_allowed(tmp_path):
 
 
 def test_tiny_model_is_deterministic_from_its_seed():
-    start = time.perf_counter()
     a, b, c = build_tiny_pipeline(0), build_tiny_pipeline(0), build_tiny_pipeline(1)
-    assert time.perf_counter() - start < 30  # "a few seconds" each, with slack for a loaded machine
     for name, weight in a.unet.state_dict().items():
         assert torch.equal(weight, b.unet.state_dict()[name])
     assert not torch.equal(a.unet.conv_in.weight, c.unet.conv_in.weight)
