@@ -55,6 +55,17 @@ def build_policy(cfg: CommonConfig) -> tuple[StableDiffusionPipeline, Policy]:
     return pipe, policy
 
 
+def seeded_generators(seed: int, device: torch.device) -> dict[str, torch.Generator]:
+    """The run's two random streams: sampling noise (on the model's device) and prompt/item order.
+
+    Both loops (and any distributed version held to their numbers) must draw them the same way.
+    """
+    return {
+        "noise": torch.Generator(device).manual_seed(seed),
+        "order": torch.Generator().manual_seed(seed + 1),
+    }
+
+
 def epoch_metrics(metrics: dict[str, float], rewards: Tensor, elapsed: float) -> dict[str, float]:
     """An epoch's own metrics plus the reward and throughput metrics both algorithms share."""
     n = rewards.numel()
@@ -137,8 +148,8 @@ def train_d3po(
         eta=cfg.eta,
         max_grad_norm=cfg.max_grad_norm,
     )
-    noise_gen = torch.Generator(pipe.device).manual_seed(cfg.seed)
-    order_gen = torch.Generator().manual_seed(cfg.seed + 1)
+    generators = seeded_generators(cfg.seed, pipe.device)
+    noise_gen, order_gen = generators["noise"], generators["order"]
 
     def one_epoch():
         prompts = draw_prompts(cfg.prompts, cfg.pairs_per_epoch, order_gen)
@@ -164,7 +175,6 @@ def train_d3po(
         images = trajectories["images"][:: cfg.group_size]  # one image per group for the grid
         return metrics | {"ties": ties}, rewards, lambda: (images, prompts)
 
-    generators = {"noise": noise_gen, "order": order_gen}
     return run_epochs(cfg, run_dir, policy, learner.optimizer, generators, one_epoch, tracker, log)
 
 
@@ -188,8 +198,8 @@ def train_draft(
         eta=cfg.eta,
         max_grad_norm=cfg.max_grad_norm,
     )
-    noise_gen = torch.Generator(pipe.device).manual_seed(cfg.seed)
-    order_gen = torch.Generator().manual_seed(cfg.seed + 1)
+    generators = seeded_generators(cfg.seed, pipe.device)
+    noise_gen, order_gen = generators["noise"], generators["order"]
 
     def one_epoch():
         steps, rewards = [], []
@@ -228,5 +238,4 @@ def train_draft(
 
         return metrics, torch.cat(rewards), show
 
-    generators = {"noise": noise_gen, "order": order_gen}
     return run_epochs(cfg, run_dir, policy, learner.optimizer, generators, one_epoch, tracker, log)

@@ -10,7 +10,7 @@ from torch import Tensor
 def d3po_loss(
     logp_w: Tensor, ref_logp_w: Tensor, logp_l: Tensor, ref_logp_l: Tensor, *, beta: float, clip: float
 ) -> tuple[Tensor, dict[str, float]]:
-    """Per-denoising-step DPO loss of D3PO (Yang et al., arXiv 2311.13231, eq. 9).
+    """Per-denoising-step DPO loss of D3PO (Yang et al., arXiv 2311.13231).
 
     Each argument is (N,): the log-probability of one denoising step of the preferred (`_w`) or
     rejected (`_l`) member of a pair under the policy and the frozen reference. The ratio

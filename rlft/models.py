@@ -5,7 +5,6 @@ checker off, all weights frozen and the progress bar off. Names are checked befo
 """
 
 import json
-import os
 import re
 import tempfile
 from pathlib import Path
@@ -38,7 +37,8 @@ def check_model_name(name: str) -> str:
                 f"model folder {name!r} has no model_index.json: not a diffusers pipeline folder"
             )
         return "folder"
-    if name.startswith((".", "/", "~")) or os.sep in name.strip("/").replace("/", "", 1):
+    # A path-like name, or more than one '/' (a hub id has exactly one), can only be a missing folder.
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise ValueError(f"model folder {name!r} does not exist")
     if not _HUB_ID.match(name) or ".." in name or name.endswith(".git"):
         raise ValueError(

@@ -41,7 +41,7 @@ def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
             urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s).close()
         except (urllib.error.URLError, OSError) as error:
             raise ValueError(f"MLFLOW_TRACKING_URI {uri!r} is unreachable: {error}") from None
-    elif uri.startswith("file:") or "://" not in uri:
+    elif uri.startswith("file:") or ("://" not in uri and uri != "databricks"):
         raise ValueError(
             f"MLFLOW_TRACKING_URI {uri!r}: file stores are refused by MLflow 3.17+; "
             "use sqlite:///path/mlflow.db or an http(s) server"
