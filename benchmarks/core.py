@@ -18,6 +18,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from rlft.d3po import D3POLearner, pair_items
+from rlft.epoch import iterate_batches
 from rlft.models import load_pipeline
 from rlft.policy import Policy
 from rlft.prompts import PROMPT_SETS
@@ -128,15 +129,14 @@ def main() -> None:
     # The first member of each pair wins: speed does not depend on who wins, and a random-weight model's
     # images can all tie on a reward.
     index_w = torch.arange(0, 2 * args.pairs, 2)
-    items = pair_items(out, index_w, index_w + 1)
+    items = pair_items(out["latents"], out["group"], out["timesteps"], index_w, index_w + 1)
+    embeds = out["prompt_embeds"][::2]  # one row per prompt
     learner = D3POLearner(policy, pipe.scheduler, lr=1e-4, beta=0.1, clip=0.1, **common)
 
     def epoch():
+        order = torch.randperm(len(items["timesteps"]), generator=torch.Generator().manual_seed(0))
         learner.train_epoch(
-            items,
-            out["uncond_embeds"],
-            batch_size=args.batch_size,
-            generator=torch.Generator().manual_seed(0),
+            iterate_batches(items, args.batch_size, order.to(device)), embeds, out["uncond_embeds"]
         )
 
     with FlopCounterMode(display=False) as counter:

@@ -19,6 +19,11 @@ def _check(ok: bool, field: str, value: object, allowed: str) -> None:
         raise ValueError(f"{field}={value!r} is not allowed: {allowed}")
 
 
+def _check_divides(batch_size: int, workers: int) -> None:
+    allowed = f"a multiple of train_workers ({workers}): each worker takes an equal share of a batch"
+    _check(batch_size % workers == 0, "batch_size", batch_size, allowed)
+
+
 @dataclass(frozen=True)
 class CommonConfig:
     model: str = "tiny"
@@ -58,6 +63,31 @@ class CommonConfig:
     """Log to MLflow (MLFLOW_TRACKING_URI and MLFLOW_EXPERIMENT_NAME; default: sqlite mlflow.db here)."""
     image_every: int = 2
     """Log an image grid with its prompts every this many epochs (and at the last)."""
+    sample_batch: int = 8
+    """Prompts per sampler call (D3PO: groups); an epoch's prompts are cut into chunks of this size."""
+    shuffle: bool = True
+    """Train on the epoch's items in a seeded random order (a Ray Data global shuffle under Ray);
+    --no-shuffle keeps the order they were made in."""
+    ray: bool = True
+    """Run on Ray: sampler and scorer actors, a Ray Data shuffle, Ray Train workers. --no-ray runs the same
+    epochs in this one process (same numbers with one sampler, one train worker and --no-shuffle)."""
+    ray_address: str | None = None
+    """Ray cluster to join; default: RAY_ADDRESS, else a cluster started on this machine by `ray start`,
+    else a new local Ray for this job."""
+    samplers: int = 1
+    """Sampler actors; each holds the pipeline and the current LoRA, and takes chunks in turn."""
+    sampler_gpus: float = 0.0
+    """GPUs per sampler (a fraction shares a GPU; 0: a CPU actor)."""
+    scorers: int = 1
+    """Scorer actors turning images into rewards."""
+    scorer_gpus: float = 0.0
+    """GPUs per scorer (a fraction shares a GPU; 0: a CPU actor)."""
+    train_workers: int = 1
+    """Ray Train workers (data parallel: each takes an equal share of the items; gradients are averaged)."""
+    worker_gpus: float = 0.0
+    """GPUs per train worker (0: CPU workers)."""
+    actor_cpus: float = 1.0
+    """CPUs each sampler, scorer and train worker asks Ray for."""
 
     def __post_init__(self) -> None:
         check_model_name(self.model)
@@ -77,6 +107,20 @@ class CommonConfig:
         _check(self.max_grad_norm > 0, "max_grad_norm", self.max_grad_norm, "positive")
         _check(self.threads is None or self.threads >= 1, "threads", self.threads, "at least 1")
         _check(self.image_every >= 1, "image_every", self.image_every, "at least 1")
+        _check(self.sample_batch >= 1, "sample_batch", self.sample_batch, "at least 1")
+        for field in ("samplers", "scorers", "train_workers"):
+            _check(getattr(self, field) >= 1, field, getattr(self, field), "at least 1")
+        for field in ("sampler_gpus", "scorer_gpus", "worker_gpus"):
+            value = getattr(self, field)
+            whole_or_fraction = 0 <= value <= 1 or value == int(value)
+            _check(whole_or_fraction, field, value, "0, a fraction of one GPU, or a whole number")
+        _check(self.actor_cpus > 0, "actor_cpus", self.actor_cpus, "positive")
+        _check(
+            self.ray or (self.samplers, self.scorers, self.train_workers) == (1, 1, 1),
+            "ray",
+            self.ray,
+            "True when samplers, scorers or train_workers is above 1",
+        )
         _check(
             self.run_name is None
             or (self.run_name.strip() and "/" not in self.run_name and "'" not in self.run_name),
@@ -117,6 +161,7 @@ class D3POConfig(CommonConfig):
         _check(0 < self.clip < 1, "clip", self.clip, "in (0, 1)")
         _check(self.lr > 0, "lr", self.lr, "positive")
         _check(self.batch_size >= 1, "batch_size", self.batch_size, "at least 1")
+        _check_divides(self.batch_size, self.train_workers)
 
 
 @dataclass(frozen=True)
@@ -145,6 +190,7 @@ class DRaFTConfig(CommonConfig):
         _check(1 <= self.k <= self.num_steps, "k", self.k, f"in 1..{self.num_steps} (num_steps)")
         _check(self.lv_copies >= 1, "lv_copies", self.lv_copies, "at least 1")
         _check(self.batch_size >= 1, "batch_size", self.batch_size, "at least 1")
+        _check_divides(self.batch_size, self.train_workers)
         _check(self.steps_per_epoch >= 1, "steps_per_epoch", self.steps_per_epoch, "at least 1")
         _check(self.eta >= 0, "eta", self.eta, ">= 0")
         _check(self.lr > 0, "lr", self.lr, "positive")

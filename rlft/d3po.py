@@ -5,6 +5,8 @@ can hold one. Both members of every pair and both halves of classifier-free guid
 call per batch; the reference is the same UNet with the adapter disabled.
 """
 
+from collections.abc import Callable, Iterable
+
 import torch
 from diffusers import DDIMScheduler
 from torch import Tensor
@@ -18,11 +20,12 @@ from rlft.sampling import guided_eps
 def pairs_from_rewards(rewards: Tensor, group: Tensor) -> tuple[Tensor, Tensor, int]:
     """Every pair of samples in the same group with different rewards, as (index_w, index_l, ties).
 
-    rewards, group: (B,). A pair with equal rewards carries no preference and is counted in `ties`.
+    rewards, group: (B,). A pair with equal rewards carries no preference and is counted in `ties`; a sample
+    whose reward is NaN takes part in no pair.
     """
     index_w, index_l, ties = [], [], 0
     for g in group.unique():
-        members = (group == g).nonzero().flatten().tolist()
+        members = ((group == g) & torch.isfinite(rewards)).nonzero().flatten().tolist()
         for a, i in enumerate(members):
             for j in members[a + 1 :]:
                 if rewards[i] == rewards[j]:
@@ -34,27 +37,32 @@ def pairs_from_rewards(rewards: Tensor, group: Tensor) -> tuple[Tensor, Tensor, 
     return torch.tensor(index_w, dtype=torch.long), torch.tensor(index_l, dtype=torch.long), ties
 
 
-def pair_items(trajectories: dict[str, Tensor], index_w: Tensor, index_l: Tensor) -> dict[str, Tensor]:
+def pair_items(
+    latents: Tensor, group: Tensor, timesteps: Tensor, index_w: Tensor, index_l: Tensor
+) -> dict[str, Tensor]:
     """Flatten P pairs x S steps into P*S training items, one (pair, timestep) each.
 
-    Keys: latents_w/_l (x_t) and next_latents_w/_l (x_{t-1}) (N, C, h, w), timesteps (N,),
-    embeds_w/_l (N, L, D). Item n is pair n // S at step n % S.
+    latents (B, S+1, C, h, w) as sampled, group (B,) each sample's prompt index, timesteps (S,).
+    Keys: latents_w/_l (x_t) and next_latents_w/_l (x_{t-1}) (N, C, h, w), timesteps (N,), prompt (N,)
+    (both members of a pair share it). Item n is pair n // S at step n % S.
     """
-    latents, embeds = trajectories["latents"], trajectories["prompt_embeds"]
-    steps = trajectories["timesteps"].numel()
-    pair = torch.arange(len(index_w)).repeat_interleave(steps)  # (N,)
-    step = torch.arange(steps).repeat(len(index_w))  # (N,)
-    items = {"timesteps": trajectories["timesteps"][step]}
+    device, steps = latents.device, timesteps.numel()
+    pair = torch.arange(len(index_w), device=device).repeat_interleave(steps)  # (N,)
+    step = torch.arange(steps, device=device).repeat(len(index_w))  # (N,)
+    index_w, index_l = index_w.to(device), index_l.to(device)
+    items = {"timesteps": timesteps.to(device)[step], "prompt": group.to(device)[index_w][pair]}
     for suffix, index in (("w", index_w), ("l", index_l)):
-        sample = index.to(latents.device)[pair]
+        sample = index[pair]
         items[f"latents_{suffix}"] = latents[sample, step]
         items[f"next_latents_{suffix}"] = latents[sample, step + 1]
-        items[f"embeds_{suffix}"] = embeds[sample]
     return items
 
 
 class D3POLearner:
-    """Applies D3PO updates to a `Policy`, one optimizer step per batch of (pair, timestep) items."""
+    """Applies D3PO updates to a `Policy`, one optimizer step per batch of (pair, timestep) items.
+
+    `grad_sync`, when set, runs between backward and clipping (data-parallel workers average gradients).
+    """
 
     def __init__(
         self,
@@ -67,45 +75,43 @@ class D3POLearner:
         guidance_scale: float,
         eta: float,
         max_grad_norm: float = 1.0,
+        grad_sync: Callable[[list[torch.nn.Parameter]], None] | None = None,
     ):
         self.policy, self.scheduler = policy, scheduler
         self.beta, self.clip, self.guidance_scale, self.eta = beta, clip, guidance_scale, eta
-        self.max_grad_norm = max_grad_norm
+        self.max_grad_norm, self.grad_sync = max_grad_norm, grad_sync
         self.optimizer = torch.optim.AdamW(policy.parameters(), lr=lr, weight_decay=1e-4)
 
-    def _logp(self, unet, batch: dict[str, Tensor], uncond: Tensor) -> Tensor:
+    def _logp(self, unet, batch: dict[str, Tensor], embeds: Tensor, uncond: Tensor) -> Tensor:
         """log-probs of the w and l steps under `unet`: (2N,), w first."""
         latents = torch.cat([batch["latents_w"], batch["latents_l"]])  # (2N, C, h, w)
         timesteps = torch.cat([batch["timesteps"], batch["timesteps"]])
-        embeds = torch.cat([batch["embeds_w"], batch["embeds_l"]])
+        embeds = embeds[batch["prompt"]].repeat(2, 1, 1)  # a pair's members share their prompt
         eps = guided_eps(unet, latents, timesteps, embeds, uncond, self.guidance_scale)
         prev = torch.cat([batch["next_latents_w"], batch["next_latents_l"]])
         return ddim_step_with_logprob(
             self.scheduler, eps, timesteps, latents, eta=self.eta, prev_sample=prev
         )[1]
 
-    def step(self, batch: dict[str, Tensor], uncond: Tensor) -> dict[str, float]:
-        """One optimizer step on a batch of items (see `pair_items`); returns the loss metrics."""
+    def step(self, batch: dict[str, Tensor], embeds: Tensor, uncond: Tensor) -> dict[str, float]:
+        """One optimizer step on a batch of items (see `pair_items`); embeds (P, L, D) are the prompts'."""
         with torch.no_grad(), self.policy.reference() as reference:
-            ref_logp_w, ref_logp_l = self._logp(reference, batch, uncond).chunk(2)
-        logp_w, logp_l = self._logp(self.policy.unet, batch, uncond).chunk(2)
+            ref_logp_w, ref_logp_l = self._logp(reference, batch, embeds, uncond).chunk(2)
+        logp_w, logp_l = self._logp(self.policy.unet, batch, embeds, uncond).chunk(2)
         loss, metrics = d3po_loss(logp_w, ref_logp_w, logp_l, ref_logp_l, beta=self.beta, clip=self.clip)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.grad_sync is not None:
+            self.grad_sync(self.policy.parameters())
         grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
         self.optimizer.step()
         return metrics | {"grad_norm": grad_norm.item()}
 
     def train_epoch(
-        self, items: dict[str, Tensor], uncond: Tensor, *, batch_size: int, generator: torch.Generator
+        self, batches: Iterable[dict[str, Tensor]], embeds: Tensor, uncond: Tensor
     ) -> dict[str, float]:
-        """Shuffle the items with `generator`, then one `step` per batch of `batch_size`; mean metrics."""
-        count = items["timesteps"].shape[0]
-        if count == 0:
+        """One `step` per batch; the metrics averaged over the batches."""
+        history = [self.step(batch, embeds, uncond) for batch in batches]
+        if not history:
             raise ValueError("no training items: every pair tied on the reward")
-        order = torch.randperm(count, generator=generator)
-        history = []
-        for start in range(0, count, batch_size):
-            index = order[start : start + batch_size].to(items["timesteps"].device)
-            history.append(self.step({k: v[index] for k, v in items.items()}, uncond))
         return {k: sum(h[k] for h in history) / len(history) for k in history[0]}

@@ -6,9 +6,10 @@
 - DRaFT-LV: from a no-grad final sample x_0, make n re-noised copies at the last step's noise level
   (x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) noise_i) and denoise each once with gradient; the loss averages the
   n rewards, a lower-variance estimate of the K = 1 gradient.
+A sample whose reward is NaN drops out of the loss (the mean runs over the finite rewards).
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
@@ -20,6 +21,12 @@ from rlft.policy import Policy
 from rlft.sampling import decode, guided_eps
 
 RewardFn = Callable[[Tensor], Tensor]
+
+
+def _finite_mean(rewards: Tensor) -> Tensor:
+    """Mean of the finite rewards (a NaN reward drops its sample from the loss)."""
+    finite = torch.isfinite(rewards.detach())
+    return rewards[finite].mean() if finite.any() else rewards.sum() * 0
 
 
 def denoise_with_grad(
@@ -74,7 +81,7 @@ def draft_k_loss(
         noises=noises,
     )
     rewards = reward_fn(decode(pipe, x0))
-    return -rewards.mean(), rewards.detach()
+    return -_finite_mean(rewards), rewards.detach()
 
 
 def draft_lv_loss(
@@ -103,11 +110,14 @@ def draft_lv_loss(
     eps = guided_eps(unet, noisy, t, embeds.repeat(n, 1, 1), uncond, guidance_scale)
     denoised = ddim_step(pipe.scheduler, eps, t, noisy, eta=0.0)[0]
     rewards = reward_fn(decode(pipe, denoised)).reshape(n, batch)
-    return -rewards.mean(), rewards.detach()
+    return -_finite_mean(rewards), rewards.detach()
 
 
 class DRaFTLearner:
-    """Applies DRaFT-K (full DRaFT when K = all steps) or DRaFT-LV updates to a `Policy`."""
+    """Applies DRaFT-K (full DRaFT when K = all steps) or DRaFT-LV updates to a `Policy`.
+
+    `grad_sync`, when set, runs between backward and clipping (data-parallel workers average gradients).
+    """
 
     def __init__(
         self,
@@ -122,66 +132,64 @@ class DRaFTLearner:
         guidance_scale: float,
         eta: float = 0.0,
         max_grad_norm: float = 1.0,
+        grad_sync: Callable[[list[torch.nn.Parameter]], None] | None = None,
     ):
-        self.pipe, self.policy, self.reward_fn = pipe, policy, reward_fn
+        self.pipe, self.policy = pipe, policy
+        self.reward_fn = reward_fn
         self.num_steps, self.k, self.lv_copies = num_steps, k, lv_copies
         self.guidance_scale, self.eta, self.max_grad_norm = guidance_scale, eta, max_grad_norm
+        self.grad_sync = grad_sync
         self.optimizer = torch.optim.AdamW(policy.parameters(), lr=lr, weight_decay=1e-4)
 
     def step(
-        self, trajectories: dict[str, Tensor], generator: torch.Generator
-    ) -> tuple[dict[str, float], Tensor]:
-        """One optimizer step from sampler output (prefix latents for DRaFT-K, final ones for DRaFT-LV).
+        self, latents: Tensor, embeds: Tensor, uncond: Tensor, generator: torch.Generator
+    ) -> tuple[dict[str, float], Tensor | None]:
+        """One optimizer step from sampler output: latents (B, C, h, w) entering the last K steps (DRaFT-K),
+        or final ones (DRaFT-LV); embeds (B, L, D).
 
-        Returns the metrics and the rewards of the samples themselves (B,).
+        Returns the metrics and, for DRaFT-K, the rewards of the samples it finished (B,); DRaFT-LV's
+        samples were finished (and are scored) by the sampler.
         """
-        embeds, uncond = trajectories["prompt_embeds"], trajectories["uncond_embeds"]
-        latents = trajectories["latents"][:, -1]
+        scheduler = self.pipe.scheduler
+        scheduler.set_timesteps(self.num_steps, device=latents.device)
+        common = dict(guidance_scale=self.guidance_scale)
         if self.lv_copies:
+            args = (self.pipe, self.policy.unet, self.reward_fn, latents, scheduler.timesteps[-1])
             loss, rewards = draft_lv_loss(
-                self.pipe,
-                self.policy.unet,
-                self.reward_fn,
-                latents,
-                trajectories["timesteps"][-1],
-                embeds,
-                uncond,
-                guidance_scale=self.guidance_scale,
-                copies=self.lv_copies,
-                generator=generator,
+                *args, embeds, uncond, copies=self.lv_copies, generator=generator, **common
             )
-            with torch.no_grad():
-                sample_rewards = self.reward_fn(trajectories["images"])
+            sample_rewards = None
         else:
-            prefix = trajectories["timesteps"].numel()
-            if prefix != self.num_steps - self.k:
-                raise ValueError(
-                    f"expected latents entering the last {self.k} of {self.num_steps} steps, "
-                    f"got latents after {prefix} steps"
-                )
-            self.pipe.scheduler.set_timesteps(self.num_steps, device=latents.device)
-            tail = self.pipe.scheduler.timesteps[prefix:]
             noises = None
             if self.eta > 0:
-                noises = torch.randn(
-                    (self.k, *latents.shape), generator=generator, device=latents.device, dtype=latents.dtype
-                )
-            loss, rewards = draft_k_loss(
-                self.pipe,
-                self.policy.unet,
-                self.reward_fn,
-                latents,
-                tail,
-                embeds,
-                uncond,
-                guidance_scale=self.guidance_scale,
-                eta=self.eta,
-                noises=noises,
-            )
-            sample_rewards = rewards
+                shape = (self.k, *latents.shape)
+                noises = torch.randn(shape, generator=generator, device=latents.device, dtype=latents.dtype)
+            tail = scheduler.timesteps[self.num_steps - self.k :]
+            args = (self.pipe, self.policy.unet, self.reward_fn, latents, tail)
+            loss, rewards = draft_k_loss(*args, embeds, uncond, eta=self.eta, noises=noises, **common)
+            sample_rewards = rewards.detach().float().cpu()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.grad_sync is not None:
+            self.grad_sync(self.policy.parameters())
         grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
         self.optimizer.step()
-        metrics = {"loss": loss.item(), "grad_norm": grad_norm.item(), "train_reward": rewards.mean().item()}
-        return metrics, sample_rewards.detach().float().cpu()
+        train_reward = rewards[torch.isfinite(rewards)].mean().item()
+        metrics = {"loss": loss.item(), "grad_norm": grad_norm.item(), "train_reward": train_reward}
+        return metrics, sample_rewards
+
+    def train_epoch(
+        self,
+        batches: Iterable[dict[str, Tensor]],
+        embeds: Tensor,
+        uncond: Tensor,
+        generator: torch.Generator,
+    ) -> tuple[dict[str, float], Tensor | None]:
+        """One `step` per batch of items {latents, prompt}; (mean metrics, DRaFT-K's sample rewards)."""
+        history, rewards = [], []
+        for batch in batches:
+            metrics, sample_rewards = self.step(batch["latents"], embeds[batch["prompt"]], uncond, generator)
+            history.append(metrics)
+            rewards.append(sample_rewards)
+        mean = {k: sum(h[k] for h in history) / len(history) for k in history[0]}
+        return mean, None if rewards[0] is None else torch.cat(rewards)

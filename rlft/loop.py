@@ -1,36 +1,80 @@
-"""The single-process training loops (no Ray): sample, score, update, one printed line per epoch.
+"""The training loops' shared frame, and the single-process loops (no Ray) built on rlft/epoch.py.
 
-They are the reference the Ray jobs are held to: the same seed gives the same numbers. Each returns one
-metrics dict per epoch, with names shared by both algorithms (reward_mean, reward_std, loss,
-samples_per_s, epoch_time_s) plus each algorithm's own. Every finished epoch is checkpointed under
-`run_dir`; started again on the same `run_dir`, a loop goes on after the last finished epoch with the
-same numbers an uninterrupted run gives, and logs no epoch to MLflow twice.
+`run_epochs` runs any loop: resume from the checkpoint, one printed line per epoch, checkpoint, MLflow.
+The single-process loops are the reference the Ray pipeline (rlft/ray_loop.py) is held to: the same seed
+gives the same numbers. Each returns one metrics dict per epoch, with names shared by both algorithms
+(reward_mean, reward_std, loss, samples_per_s, epoch_time_s) plus each algorithm's own. Started again on the
+same `run_dir`, a loop goes on after the last finished epoch with the same numbers an uninterrupted run
+gives, and logs no epoch to MLflow twice.
 """
 
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from diffusers import StableDiffusionPipeline
 from torch import Tensor
 
-from rlft.checkpoint import load_checkpoint, save_checkpoint
+from rlft.checkpoint import load_checkpoint, save_checkpoint, write_files
 from rlft.config import CommonConfig, D3POConfig, DRaFTConfig
-from rlft.d3po import D3POLearner, pair_items, pairs_from_rewards
+from rlft.d3po import D3POLearner
 from rlft.draft import DRaFTLearner
+from rlft.epoch import (
+    Chunk,
+    concat_samples,
+    d3po_items,
+    draft_items,
+    epoch_prompts,
+    item_order,
+    iterate_batches,
+    plan_chunks,
+    reward_metrics,
+    sample_chunk,
+    sampling_settings,
+    stream_generator,
+    stream_seed,
+)
 from rlft.models import load_pipeline
 from rlft.policy import Policy
-from rlft.prompts import draw_prompts
 from rlft.rewards import get_reward
-from rlft.sampling import sample_trajectories
+from rlft.sampling import encode_prompts
 from rlft.tracking import Tracker
 
 Log = Callable[[str], None]
 # Images to show: a grid (N, 3, H, W) in [0, 1] and its prompts, made only when they are logged.
 ShowFn = Callable[[], tuple[Tensor, list[str]]]
-# One epoch's work: (the algorithm's own metrics, per-sample rewards (B,), the images to show).
-EpochFn = Callable[[], tuple[dict[str, float], Tensor, ShowFn]]
+# One epoch's work, given its number: (the algorithm's own metrics, per-sample rewards (B,), the images
+# to show).
+EpochFn = Callable[[int], tuple[dict[str, float], Tensor, ShowFn]]
+GradSync = Callable[[list[torch.nn.Parameter]], None]
+
+
+class Trained(Protocol):
+    """Where the trained weights live (this process, or Ray Train workers): what a checkpoint holds."""
+
+    def state(self) -> dict:
+        """{"weights": the trained weights, "optimizer": the optimizer's state dict}."""
+
+    def load(self, state: dict) -> None: ...
+
+    def adapter_files(self) -> dict[str, bytes]: ...
+
+
+class LocalTrained:
+    def __init__(self, policy: Policy, optimizer: torch.optim.Optimizer):
+        self.policy, self.optimizer = policy, optimizer
+
+    def state(self) -> dict:
+        return {"weights": self.policy.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load(self, state: dict) -> None:
+        self.policy.load_state_dict(state["weights"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+    def adapter_files(self) -> dict[str, bytes]:
+        return self.policy.adapter_files()
 
 
 def pick_device(choice: str) -> torch.device:
@@ -39,11 +83,13 @@ def pick_device(choice: str) -> torch.device:
     return torch.device("cuda" if choice != "cpu" and torch.cuda.is_available() else "cpu")
 
 
-def build_policy(cfg: CommonConfig) -> tuple[StableDiffusionPipeline, Policy]:
+def build_policy(
+    cfg: CommonConfig, device: torch.device | None = None
+) -> tuple[StableDiffusionPipeline, Policy]:
     """The pipeline whose UNet is the trainable policy (sampling through `pipe` uses the current weights)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    pipe = load_pipeline(cfg.model, seed=cfg.seed, device=pick_device(cfg.device))
+    pipe = load_pipeline(cfg.model, seed=cfg.seed, device=device or pick_device(cfg.device))
     torch.manual_seed(cfg.seed)  # the LoRA A-matrix init
     policy = Policy(
         pipe.unet,
@@ -55,90 +101,10 @@ def build_policy(cfg: CommonConfig) -> tuple[StableDiffusionPipeline, Policy]:
     return pipe, policy
 
 
-def seeded_generators(seed: int, device: torch.device) -> dict[str, torch.Generator]:
-    """The run's two random streams: sampling noise (on the model's device) and prompt/item order.
-
-    Both loops (and any distributed version held to their numbers) must draw them the same way.
-    """
-    return {
-        "noise": torch.Generator(device).manual_seed(seed),
-        "order": torch.Generator().manual_seed(seed + 1),
-    }
-
-
-def epoch_metrics(metrics: dict[str, float], rewards: Tensor, elapsed: float) -> dict[str, float]:
-    """An epoch's own metrics plus the reward and throughput metrics both algorithms share."""
-    n = rewards.numel()
-    std = rewards.std().item() if n > 1 else 0.0
-    return metrics | {
-        "reward_mean": rewards.mean().item(),
-        "reward_std": std,
-        "reward_se": std / n**0.5,
-        "samples_per_s": n / elapsed,
-        "epoch_time_s": elapsed,
-    }
-
-
-def format_epoch(epoch: int, m: dict[str, float]) -> str:
-    extra = f" | acc {m['preference_accuracy']:.2f}" if "preference_accuracy" in m else ""
-    return (
-        f"epoch {epoch:3d} | reward {m['reward_mean']:.4f} +- {m['reward_std']:.4f} | loss {m['loss']:.4f}"
-        f"{extra} | grad {m['grad_norm']:.1e} | {m['samples_per_s']:.1f} img/s | {m['epoch_time_s']:.1f} s"
-    )
-
-
-def run_epochs(
-    cfg: CommonConfig,
-    run_dir: Path,
-    policy: Policy,
-    optimizer: torch.optim.Optimizer,
-    generators: dict[str, torch.Generator],
-    one_epoch: EpochFn,
-    tracker: Tracker | None,
-    log: Log,
-) -> list[dict[str, float]]:
-    """Resume from run_dir's checkpoint if there is one, then run, checkpoint and log the remaining epochs."""
-    checkpoint = Path(run_dir) / "checkpoint"
-    last, history = load_checkpoint(checkpoint, policy=policy, optimizer=optimizer, generators=generators)
-    if last >= 0:
-        log(f"resuming {run_dir} after epoch {last}")
-    if tracker is not None:  # epochs checkpointed but not logged (a crash between the two) are logged now
-        logged = set(tracker.logged_epochs())
-        for epoch, metrics in enumerate(history):
-            if epoch not in logged:
-                tracker.log_epoch(epoch, metrics)
-    for epoch in range(last + 1, cfg.epochs):
-        start = time.perf_counter()
-        own, rewards, show = one_epoch()
-        metrics = epoch_metrics(own, rewards, time.perf_counter() - start)
-        history.append(metrics)
-        log(format_epoch(epoch, metrics))
-        # Checkpoint, then log: after a crash in between, the epoch is logged from the checkpoint.
-        save_checkpoint(
-            checkpoint,
-            epoch=epoch,
-            history=history,
-            policy=policy,
-            optimizer=optimizer,
-            generators=generators,
-        )
-        if tracker is not None:
-            tracker.log_epoch(epoch, metrics)
-            if epoch % cfg.image_every == 0 or epoch == cfg.epochs - 1:
-                tracker.log_images(epoch, *show())
-    policy.save(Path(run_dir) / "adapter")
-    if tracker is not None:
-        tracker.log_folder(Path(run_dir) / "adapter", "adapter")
-    return history
-
-
-def train_d3po(
-    cfg: D3POConfig, run_dir: Path, tracker: Tracker | None = None, log: Log = print
-) -> list[dict[str, float]]:
-    """D3PO: pairs sharing x_T, preferred by reward order, per-step DPO against the adapter-off reference."""
-    pipe, policy = build_policy(cfg)
-    reward = get_reward(cfg.reward)
-    learner = D3POLearner(
+def make_d3po_learner(
+    cfg: D3POConfig, pipe: StableDiffusionPipeline, policy: Policy, grad_sync: GradSync | None = None
+) -> D3POLearner:
+    return D3POLearner(
         policy,
         pipe.scheduler,
         lr=cfg.lr,
@@ -147,35 +113,112 @@ def train_d3po(
         guidance_scale=cfg.guidance_scale,
         eta=cfg.eta,
         max_grad_norm=cfg.max_grad_norm,
+        grad_sync=grad_sync,
     )
-    generators = seeded_generators(cfg.seed, pipe.device)
-    noise_gen, order_gen = generators["noise"], generators["order"]
 
-    def one_epoch():
-        prompts = draw_prompts(cfg.prompts, cfg.pairs_per_epoch, order_gen)
-        trajectories = sample_trajectories(
-            pipe,
-            prompts,
-            group_size=cfg.group_size,
-            num_steps=cfg.num_steps,
-            guidance_scale=cfg.guidance_scale,
-            eta=cfg.eta,
-            resolution=cfg.resolution,
-            generator=noise_gen,
-        )
-        rewards = reward.fn(trajectories["images"])
-        index_w, index_l, ties = pairs_from_rewards(rewards, trajectories["group"].cpu())
-        if len(index_w):
-            items = pair_items(trajectories, index_w, index_l)
-            metrics = learner.train_epoch(
-                items, trajectories["uncond_embeds"], batch_size=cfg.batch_size, generator=order_gen
-            )
+
+def make_draft_learner(
+    cfg: DRaFTConfig, pipe: StableDiffusionPipeline, policy: Policy, grad_sync: GradSync | None = None
+) -> DRaFTLearner:
+    return DRaFTLearner(
+        pipe,
+        policy,
+        get_reward(cfg.reward, differentiable=True).fn,
+        lr=cfg.lr,
+        num_steps=cfg.num_steps,
+        k=cfg.steps_with_grad,
+        lv_copies=cfg.lv_copies if cfg.variant == "draft-lv" else 0,
+        guidance_scale=cfg.guidance_scale,
+        eta=cfg.eta,
+        max_grad_norm=cfg.max_grad_norm,
+        grad_sync=grad_sync,
+    )
+
+
+def show_chunk(cfg: DRaFTConfig, prompts: list[str], epoch: int) -> Chunk:
+    """DRaFT's grid: fresh samples of the updated policy from a stream of their own (training draws none
+    of it), since DRaFT-K's samples finish inside the learner."""
+    return Chunk(0, prompts[:8], stream_seed(cfg.seed, epoch, "show"))
+
+
+def format_epoch(epoch: int, m: dict[str, float]) -> str:
+    extra = f" | acc {m['preference_accuracy']:.2f}" if "preference_accuracy" in m else ""
+    nan = f" | {m['nan_rewards']:.0f} NaN rewards dropped" if m.get("nan_rewards") else ""
+    return (
+        f"epoch {epoch:3d} | reward {m['reward_mean']:.4f} +- {m['reward_std']:.4f} | loss {m['loss']:.4f}"
+        f"{extra} | grad {m['grad_norm']:.1e} | {m['samples_per_s']:.1f} img/s | {m['epoch_time_s']:.1f} s"
+        f"{nan}"
+    )
+
+
+def run_epochs(
+    cfg: CommonConfig,
+    run_dir: Path,
+    trained: Trained,
+    one_epoch: EpochFn,
+    tracker: Tracker | None,
+    log: Log,
+) -> list[dict[str, float]]:
+    """Resume from run_dir's checkpoint if there is one, then run, checkpoint and log the remaining epochs."""
+    checkpoint = Path(run_dir) / "checkpoint"
+    last, history, state = load_checkpoint(checkpoint)
+    if state is not None:
+        trained.load(state)
+        log(f"resuming {run_dir} after epoch {last}")
+    if tracker is not None:  # epochs checkpointed but not logged (a crash between the two) are logged now
+        logged = set(tracker.logged_epochs())
+        for epoch, metrics in enumerate(history):
+            if epoch not in logged:
+                tracker.log_epoch(epoch, metrics)
+    for epoch in range(last + 1, cfg.epochs):
+        start = time.perf_counter()
+        own, rewards, show = one_epoch(epoch)
+        metrics = own | reward_metrics(rewards, time.perf_counter() - start)
+        history.append(metrics)
+        log(format_epoch(epoch, metrics))
+        # Checkpoint, then log: after a crash in between, the epoch is logged from the checkpoint.
+        adapter = trained.adapter_files()
+        save_checkpoint(checkpoint, epoch=epoch, history=history, state=trained.state(), adapter=adapter)
+        if tracker is not None:
+            tracker.log_epoch(epoch, metrics)
+            tracker.log_folder(checkpoint / "adapter", f"checkpoints/epoch_{epoch:04d}")
+            if epoch % cfg.image_every == 0 or epoch == cfg.epochs - 1:
+                tracker.log_images(epoch, *show())
+    write_files(Path(run_dir) / "adapter", trained.adapter_files())
+    if tracker is not None:
+        tracker.log_folder(Path(run_dir) / "adapter", "adapter")
+    return history
+
+
+def sample_epoch(pipe: StableDiffusionPipeline, cfg: CommonConfig, prompts: list[str], epoch: int) -> dict:
+    settings = sampling_settings(cfg)
+    chunks = plan_chunks(prompts, cfg.sample_batch, cfg.seed, epoch)
+    return concat_samples([sample_chunk(pipe, chunk, settings) for chunk in chunks])
+
+
+def train_d3po(
+    cfg: D3POConfig, run_dir: Path, tracker: Tracker | None = None, log: Log = print
+) -> list[dict[str, float]]:
+    """D3PO: pairs sharing x_T, preferred by reward order, per-step DPO against the adapter-off reference."""
+    pipe, policy = build_policy(cfg)
+    reward = get_reward(cfg.reward)
+    learner = make_d3po_learner(cfg, pipe, policy)
+
+    def one_epoch(epoch: int):
+        prompts = epoch_prompts(cfg, epoch)
+        samples = sample_epoch(pipe, cfg, prompts, epoch)
+        rewards = reward.fn(samples["images"])
+        items, pairing = d3po_items(samples, rewards)
+        if pairing["pairs"]:
+            items = {k: v.to(pipe.device) for k, v in items.items()}
+            batches = iterate_batches(items, cfg.batch_size, item_order(len(items["prompt"]), cfg, epoch))
+            metrics = learner.train_epoch(batches, *encode_prompts(pipe, prompts))
         else:  # every pair tied: nothing to learn from this epoch
             metrics = {"loss": float("nan"), "preference_accuracy": float("nan"), "grad_norm": 0.0}
-        images = trajectories["images"][:: cfg.group_size]  # one image per group for the grid
-        return metrics | {"ties": ties}, rewards, lambda: (images, prompts)
+        images = samples["images"][:: cfg.group_size]  # one image per group for the grid
+        return metrics | pairing, rewards, lambda: (images, prompts)
 
-    return run_epochs(cfg, run_dir, policy, learner.optimizer, generators, one_epoch, tracker, log)
+    return run_epochs(cfg, run_dir, LocalTrained(policy, learner.optimizer), one_epoch, tracker, log)
 
 
 def train_draft(
@@ -184,58 +227,24 @@ def train_draft(
     """DRaFT-K / DRaFT-LV / full DRaFT on a differentiable reward."""
     pipe, policy = build_policy(cfg)
     reward_fn = get_reward(cfg.reward, differentiable=True).fn
-    k = cfg.steps_with_grad
-    lv_copies = cfg.lv_copies if cfg.variant == "draft-lv" else 0
-    learner = DRaFTLearner(
-        pipe,
-        policy,
-        reward_fn,
-        lr=cfg.lr,
-        num_steps=cfg.num_steps,
-        k=k,
-        lv_copies=lv_copies,
-        guidance_scale=cfg.guidance_scale,
-        eta=cfg.eta,
-        max_grad_norm=cfg.max_grad_norm,
-    )
-    generators = seeded_generators(cfg.seed, pipe.device)
-    noise_gen, order_gen = generators["noise"], generators["order"]
+    learner = make_draft_learner(cfg, pipe, policy)
 
-    def one_epoch():
-        steps, rewards = [], []
-        for _ in range(cfg.steps_per_epoch):
-            prompts = draw_prompts(cfg.prompts, cfg.batch_size, order_gen)
-            trajectories = sample_trajectories(
-                pipe,
-                prompts,
-                num_steps=cfg.num_steps,
-                guidance_scale=cfg.guidance_scale,
-                eta=cfg.eta,
-                resolution=cfg.resolution,
-                generator=noise_gen,
-                skip_last=0 if lv_copies else k,
-                with_logprob=False,
-            )
-            metrics, sample_rewards = learner.step(trajectories, noise_gen)
-            steps.append(metrics)
-            rewards.append(sample_rewards)
-        metrics = {key: sum(s[key] for s in steps) / len(steps) for key in steps[0]}
+    def one_epoch(epoch: int):
+        prompts = epoch_prompts(cfg, epoch)
+        samples = sample_epoch(pipe, cfg, prompts, epoch)
+        items = {k: v.to(pipe.device) for k, v in draft_items(samples).items()}
+        batches = iterate_batches(items, cfg.batch_size, item_order(len(prompts), cfg, epoch))
+        generator = stream_generator(cfg.seed, epoch, "train", 0, pipe.device)
+        metrics, rewards = learner.train_epoch(batches, *encode_prompts(pipe, prompts), generator)
+        if rewards is None:  # DRaFT-LV: the sampler finished the samples
+            with torch.no_grad():
+                rewards = reward_fn(samples["images"]).float()
 
         def show():
-            # DRaFT-K's samples finish inside the learner: show fresh ones of the updated policy, from a
-            # generator of their own so that showing them changes no training randomness.
-            images = sample_trajectories(
-                pipe,
-                prompts,
-                num_steps=cfg.num_steps,
-                guidance_scale=cfg.guidance_scale,
-                eta=cfg.eta,
-                resolution=cfg.resolution,
-                generator=torch.Generator(pipe.device).manual_seed(cfg.seed),
-                with_logprob=False,
-            )["images"]
-            return images, prompts
+            settings = sampling_settings(cfg) | {"skip_last": 0}
+            chunk = show_chunk(cfg, prompts, epoch)
+            return sample_chunk(pipe, chunk, settings)["images"], chunk.prompts
 
-        return metrics, torch.cat(rewards), show
+        return metrics, rewards, show
 
-    return run_epochs(cfg, run_dir, policy, learner.optimizer, generators, one_epoch, tracker, log)
+    return run_epochs(cfg, run_dir, LocalTrained(policy, learner.optimizer), one_epoch, tracker, log)

@@ -6,6 +6,7 @@ with full fine-tuning does a frozen copy exist. Adapters are saved in the format
 """
 
 import copy
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -92,3 +93,10 @@ class Policy:
             safe_serialization=True,
         )
         return folder
+
+    def adapter_files(self) -> dict[str, bytes]:
+        """What `save` writes, as {relative path: bytes}: a worker's adapter, for a driver on another node."""
+        with tempfile.TemporaryDirectory() as folder:
+            self.save(folder)
+            files = [f for f in Path(folder).rglob("*") if f.is_file()]
+            return {str(f.relative_to(folder)): f.read_bytes() for f in files}

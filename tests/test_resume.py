@@ -6,7 +6,7 @@ from mlflow.tracking import MlflowClient
 
 from rlft.checkpoint import load_checkpoint, save_checkpoint
 from rlft.config import D3POConfig, DRaFTConfig
-from rlft.loop import train_d3po, train_draft
+from rlft.loop import LocalTrained, train_d3po, train_draft
 from rlft.policy import Policy
 from rlft.tracking import Tracker, check_tracking_uri
 
@@ -52,9 +52,8 @@ def test_epochs_checkpointed_but_never_logged_are_logged_on_resume(tmp_path, tin
         tmp_path / "run" / "checkpoint",
         epoch=1,
         history=history,
-        policy=policy,
-        optimizer=optimizer,
-        generators={"noise": torch.Generator().manual_seed(0), "order": torch.Generator().manual_seed(1)},
+        state={"weights": policy.state_dict(), "optimizer": optimizer.state_dict()},
+        adapter=policy.adapter_files(),
     )
     # A crash right after the checkpoint: epoch 1 never reached MLflow. Resuming logs it, then goes on.
     with _tracker(tmp_path) as tracker:
@@ -70,34 +69,27 @@ def test_a_failed_run_ends_failed_with_its_error(tmp_path):
     assert run.info.status == "FAILED" and run.data.tags["error"] == "RuntimeError: sampler died"
 
 
-def test_checkpoint_restores_weights_optimizer_and_generators(tmp_path, tiny_pipe):
+def test_checkpoint_restores_weights_and_optimizer_and_holds_a_loadable_adapter(tmp_path, tiny_pipe):
     policy = Policy(tiny_pipe.unet)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=0.1)
     sum(p.sum() for p in policy.parameters()).backward()
     optimizer.step()
-    generator = torch.Generator().manual_seed(5)
-    torch.rand(3, generator=generator)
-    save_checkpoint(
-        tmp_path / "c",
-        epoch=4,
-        history=[{}] * 5,
-        policy=policy,
-        optimizer=optimizer,
-        generators={"noise": generator},
-    )
-    expected_next = torch.rand(3, generator=generator)
+    state = {"weights": policy.state_dict(), "optimizer": optimizer.state_dict()}
+    save_checkpoint(tmp_path / "c", epoch=4, history=[{}] * 5, state=state, adapter=policy.adapter_files())
 
+    epoch, history, loaded = load_checkpoint(tmp_path / "c")
     fresh = Policy(type(tiny_pipe.unet).from_config(tiny_pipe.unet.config))
     fresh_optimizer = torch.optim.AdamW(fresh.parameters(), lr=0.1)
-    fresh_generator = torch.Generator().manual_seed(0)
-    epoch, history = load_checkpoint(
-        tmp_path / "c", policy=fresh, optimizer=fresh_optimizer, generators={"noise": fresh_generator}
-    )
+    LocalTrained(fresh, fresh_optimizer).load(loaded)
     assert epoch == 4 and len(history) == 5
-    assert torch.equal(torch.rand(3, generator=fresh_generator), expected_next)
     for a, b in zip(policy.state_dict().values(), fresh.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     assert fresh_optimizer.state_dict()["state"][0]["step"] == 1
+    # The adapter in the checkpoint is the trained one, in the format a stock pipeline loads.
+    tiny_pipe.unet.delete_adapters("default")
+    tiny_pipe.load_lora_weights(tmp_path / "c" / "adapter", adapter_name="loaded")
+    loaded_lora = {k: v for k, v in tiny_pipe.unet.state_dict().items() if "lora_B.loaded" in k}
+    assert any(v.abs().sum() > 0 for v in loaded_lora.values())
 
 
 @pytest.mark.parametrize(

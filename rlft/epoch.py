@@ -1,0 +1,140 @@
+"""One epoch in pieces that both training loops share: the single-process one and the Ray one.
+
+An epoch: draw its prompts (`epoch_prompts`); cut them into fixed-size chunks (`plan_chunks`), each sampled
+by `sample_chunk` with its own noise seed, whichever sampler takes it; score the images, dropping samples
+whose reward is NaN; turn the samples into training items (`d3po_items`: one per (pair, timestep);
+`draft_items`: one per sample); feed the items in a seeded random order to a learner. Items carry a
+`prompt` index into the epoch's prompts instead of prompt embeddings, so what crosses between processes
+stays small: the learner encodes the epoch's prompts once.
+
+Every random draw comes from a generator seeded by (run seed, epoch, stream, index). An epoch's numbers
+therefore depend neither on how many samplers share its work nor on whether the run was resumed, and a
+checkpoint needs no generator state.
+"""
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from diffusers import StableDiffusionPipeline
+from torch import Tensor
+
+from rlft.config import D3POConfig, DRaFTConfig
+from rlft.d3po import pair_items, pairs_from_rewards
+from rlft.prompts import draw_prompts
+from rlft.sampling import sample_trajectories
+
+STREAMS = ("prompts", "noise", "shuffle", "train", "show")
+
+
+def stream_seed(seed: int, epoch: int, stream: str, index: int = 0) -> int:
+    """A 32-bit seed for one random stream of one epoch (numpy's SeedSequence mixes the four numbers)."""
+    entropy = [seed, epoch, STREAMS.index(stream), index]
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
+
+
+def stream_generator(
+    seed: int, epoch: int, stream: str, index: int = 0, device: torch.device | str = "cpu"
+) -> torch.Generator:
+    return torch.Generator(device).manual_seed(stream_seed(seed, epoch, stream, index))
+
+
+def epoch_prompts(cfg: D3POConfig | DRaFTConfig, epoch: int) -> list[str]:
+    """D3PO: one prompt per group; DRaFT: one per sample of the epoch's optimizer steps."""
+    if isinstance(cfg, D3POConfig):
+        count = cfg.pairs_per_epoch
+    else:
+        count = cfg.batch_size * cfg.steps_per_epoch
+    return draw_prompts(cfg.prompts, count, stream_generator(cfg.seed, epoch, "prompts"))
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A sampler's unit of work: consecutive prompts of an epoch and the seed of their noise."""
+
+    start: int  # the first prompt's index in the epoch's prompts
+    prompts: list[str]
+    seed: int
+
+
+def plan_chunks(prompts: list[str], per_chunk: int, seed: int, epoch: int) -> list[Chunk]:
+    return [
+        Chunk(start, prompts[start : start + per_chunk], stream_seed(seed, epoch, "noise", start))
+        for start in range(0, len(prompts), per_chunk)
+    ]
+
+
+def sampling_settings(cfg: D3POConfig | DRaFTConfig) -> dict:
+    """`sample_trajectories` arguments for the algorithm, plus `last_only` (keep just the last latent)."""
+    common = dict(
+        num_steps=cfg.num_steps, guidance_scale=cfg.guidance_scale, eta=cfg.eta, resolution=cfg.resolution
+    )
+    if isinstance(cfg, D3POConfig):
+        return common | dict(group_size=cfg.group_size, with_logprob=True, last_only=False)
+    # DRaFT-K and full DRaFT stop where the gradient starts; DRaFT-LV needs the final sample.
+    skip_last = 0 if cfg.variant == "draft-lv" else cfg.steps_with_grad
+    return common | dict(group_size=1, with_logprob=False, skip_last=skip_last, last_only=True)
+
+
+def sample_chunk(pipe: StableDiffusionPipeline, chunk: Chunk, settings: dict) -> dict[str, Tensor]:
+    """Sample a chunk; CPU tensors: latents (B, S+1 or 1, C, h, w), timesteps (S,), group (B,) indexing
+    the epoch's prompts, images (B, 3, H, W) when every step ran."""
+    settings = dict(settings)
+    last_only = settings.pop("last_only")
+    generator = torch.Generator(pipe.device).manual_seed(chunk.seed)
+    out = sample_trajectories(pipe, chunk.prompts, generator=generator, **settings)
+    samples = {
+        "latents": out["latents"][:, -1:] if last_only else out["latents"],
+        "timesteps": out["timesteps"],
+        "group": out["group"] + chunk.start,
+    }
+    if "images" in out:
+        samples["images"] = out["images"]
+    return {k: v.cpu() for k, v in samples.items()}
+
+
+def concat_samples(parts: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """Chunks' samples in chunk order, as one batch."""
+    joined = {k: torch.cat([p[k] for p in parts]) for k in parts[0] if k != "timesteps"}
+    return joined | {"timesteps": parts[0]["timesteps"]}
+
+
+def d3po_items(samples: dict[str, Tensor], rewards: Tensor) -> tuple[dict[str, Tensor], dict[str, float]]:
+    """(pair, timestep) items from the reward order within each group; NaN rewards take no part."""
+    index_w, index_l, ties = pairs_from_rewards(rewards, samples["group"])
+    items = pair_items(samples["latents"], samples["group"], samples["timesteps"], index_w, index_l)
+    return items, {"pairs": float(len(index_w)), "ties": float(ties)}
+
+
+def draft_items(samples: dict[str, Tensor]) -> dict[str, Tensor]:
+    """One item per sample: the latent the gradient starts from, and its prompt."""
+    return {"latents": samples["latents"][:, -1], "prompt": samples["group"]}
+
+
+def item_order(count: int, cfg: D3POConfig | DRaFTConfig, epoch: int) -> Tensor:
+    """The order the single-process loop trains items in: seeded random, or as made with shuffle off."""
+    if not cfg.shuffle:
+        return torch.arange(count)
+    return torch.randperm(count, generator=stream_generator(cfg.seed, epoch, "shuffle"))
+
+
+def iterate_batches(items: dict[str, Tensor], batch_size: int, order: Tensor) -> Iterator[dict[str, Tensor]]:
+    for start in range(0, len(order), batch_size):
+        index = order[start : start + batch_size]
+        yield {k: v[index] for k, v in items.items()}
+
+
+def reward_metrics(rewards: Tensor, elapsed: float) -> dict[str, float]:
+    """The reward and throughput metrics both algorithms log; samples with a NaN reward are counted."""
+    finite = rewards[torch.isfinite(rewards)]
+    n = finite.numel()
+    std = finite.std().item() if n > 1 else 0.0
+    return {
+        "reward_mean": finite.mean().item() if n else float("nan"),
+        "reward_std": std,
+        "reward_se": std / max(n, 1) ** 0.5,
+        "nan_rewards": float(rewards.numel() - n),
+        "samples_per_s": rewards.numel() / elapsed,
+        "epoch_time_s": elapsed,
+    }
