@@ -1,37 +1,16 @@
 """D3PO: fine-tune a diffusion model from preferences between samples that share their initial noise.
 
-Single-process for now (the Ray pipeline comes next). With no flags it trains the offline tiny model on JPEG
-compressibility and prints one line per epoch. Each run checkpoints every epoch under runs/<run-name> and
+Sampler actors draw groups of samples sharing x_T with the current LoRA, scorer actors rank them by the
+reward, and Ray Train workers apply the per-step DPO loss against the adapter-off reference to every
+(pair, timestep) item, shuffled through Ray Data. With no flags it starts a local Ray and trains the offline
+tiny model on JPEG compressibility, one line per epoch. `ray job submit --working-dir . -- python
+jobs/d3po.py` runs the same file on a cluster. Each run checkpoints every epoch under runs/<run-name> and
 logs to MLflow; the same --run-name again resumes it. The adapter ends in runs/<run-name>/adapter, in
 diffusers' LoRA format.
 """
 
-import sys
-from contextlib import nullcontext
-
-import tyro
-
 from rlft.config import D3POConfig
-from rlft.loop import train_d3po
-from rlft.tracking import open_run, tracking_uri
-
-
-def main() -> None:
-    try:
-        cfg = tyro.cli(D3POConfig, description=__doc__)
-        run_dir, tracker = open_run(cfg, "d3po")
-    except ValueError as error:
-        sys.exit(f"error: {error}")
-    print(
-        f"D3PO | model {cfg.model} | reward {cfg.reward} | {cfg.epochs} epochs x {cfg.pairs_per_epoch} pairs"
-    )
-    with tracker or nullcontext():
-        history = train_d3po(cfg, run_dir, tracker)
-    first, last = history[0]["reward_mean"], history[-1]["reward_mean"]
-    print(f"reward {first:.4f} -> {last:.4f} | adapter in {run_dir}/adapter")
-    if tracker:
-        print(f"MLflow run {tracker.run_id} in {tracking_uri()}")
-
+from rlft.job import run_job
 
 if __name__ == "__main__":
-    main()
+    run_job(D3POConfig, "d3po", __doc__)

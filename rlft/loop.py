@@ -104,6 +104,7 @@ def build_policy(
 def make_d3po_learner(
     cfg: D3POConfig, pipe: StableDiffusionPipeline, policy: Policy, grad_sync: GradSync | None = None
 ) -> D3POLearner:
+    pipe.scheduler.set_timesteps(cfg.num_steps, device=pipe.device)  # the steps the items were sampled at
     return D3POLearner(
         policy,
         pipe.scheduler,

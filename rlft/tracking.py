@@ -60,7 +60,7 @@ class Tracker:
     """
 
     def __init__(self, run_name: str, config: object, tags: dict[str, str], uri: str | None = None):
-        self.uri = uri or tracking_uri()
+        self.uri, self.run_name = uri or tracking_uri(), run_name
         check_tracking_uri(self.uri)
         self.client = MlflowClient(self.uri)
         experiment = os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT

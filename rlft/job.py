@@ -1,0 +1,59 @@
+"""What `jobs/d3po.py` and `jobs/draft.py` do: read the flags, check everything, then train and report.
+
+Every check that can fail (the config, the tracking store, the Ray cluster's resources) runs before an
+actor starts or an MLflow run is created, and a failure exits with one line naming the bad field.
+"""
+
+import sys
+from contextlib import nullcontext
+
+import ray
+import tyro
+
+from rlft.config import D3POConfig, DRaFTConfig
+from rlft.loop import train_d3po, train_draft
+from rlft.ray_loop import ray_train, start_ray
+from rlft.tracking import check_tracking_uri, open_run, tracking_uri
+
+
+def headline(cfg: D3POConfig | DRaFTConfig) -> str:
+    if isinstance(cfg, D3POConfig):
+        name, work = "D3PO", f"{cfg.pairs_per_epoch} groups of {cfg.group_size}"
+    else:
+        name = f"DRaFT ({cfg.variant}, K={cfg.steps_with_grad})"
+        work = f"{cfg.steps_per_epoch} steps x {cfg.batch_size} samples"
+    where = (
+        f"Ray: {cfg.samplers} sampler(s), {cfg.scorers} scorer(s), {cfg.train_workers} train worker(s)"
+        if cfg.ray
+        else "one process"
+    )
+    return f"{name} | model {cfg.model} | reward {cfg.reward} | {cfg.epochs} epochs x {work} | {where}"
+
+
+def run_job(config_type: type[D3POConfig] | type[DRaFTConfig], algorithm: str, description: str) -> None:
+    started_ray = False
+    try:
+        cfg = tyro.cli(config_type, description=description)
+        if cfg.track:
+            check_tracking_uri(tracking_uri())
+        print(headline(cfg), flush=True)
+        started_ray = cfg.ray and start_ray(cfg)
+        run_dir, tracker = open_run(cfg, algorithm)
+    except ValueError as error:
+        if started_ray:
+            ray.shutdown()
+        sys.exit(f"error: {error}")
+    try:
+        if cfg.ray:
+            train = ray_train
+        else:
+            train = train_d3po if isinstance(cfg, D3POConfig) else train_draft
+        with tracker or nullcontext():
+            history = train(cfg, run_dir, tracker)
+    finally:
+        if started_ray:
+            ray.shutdown()
+    first, last = history[0]["reward_mean"], history[-1]["reward_mean"]
+    print(f"reward {first:.4f} -> {last:.4f} | adapter in {run_dir}/adapter")
+    if tracker:
+        print(f"MLflow run {tracker.run_id} ({tracker.run_name}) in {tracker.uri}")

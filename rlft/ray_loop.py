@@ -1,0 +1,246 @@
+"""The Ray pipeline: sampler and scorer actors, a Ray Data shuffle, Ray Train workers; one epoch at a time.
+
+The driver owns the loop (rlft/loop.py's `run_epochs`: resume, one line per epoch, checkpoint, MLflow).
+Per epoch: the prompts are cut into chunks that the samplers take in turn (each chunk has its own noise
+seed, so the numbers do not depend on how many samplers there are); scorers score each chunk's images as it
+arrives; D3PO pairs are formed from the reward order; the epoch's items become a Ray Dataset, globally
+shuffled with the epoch's seed and split into equal shares, one per train worker; the workers train and
+rank 0 publishes the new weights, which reach every sampler through one object-store reference.
+"""
+
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+import ray
+import torch
+from torch import Tensor
+
+from rlft.actors import start_actors
+from rlft.config import CommonConfig, D3POConfig, DRaFTConfig
+from rlft.epoch import (
+    concat_samples,
+    d3po_items,
+    draft_items,
+    epoch_prompts,
+    plan_chunks,
+    sampling_settings,
+    stream_seed,
+)
+from rlft.loop import Log, run_epochs, show_chunk
+from rlft.tracking import Tracker
+from rlft.train_workers import TrainWorkers
+
+QUIET = dict(logging_level=logging.ERROR, log_to_driver=False)
+
+
+def start_ray(cfg: CommonConfig, log: Log = print) -> bool:
+    """Join cfg.ray_address, RAY_ADDRESS or a cluster `ray start` made here, else start a local Ray (True).
+
+    Then check that the cluster can hold the actors and workers the config asks for; a ValueError names the
+    field otherwise, before any actor starts.
+    """
+    started = False
+    if not ray.is_initialized():
+        start = time.perf_counter()
+        address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
+        try:
+            ray.init(address=address or "auto", **QUIET)
+        except ConnectionError:
+            if address:
+                raise ValueError(
+                    f"ray_address={address!r} is not allowed: no Ray cluster answers there"
+                ) from None
+            # Logical CPUs beyond the cores: actors, train workers and Ray Data tasks each hold one, and on
+            # two cores a Data pipeline feeding a train worker otherwise hangs (DESIGN.md).
+            ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(demand(cfg)["CPU"]) + 2), **QUIET)
+            started = True
+        where = (
+            "a new local Ray" if started else f"the Ray cluster at {ray.get_runtime_context().gcs_address}"
+        )
+        log(f"using {where} ({time.perf_counter() - start:.1f} s)")
+    try:
+        check_resources(cfg, ray.cluster_resources(), [n["Resources"] for n in ray.nodes() if n["Alive"]])
+    except ValueError:
+        if started:
+            ray.shutdown()
+        raise
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    context.execution_options.preserve_order = True  # the same seed gives the same order
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    return started
+
+
+GROUPS = {  # config field that counts the group: (its CPUs field, its GPUs field)
+    "samplers": "sampler_gpus",
+    "scorers": "scorer_gpus",
+    "train_workers": "worker_gpus",
+}
+
+
+def demand(cfg: CommonConfig) -> dict[str, float]:
+    cpus = sum(getattr(cfg, count) for count in GROUPS) * cfg.actor_cpus
+    gpus = sum(getattr(cfg, count) * getattr(cfg, gpus) for count, gpus in GROUPS.items())
+    return {"CPU": cpus, "GPU": gpus}
+
+
+def check_resources(cfg: CommonConfig, total: dict[str, float], nodes: list[dict[str, float]]) -> None:
+    """ValueError naming the field when the cluster can never hold what the config asks for."""
+    for count, gpus in GROUPS.items():
+        shape = {"CPU": cfg.actor_cpus, "GPU": getattr(cfg, gpus)}
+        if not any(all(node.get(k, 0) >= v for k, v in shape.items()) for node in nodes):
+            field = gpus if shape["GPU"] > max((n.get("GPU", 0) for n in nodes), default=0) else "actor_cpus"
+            raise ValueError(
+                f"{field}={getattr(cfg, field)} is not allowed: no node of this cluster has "
+                f"{shape['CPU']:g} CPUs and {shape['GPU']:g} GPUs for one of the {count}"
+            )
+    for resource, needed in demand(cfg).items():
+        if needed > total.get(resource, 0):
+            asked = ", ".join(f"{count}={getattr(cfg, count)}" for count in GROUPS)
+            raise ValueError(
+                f"{asked} are not allowed together: they need {needed:g} {resource}s "
+                f"and this cluster has {total.get(resource, 0):g}"
+            )
+
+
+def dataset_shards(items: dict[str, Tensor], cfg: CommonConfig, epoch: int) -> list:
+    """The items as a Ray Dataset, globally shuffled with the epoch's seed, in equal shares per worker.
+
+    Few blocks: with Ray's default block count a 300-row shuffle took 17 s here, with one per worker 0.2 s.
+    """
+    rows = [{k: v[i].numpy() for k, v in items.items()} for i in range(len(items["prompt"]))]
+    dataset = ray.data.from_items(rows, override_num_blocks=cfg.train_workers)
+    if cfg.shuffle:
+        dataset = dataset.random_shuffle(seed=stream_seed(cfg.seed, epoch, "shuffle"))
+    return dataset.split(cfg.train_workers, equal=True)
+
+
+def wait(refs: list, label: str, log: Log, every_s: float = 30.0) -> list:
+    """ray.get, with a line every `every_s` seconds while a phase is still running."""
+    pending, start = list(refs), time.perf_counter()
+    while pending:
+        _, pending = ray.wait(pending, num_returns=len(pending), timeout=every_s)
+        if pending:
+            log(
+                f"  {label}: {len(refs) - len(pending)}/{len(refs)} after {time.perf_counter() - start:.0f} s"
+            )
+    return ray.get(refs)
+
+
+class RayTrained:
+    """The trained state, held by the train workers; loading it also reaches the samplers."""
+
+    def __init__(self, workers: TrainWorkers, samplers: list):
+        self.workers, self.samplers = workers, samplers
+
+    def sync_samplers(self) -> float:
+        start = time.perf_counter()
+        ray.get([s.load_weights.remote(self.workers.weights_ref()) for s in self.samplers])
+        return time.perf_counter() - start
+
+    def state(self) -> dict:
+        return self.workers.state()
+
+    def load(self, state: dict) -> None:
+        self.workers.load(state)
+        self.sync_samplers()
+
+    def adapter_files(self) -> dict[str, bytes]:
+        return self.workers.adapter_files()
+
+
+def ray_train(
+    cfg: D3POConfig | DRaFTConfig, run_dir: Path, tracker: Tracker | None = None, log: Log = print
+) -> list[dict[str, float]]:
+    """Train D3PO or DRaFT (by the config's type) on Ray; the per-epoch metrics, as `run_epochs` gives."""
+    d3po = isinstance(cfg, D3POConfig)
+    start = time.perf_counter()
+    samplers, scorers = start_actors(cfg, sampling_settings(cfg), cfg.reward)
+    workers = TrainWorkers(cfg, Path(run_dir) / "ray", Path(run_dir).name)
+    try:
+        trained = RayTrained(workers, samplers)
+        workers.publish()  # waits for every worker's model
+        trained.sync_samplers()  # waits for every sampler's model
+        log(
+            f"{cfg.samplers} sampler(s), {cfg.scorers} scorer(s), {cfg.train_workers} train worker(s) "
+            f"ready ({time.perf_counter() - start:.1f} s)"
+        )
+        one_epoch = (d3po_epoch if d3po else draft_epoch)(cfg, trained, samplers, scorers, log)
+        return run_epochs(cfg, run_dir, trained, one_epoch, tracker, log)
+    finally:
+        workers.stop()
+        for actor in samplers + scorers:
+            ray.kill(actor)
+
+
+def sample_and_score(cfg, epoch, prompts, samplers, scorers, log, score: bool = True):
+    """The epoch's chunks over the samplers in turn, each chunk's images to a scorer as soon as sampled."""
+    chunks = plan_chunks(prompts, cfg.sample_batch, cfg.seed, epoch)
+    outs = [samplers[i % len(samplers)].sample.options(num_returns=2).remote(c) for i, c in enumerate(chunks)]
+    images = [image_ref for _, image_ref in outs]
+    rewards = [scorers[i % len(scorers)].score.remote(ref) for i, ref in enumerate(images)] if score else []
+    start = time.perf_counter()
+    samples = concat_samples(wait([s for s, _ in outs], "sampling", log))
+    sampled = time.perf_counter()
+    rewards = torch.cat(wait(rewards, "scoring", log)) if score else None
+    timing = {"time_sample_s": sampled - start, "time_score_s": time.perf_counter() - sampled}
+    return samples, rewards, images, timing
+
+
+def train_on_workers(cfg, trained: RayTrained, epoch, prompts, items, log):
+    start = time.perf_counter()
+    shards = dataset_shards(items, cfg, epoch)
+    shuffled = time.perf_counter()
+    replies = trained.workers.train(epoch, prompts, shards, log)
+    trained_at = time.perf_counter()
+    timing = {
+        "time_shuffle_s": shuffled - start,
+        "time_train_s": trained_at - shuffled,
+        "time_sync_s": trained.sync_samplers(),
+    }
+    keys = replies[0]["metrics"]
+    metrics = {k: sum(r["metrics"][k] for r in replies) / len(replies) for k in keys}
+    return metrics, replies, timing
+
+
+def d3po_epoch(cfg: D3POConfig, trained: RayTrained, samplers, scorers, log: Log):
+    def one_epoch(epoch: int):
+        prompts = epoch_prompts(cfg, epoch)
+        samples, rewards, images, timing = sample_and_score(cfg, epoch, prompts, samplers, scorers, log)
+        items, pairing = d3po_items(samples, rewards)
+        if len(items["prompt"]) >= cfg.train_workers:
+            metrics, _, more = train_on_workers(cfg, trained, epoch, prompts, items, log)
+        else:  # every pair tied: nothing to learn from this epoch
+            metrics = {"loss": float("nan"), "preference_accuracy": float("nan"), "grad_norm": 0.0}
+            more = {}
+
+        def show():
+            return torch.cat(ray.get(images))[:: cfg.group_size], prompts
+
+        return metrics | pairing | timing | more, rewards, show
+
+    return one_epoch
+
+
+def draft_epoch(cfg: DRaFTConfig, trained: RayTrained, samplers, scorers, log: Log):
+    lv = cfg.variant == "draft-lv"
+
+    def one_epoch(epoch: int):
+        prompts = epoch_prompts(cfg, epoch)
+        samples, rewards, _, timing = sample_and_score(cfg, epoch, prompts, samplers, scorers, log, score=lv)
+        metrics, replies, more = train_on_workers(cfg, trained, epoch, prompts, draft_items(samples), log)
+        if not lv:  # DRaFT-K finished its samples inside the workers
+            rewards = torch.cat([r["rewards"] for r in replies])
+
+        def show():
+            chunk = show_chunk(cfg, prompts, epoch)
+            _, images = ray.get(samplers[0].sample.options(num_returns=2).remote(chunk, skip_last=0))
+            return images, chunk.prompts
+
+        return metrics | timing | more, rewards, show
+
+    return one_epoch

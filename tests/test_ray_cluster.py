@@ -1,0 +1,154 @@
+"""The jobs as users run them: `ray job submit` to a `ray start --head` cluster, tracked by a real
+`mlflow server` (slow tier). Only the processes these tests start are stopped, by process group: `ray stop`
+would kill every Ray process on the machine."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_http(url: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            return
+        except OSError:
+            time.sleep(1)
+    raise TimeoutError(url)
+
+
+def _start(command: list[str], env: dict, log: Path) -> subprocess.Popen:
+    """A process in a session of its own, so that its whole group can be stopped and nothing else."""
+    return subprocess.Popen(
+        command, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
+    )
+
+
+def _stop(process: subprocess.Popen) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """(dashboard address, MLflow URI, environment) of a loopback Ray head and an MLflow server."""
+    folder = tmp_path_factory.mktemp("cluster")
+    env = os.environ | {"PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token"}
+    env.pop("RAY_ADDRESS", None)
+    mlflow_port, gcs_port, dashboard_port = _free_port(), _free_port(), _free_port()
+    mlflow = _start(
+        [
+            str(BIN / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{folder / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(folder / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(mlflow_port),
+            "--workers",
+            "1",
+        ],
+        env,
+        folder / "mlflow.log",
+    )
+    head = _start(
+        [
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            f"--port={gcs_port}",
+            f"--dashboard-port={dashboard_port}",
+            "--dashboard-host=127.0.0.1",
+            "--num-cpus=6",
+            f"--temp-dir={folder / 'ray'}",
+            "--disable-usage-stats",
+        ],
+        env,
+        folder / "ray.log",
+    )
+    try:
+        _wait_http(f"http://127.0.0.1:{mlflow_port}/health", 120)
+        _wait_http(f"http://127.0.0.1:{dashboard_port}/api/version", 120)
+        yield f"http://127.0.0.1:{dashboard_port}", f"http://127.0.0.1:{mlflow_port}", env
+    finally:
+        _stop(head)
+        _stop(mlflow)
+
+
+@pytest.mark.parametrize(
+    "job, flags, own_metric",
+    [
+        ("d3po", ["--pairs-per-epoch", "4", "--num-steps", "4"], "preference_accuracy"),
+        ("draft", ["--batch-size", "2", "--steps-per-epoch", "2", "--variant", "draft-lv"], "grad_norm"),
+    ],
+)
+def test_a_submitted_job_succeeds_and_its_run_holds_every_epoch_its_images_and_adapter(
+    cluster, job, flags, own_metric, tmp_path
+):
+    address, mlflow_uri, env = cluster
+    env = env | {"MLFLOW_TRACKING_URI": mlflow_uri, "MLFLOW_EXPERIMENT_NAME": "cluster-tests"}
+    runtime_env = {"env_vars": {"MLFLOW_TRACKING_URI": mlflow_uri, "MLFLOW_EXPERIMENT_NAME": "cluster-tests"}}
+    command = [
+        str(BIN / "ray"),
+        "job",
+        "submit",
+        "--address",
+        address,
+        "--working-dir",
+        str(ROOT),
+        "--runtime-env-json",
+        json.dumps(runtime_env),
+        "--",
+        "python",
+        f"jobs/{job}.py",
+        "--epochs",
+        "2",
+        "--runs-dir",
+        str(tmp_path),
+        "--run-name",
+        f"submitted-{job}",
+        *flags,
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env, cwd=ROOT)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "SUCCEEDED" in result.stdout and "epoch   1 | reward" in result.stdout
+
+    client = MlflowClient(mlflow_uri)
+    experiment = client.get_experiment_by_name("cluster-tests").experiment_id
+    (run,) = client.search_runs([experiment], filter_string=f"tags.mlflow.runName = 'submitted-{job}'")
+    assert run.info.status == "FINISHED" and run.data.tags["algorithm"] == job
+    for key in ("reward_mean", "reward_std", "loss", "samples_per_s", "epoch_time_s", own_metric):
+        assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [0, 1], key
+    images = {a.path for a in client.list_artifacts(run.info.run_id, "images")}
+    assert {"images/epoch_0000.png", "images/epoch_0001.png"} <= images
+    assert client.list_artifacts(run.info.run_id, "adapter")[0].path.endswith(".safetensors")
