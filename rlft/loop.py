@@ -206,18 +206,26 @@ def train_d3po(
     learner = make_d3po_learner(cfg, pipe, policy)
 
     def one_epoch(epoch: int):
+        start = time.perf_counter()
         prompts = epoch_prompts(cfg, epoch)
         samples = sample_epoch(pipe, cfg, prompts, epoch)
+        sampled = time.perf_counter()
         rewards = reward.fn(samples["images"])
         items, pairing = d3po_items(samples, rewards)
+        scored = time.perf_counter()
         if pairing["pairs"]:
             items = {k: v.to(pipe.device) for k, v in items.items()}
             batches = iterate_batches(items, cfg.batch_size, item_order(len(items["prompt"]), cfg, epoch))
             metrics = learner.train_epoch(batches, *encode_prompts(pipe, prompts))
         else:  # every pair tied: nothing to learn from this epoch
             metrics = {"loss": float("nan"), "preference_accuracy": float("nan"), "grad_norm": 0.0}
+        timing = {
+            "time_sample_s": sampled - start,
+            "time_score_s": scored - sampled,
+            "time_train_s": time.perf_counter() - scored,
+        }
         images = samples["images"][:: cfg.group_size]  # one image per group for the grid
-        return metrics | pairing, rewards, lambda: (images, prompts)
+        return metrics | pairing | timing, rewards, lambda: (images, prompts)
 
     return run_epochs(cfg, run_dir, LocalTrained(policy, learner.optimizer), one_epoch, tracker, log)
 

@@ -1,0 +1,64 @@
+"""Benchmark: the Ray D3PO pipeline against the single-process loop on the same tiny config, in one run.
+
+Prints the mean epoch time of each (the first epoch of each is left out: it pays one-off warm-up), their
+ratio (target: at most 1.25 on 2 cores), the weight-sync time per epoch, and where each epoch's time goes
+(sample, score, shuffle, train, sync; the rest is checkpointing and logging in the driver). Also prints the
+start-up cost of each (models, actors, train workers), which the ratio leaves out. Needs no GPU or MLflow.
+
+    python benchmarks/ray_pipeline.py [--epochs 4] [--pairs 16] [--threads N]
+"""
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import ray
+
+from rlft.config import D3POConfig
+from rlft.loop import train_d3po
+from rlft.ray_loop import ray_train, start_ray
+
+PHASES = ("time_sample_s", "time_score_s", "time_shuffle_s", "time_train_s", "time_sync_s")
+
+
+def summary(name: str, history: list[dict], total: float) -> float:
+    steady = history[1:]
+    epoch = sum(h["epoch_time_s"] for h in steady) / len(steady)
+    phases = {p: sum(h.get(p, 0.0) for h in steady) / len(steady) for p in PHASES}
+    rest = epoch - sum(phases.values())
+    start_up = total - sum(h["epoch_time_s"] for h in history)
+    split = " | ".join(f"{p[5:-2]} {v:5.2f}" for p, v in phases.items()) + f" | rest {rest:5.2f}"
+    print(f"{name:14s} epoch {epoch:6.2f} s | {split} | start-up and wrap-up {start_up:5.1f} s")
+    return epoch
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--pairs", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    cfg = D3POConfig(epochs=args.epochs, pairs_per_epoch=args.pairs, threads=args.threads, track=False)
+    with tempfile.TemporaryDirectory() as folder:
+        start = time.perf_counter()
+        single = train_d3po(cfg, Path(folder) / "single", log=lambda line: None)
+        single_total = time.perf_counter() - start
+
+        start = time.perf_counter()
+        start_ray(cfg, log=lambda line: None)
+        ray_started = time.perf_counter()
+        on_ray = ray_train(cfg, Path(folder) / "ray", log=lambda line: None)
+        ray_total = time.perf_counter() - ray_started
+        ray.shutdown()
+    print(f"D3PO, tiny model, {args.pairs} pairs x {cfg.num_steps} steps per epoch, {args.epochs} epochs")
+    a = summary("single-process", single, single_total)
+    b = summary("ray", on_ray, ray_total)
+    print(f"ray.init      {ray_started - start:6.2f} s")
+    print(f"ratio         {b / a:6.3f} (ray / single-process epoch time; target <= 1.25)")
+
+
+if __name__ == "__main__":
+    main()
