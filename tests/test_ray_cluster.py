@@ -4,11 +4,15 @@ would kill every Ray process on the machine."""
 
 import json
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -31,6 +35,8 @@ def _wait_http(url: str, timeout_s: float) -> None:
     while time.monotonic() < deadline:
         try:
             urllib.request.urlopen(url, timeout=2).close()
+            return
+        except urllib.error.HTTPError:  # it answers (the dashboard asks for its auth token)
             return
         except OSError:
             time.sleep(1)
@@ -58,6 +64,8 @@ def _stop(process: subprocess.Popen) -> None:
 def cluster(tmp_path_factory):
     """(dashboard address, MLflow URI, environment) of a loopback Ray head and an MLflow server."""
     folder = tmp_path_factory.mktemp("cluster")
+    # Ray's socket paths live under its temp dir and must stay under 108 bytes: a short folder in /tmp.
+    ray_temp = Path(tempfile.mkdtemp(prefix="rlft-ray-", dir="/tmp"))
     env = os.environ | {"PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token"}
     env.pop("RAY_ADDRESS", None)
     mlflow_port, gcs_port, dashboard_port = _free_port(), _free_port(), _free_port()
@@ -90,7 +98,7 @@ def cluster(tmp_path_factory):
             f"--dashboard-port={dashboard_port}",
             "--dashboard-host=127.0.0.1",
             "--num-cpus=6",
-            f"--temp-dir={folder / 'ray'}",
+            f"--temp-dir={ray_temp}",
             "--disable-usage-stats",
         ],
         env,
@@ -103,6 +111,7 @@ def cluster(tmp_path_factory):
     finally:
         _stop(head)
         _stop(mlflow)
+        shutil.rmtree(ray_temp, ignore_errors=True)
 
 
 @pytest.mark.parametrize(
@@ -141,7 +150,16 @@ def test_a_submitted_job_succeeds_and_its_run_holds_every_epoch_its_images_and_a
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env, cwd=ROOT)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "SUCCEEDED" in result.stdout and "epoch   1 | reward" in result.stdout
+    assert "epoch   1 | reward" in result.stdout, result.stdout[-3000:]
+    job_id = re.search(r"raysubmit_\w+", result.stdout).group(0)
+    status = subprocess.run(
+        [str(BIN / "ray"), "job", "status", "--address", address, job_id],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert f"Job '{job_id}' succeeded" in status.stdout, status.stdout + status.stderr  # SUCCEEDED
 
     client = MlflowClient(mlflow_uri)
     experiment = client.get_experiment_by_name("cluster-tests").experiment_id
