@@ -4,6 +4,7 @@ Every check that can fail (the config, the tracking store, the Ray cluster's res
 actor starts or an MLflow run is created, and a failure exits with one line naming the bad field.
 """
 
+import logging
 import sys
 from contextlib import nullcontext
 
@@ -32,6 +33,8 @@ def headline(cfg: D3POConfig | DRaFTConfig) -> str:
 
 def run_job(config_type: type[D3POConfig] | type[DRaFTConfig], algorithm: str, description: str) -> None:
     started_ray = False
+    for name in ("mlflow", "alembic"):  # their start-up INFO lines are noise in a run's output
+        logging.getLogger(name).setLevel(logging.WARNING)
     try:
         cfg = tyro.cli(config_type, description=description)
         if cfg.track:
@@ -53,7 +56,11 @@ def run_job(config_type: type[D3POConfig] | type[DRaFTConfig], algorithm: str, d
     finally:
         if started_ray:
             ray.shutdown()
-    first, last = history[0]["reward_mean"], history[-1]["reward_mean"]
-    print(f"reward {first:.4f} -> {last:.4f} | adapter in {run_dir}/adapter")
+    rewards = [h["reward_mean"] for h in history]
+    best = max(range(len(rewards)), key=rewards.__getitem__)
+    print(
+        f"reward: first {rewards[0]:.4f}, best {rewards[best]:.4f} (epoch {best}), last {rewards[-1]:.4f}"
+        f" | adapter in {run_dir}/adapter"
+    )
     if tracker:
         print(f"MLflow run {tracker.run_id} ({tracker.run_name}) in {tracker.uri}")

@@ -159,6 +159,7 @@ def ray_train(
     """Train D3PO or DRaFT (by the config's type) on Ray; the per-epoch metrics, as `run_epochs` gives."""
     d3po = isinstance(cfg, D3POConfig)
     start = time.perf_counter()
+    log("starting the samplers, scorers and train workers (each loads the model once)")
     samplers, scorers = start_actors(cfg, sampling_settings(cfg), cfg.reward)
     workers = TrainWorkers(cfg, Path(run_dir) / "ray", Path(run_dir).name)
     try:

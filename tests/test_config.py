@@ -43,6 +43,10 @@ def test_draft_variants_set_how_many_steps_carry_gradient():
         ("d3po.py", ["--model", "no/such/./folder/x"], "model"),
         ("d3po.py", ["--run-name", "a/b"], "run_name"),
         ("draft.py", ["--tracking-uri-is-not-a-flag"], "Unrecognized"),
+        ("d3po.py", ["--batch-size", "15", "--train-workers", "2"], "batch_size=15"),
+        # Checked against the (local) Ray cluster once it is up, before any actor or MLflow run exists.
+        ("d3po.py", ["--worker-gpus", "1"], "worker_gpus=1.0 is not allowed: no node"),
+        ("draft.py", ["--samplers", "2", "--no-ray"], "ray=False is not allowed"),
     ],
 )
 def test_jobs_refuse_bad_flags_before_building_anything(job, flags, field, tmp_path):

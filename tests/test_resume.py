@@ -1,5 +1,8 @@
 """Checkpoints and MLflow tracking: a run started again goes on where it stopped and logs nothing twice."""
 
+import math
+from dataclasses import replace
+
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -8,6 +11,7 @@ from rlft.checkpoint import load_checkpoint, save_checkpoint
 from rlft.config import D3POConfig, DRaFTConfig
 from rlft.loop import LocalTrained, train_d3po, train_draft
 from rlft.policy import Policy
+from rlft.rewards import REWARDS
 from rlft.tracking import Tracker, check_tracking_uri
 
 SMALL = dict(pairs_per_epoch=2, num_steps=3, batch_size=3, threads=1)
@@ -60,6 +64,20 @@ def test_epochs_checkpointed_but_never_logged_are_logged_on_resume(tmp_path, tin
         tracker.log_epoch(0, history[0])
         train_d3po(D3POConfig(epochs=2, **SMALL), tmp_path / "run", tracker, log=print)
     assert tracker.logged_epochs() == [0, 1]
+
+
+def test_a_sample_whose_reward_is_nan_is_dropped_and_counted_and_the_epoch_goes_on(tmp_path, monkeypatch):
+    jpeg = REWARDS["jpeg-compressibility"]
+
+    def first_is_nan(images):
+        rewards = jpeg.fn(images)
+        rewards[0] = float("nan")
+        return rewards
+
+    monkeypatch.setitem(REWARDS, "jpeg-compressibility", replace(jpeg, fn=first_is_nan))
+    (metrics,) = train_d3po(D3POConfig(epochs=1, **SMALL), tmp_path, log=print)
+    assert metrics["nan_rewards"] == 1 and math.isfinite(metrics["reward_mean"])
+    assert math.isfinite(metrics["loss"]) and metrics["pairs"] == 1  # of 2 groups, one lost its pair
 
 
 def test_a_failed_run_ends_failed_with_its_error(tmp_path):
