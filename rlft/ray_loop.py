@@ -55,7 +55,8 @@ def start_ray(cfg: CommonConfig, log: Log = print) -> bool:
                 ) from None
             # Logical CPUs beyond the cores: actors, train workers and Ray Data tasks each hold one, and on
             # two cores a Data pipeline feeding a train worker otherwise hangs (DESIGN.md).
-            ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(demand(cfg)["CPU"]) + 2), **QUIET)
+            cpus = max(os.cpu_count() or 1, math.ceil(demand(cfg)["CPU"]) + 2)
+            ray.init(num_cpus=cpus, include_dashboard=False, **QUIET)  # no dashboard: less load
             started = True
         where = (
             "a new local Ray" if started else f"the Ray cluster at {ray.get_runtime_context().gcs_address}"

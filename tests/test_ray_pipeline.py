@@ -47,7 +47,7 @@ def test_d3po_on_ray_gives_the_single_process_numbers_and_resumes_where_it_stopp
     assert client.get_run(tracker.run_id).info.status == "FINISHED"
 
 
-@pytest.mark.parametrize("variant", ["draft-k", "draft-lv"])
+@pytest.mark.parametrize("variant", ["draft-k", "draft-lv", "full"])
 def test_draft_on_ray_gives_the_single_process_numbers(local_ray, tmp_path, variant):
     cfg = DRaFTConfig(
         epochs=2, variant=variant, shuffle=False, batch_size=2, steps_per_epoch=2, num_steps=3, threads=1
