@@ -53,7 +53,8 @@ class CommonConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to run: 'auto' picks CUDA when torch sees it."""
     threads: int | None = None
-    """CPU threads for torch; default: torch's own choice (one per core)."""
+    """CPU threads for torch; default: torch's own choice here, every core in Ray actors and workers (Ray
+    would give a 1-CPU actor one thread)."""
     run_name: str | None = None
     """Names the run's folder (runs_dir/run_name) and its MLflow run; the same name again resumes the run.
     Default: the algorithm and the start time."""
