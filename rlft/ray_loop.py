@@ -76,7 +76,7 @@ def start_ray(cfg: CommonConfig, log: Log = print) -> bool:
     return started
 
 
-GROUPS = {  # config field that counts the group: (its CPUs field, its GPUs field)
+GROUPS = {  # the field that counts each kind of actor: the field with its GPUs per actor
     "samplers": "sampler_gpus",
     "scorers": "scorer_gpus",
     "train_workers": "worker_gpus",

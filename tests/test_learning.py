@@ -78,17 +78,12 @@ def test_d3po_job_tracks_its_run_and_its_adapter_loads_into_a_stock_pipeline(tmp
 
     out = tmp_path / "job" / "adapter"
     stock = build_tiny_pipeline(0)
-    before = stock(
-        "a photo of a cat",
-        num_inference_steps=4,
-        output_type="pt",
-        generator=torch.Generator().manual_seed(0),
-    ).images
+
+    def cat():
+        generator = torch.Generator().manual_seed(0)
+        return stock("a photo of a cat", num_inference_steps=4, output_type="pt", generator=generator).images
+
+    before = cat()
     stock.load_lora_weights(out)
-    after = stock(
-        "a photo of a cat",
-        num_inference_steps=4,
-        output_type="pt",
-        generator=torch.Generator().manual_seed(0),
-    ).images
+    after = cat()
     assert (after - before).abs().max() > 0  # one epoch of training changed the model
