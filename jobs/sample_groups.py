@@ -1,0 +1,20 @@
+"""Sample a batch for people to label: k images per prompt sharing their initial noise, saved to a folder.
+
+The groups are drawn as a D3PO epoch draws them (every latent kept, eta > 0), from the base model or from a
+trained adapter (`--adapter runs/<run>/adapter`). The folder gets the trajectories (safetensors), one PNG
+per image and a manifest; `python jobs/label.py <folder>` then serves the labelling page.
+"""
+
+import sys
+
+import tyro
+
+from rlft.feedback import SampleGroupsConfig, sample_groups
+
+if __name__ == "__main__":
+    try:
+        cfg = tyro.cli(SampleGroupsConfig, description=__doc__)
+        folder = sample_groups(cfg)
+    except ValueError as error:
+        sys.exit(f"error: {error}")
+    print(f"label it: python jobs/label.py {folder}")
