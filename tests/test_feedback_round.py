@@ -1,0 +1,86 @@
+import io
+import json
+import threading
+import urllib.request
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from werkzeug.serving import make_server
+
+from rlft.batch_folder import read_manifest
+from rlft.config import D3POConfig
+from rlft.feedback import SampleGroupsConfig, sample_groups
+from rlft.human import train_on_labels
+from rlft.label_server import create_app
+from rlft.labels import Label, connect, save_label
+from rlft.models import build_tiny_pipeline
+from rlft.policy import ADAPTER_FILE
+
+SAMPLING = dict(groups=4, group_size=2, num_steps=3)
+
+
+def label_over_http(folder, annotator: str) -> int:
+    """A person who prefers the brighter image of each group, labelling through the page's API."""
+    server = make_server("127.0.0.1", 0, create_app(folder), threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}"
+    try:
+        batch = json.load(urllib.request.urlopen(f"{url}/api/batch"))
+        for group in batch["groups"]:
+            ids = [image["id"] for image in group["images"]]
+            brightness = [image_mean(f"{url}{image['url']}") for image in group["images"]]
+            order = np.argsort(brightness)
+            body = {
+                "annotator": annotator,
+                "group": group["group"],
+                "best": ids[order[-1]],
+                "worst": ids[order[0]],
+                "manifest_sha256": batch["manifest_sha256"],
+            }
+            request = urllib.request.Request(
+                f"{url}/api/labels", json.dumps(body).encode(), {"Content-Type": "application/json"}
+            )
+            answer = json.load(urllib.request.urlopen(request))
+        return answer["labelled"]
+    finally:
+        server.shutdown()
+
+
+def image_mean(url: str) -> float:
+    return float(np.asarray(Image.open(io.BytesIO(urllib.request.urlopen(url).read()))).mean())
+
+
+@pytest.mark.slow
+def test_a_full_round_sample_label_train_then_sample_from_the_new_adapter(tmp_path):
+    first = sample_groups(SampleGroupsConfig(out=str(tmp_path / "round0"), **SAMPLING), log=print)
+    assert label_over_http(first, "ann") == 4
+    train = D3POConfig(num_steps=3, epochs=2, batch_size=4, runs_dir=str(tmp_path / "runs"), run_name="r0")
+    adapter = train_on_labels(train, first)
+    assert adapter == tmp_path / "runs" / "r0" / "adapter" and (adapter / ADAPTER_FILE).is_file()
+    # The result is diffusers' LoRA format: a stock pipeline loads it.
+    build_tiny_pipeline(0).load_lora_weights(str(adapter))
+
+    cfg = SampleGroupsConfig(out=str(tmp_path / "round1"), adapter=str(adapter), round=1, **SAMPLING)
+    second = sample_groups(cfg, log=print)
+    base = sample_groups(SampleGroupsConfig(out=str(tmp_path / "base1"), round=1, **SAMPLING), log=print)
+    tuned_latents, base_latents = (
+        load_file(f / "trajectories.safetensors")["latents"] for f in (second, base)
+    )
+    assert (tuned_latents[:, -1] - base_latents[:, -1]).abs().mean() > 1e-4  # the adapter took effect
+    assert read_manifest(second)[0]["adapter"] == str(adapter.resolve())
+
+    # The next round's training starts from the adapter its batch was sampled from: with a learning rate
+    # near zero the new adapter is the old one.
+    manifest, sha = read_manifest(second)
+    conn = connect(second)
+    save_label(conn, Label("ann", 0, best="g0000-0", worst="g0000-1"), sha)
+    conn.close()
+    still = D3POConfig(num_steps=3, epochs=1, lr=1e-12, runs_dir=str(tmp_path / "runs"), run_name="r1")
+    again = train_on_labels(still, second)
+    old, new = load_file(adapter / ADAPTER_FILE), load_file(again / ADAPTER_FILE)
+    assert old.keys() == new.keys()
+    assert all(torch.allclose(old[k], new[k], atol=1e-6) for k in old)
+    assert any(old[k].abs().max() > 0 for k in old if "up" in k)  # trained, not the zero init
