@@ -16,6 +16,7 @@ A submission that cannot be stored gets a 4xx JSON answer {"error", "field"} and
 loaded), 422 images not in the group or best == worst.
 """
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -173,6 +174,7 @@ class LabelConfig:
 
 def serve(cfg: LabelConfig, log=print) -> None:
     """Serve the page until interrupted; every label is committed before its answer is sent."""
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # not a line per image fetched
     server = make_server(cfg.host, cfg.port, create_app(cfg.folder), threaded=True)
     log(f"labelling {cfg.folder} at http://{cfg.host}:{server.server_port}/", flush=True)
     try:

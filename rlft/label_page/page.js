@@ -116,8 +116,9 @@ async function submit() {
   state.saved[group] = copyLabel(body);
   state.labelled = reply.labelled;
   showProgress();
+  // Move on to the next unlabelled group, unless the person already moved while this was in flight.
   const next = state.batch.groups.findIndex((g, i) => i > group && !state.saved[i]);
-  if (next >= 0) { state.current = next; state.selected = 0; }
+  if (next >= 0 && state.current === group) { state.current = next; state.selected = 0; }
   say(`Group ${group + 1} saved.`, "ok");
   render();
 }
