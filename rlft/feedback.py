@@ -108,7 +108,6 @@ def sample_groups(cfg: SampleGroupsConfig, log=print) -> Path:
     pipe, policy = build_policy(d3po)
     if cfg.adapter:
         load_adapter(policy, cfg.adapter)
-    policy.unet.eval()
     prompts = epoch_prompts(d3po, cfg.round)
     settings = sampling_settings(d3po)
     chunks = plan_chunks(prompts, cfg.sample_batch, cfg.seed, cfg.round)

@@ -19,10 +19,10 @@ from rlft.batch_folder import read_images, read_manifest, read_trajectories
 from rlft.config import D3POConfig
 from rlft.d3po import pair_items
 from rlft.epoch import item_order, iterate_batches
+from rlft.label_pairs import majority_pairs
 from rlft.labels import DB_FILE, LabelError, check_label, connect, read_labels
 from rlft.loop import build_policy, make_d3po_learner
 from rlft.models import BUILTIN_MODELS
-from rlft.preferences import majority_pairs
 from rlft.sampling import encode_prompts
 
 

@@ -13,10 +13,13 @@ keeps the sha256 of the manifest it was made against, so labels for another batc
 import json
 import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 DB_FILE = "labels.sqlite"
+COLUMNS = "annotator, group_index, best, worst, deformed, unsafe, manifest_sha256, submitted_at"
 SCHEMA_VERSION = 1
 TIMEOUT_S = 30.0
 MAX_ANNOTATOR = 64
@@ -75,22 +78,41 @@ def check_label(label: Label, images: list[str]) -> None:
             raise LabelError(field, f"{field} image {unknown[0]!r} is not in group {label.group}")
 
 
-def connect(folder: str | Path) -> sqlite3.Connection:
-    """A connection to the folder's label store, created if absent; one per thread or request."""
-    path = Path(folder) / DB_FILE
-    conn = sqlite3.connect(path, timeout=TIMEOUT_S, isolation_level=None)  # transactions are explicit
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any error: all of it is stored, or none."""
     conn.execute("BEGIN IMMEDIATE")
     try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    """The store's schema version; a new store gets its tables first (reads need no write lock after)."""
+    try:
+        return int(conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0])
+    except sqlite3.OperationalError:  # no meta table: a new store
+        pass
+    with transaction(conn):
         for statement in SCHEMA.split(";"):
             if statement.strip():
                 conn.execute(statement)
         conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-        version = int(conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0])
-        conn.execute("COMMIT")
+        return int(conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0])
+
+
+def connect(folder: str | Path) -> sqlite3.Connection:
+    """A connection to the folder's label store, created if absent; one per thread or request."""
+    path = Path(folder) / DB_FILE
+    conn = sqlite3.connect(path, timeout=TIMEOUT_S, isolation_level=None)  # transactions are explicit
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        version = schema_version(conn)
     except BaseException:
-        conn.execute("ROLLBACK")
         conn.close()
         raise
     if version != SCHEMA_VERSION:
@@ -111,22 +133,13 @@ def save_label(conn: sqlite3.Connection, label: Label, manifest_sha256: str) -> 
         manifest_sha256,
         time.time(),
     )
-    with_transaction(conn, "INSERT OR REPLACE INTO labels VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)
-
-
-def with_transaction(conn: sqlite3.Connection, sql: str, params: tuple) -> None:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        conn.execute(sql, params)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
+    with transaction(conn):
+        conn.execute(f"INSERT OR REPLACE INTO labels ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)
 
 
 def read_labels(conn: sqlite3.Connection, annotator: str | None = None) -> list[tuple[Label, str]]:
     """Every stored label (or one person's) with the manifest sha256 it was made against, by group."""
-    sql = "SELECT * FROM labels" + (" WHERE annotator = ?" if annotator is not None else "")
+    sql = f"SELECT {COLUMNS} FROM labels" + (" WHERE annotator = ?" if annotator is not None else "")
     rows = conn.execute(
         sql + " ORDER BY group_index, annotator", (annotator,) if annotator is not None else ()
     ).fetchall()

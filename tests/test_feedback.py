@@ -1,6 +1,9 @@
 import dataclasses
 import json
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -179,3 +182,19 @@ def test_training_settings_must_match_the_batchs_sampling(batch):
         check_fits(D3POConfig(num_steps=10), manifest, batch)
     with pytest.raises(ValueError, match="seed=1"):
         check_fits(D3POConfig(num_steps=3, seed=1), manifest, batch)
+
+
+@pytest.mark.slow
+def test_the_job_samples_a_batch_and_refuses_to_overwrite_it(tmp_path):
+    job = [
+        sys.executable,
+        str(Path(__file__).parents[1] / "jobs" / "sample_groups.py"),
+        "--out",
+        str(tmp_path),
+    ]
+    args = ["--groups", "1", "--group-size", "2", "--num-steps", "2"]
+    done = subprocess.run(job + args, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"label it: python jobs/label.py {tmp_path}" in done.stdout
+    again = subprocess.run(job + args, capture_output=True, text=True, timeout=300)
+    assert again.returncode != 0 and "already holds a labelling batch" in again.stderr

@@ -3,8 +3,8 @@ import threading
 
 import pytest
 
+from rlft.label_pairs import group_pairs, majority_pairs
 from rlft.labels import DB_FILE, Label, LabelError, check_label, connect, read_labels, save_label
-from rlft.preferences import group_pairs, majority_pairs
 
 ABCD = ["a", "b", "c", "d"]
 
