@@ -10,7 +10,7 @@ from typing import Literal
 
 from rlft.models import check_model_name
 from rlft.policy import DEFAULT_LORA_TARGETS
-from rlft.prompts import PROMPT_SETS
+from rlft.prompts import load_prompts
 from rlft.rewards import get_reward
 
 
@@ -33,7 +33,8 @@ class CommonConfig:
     seed: int = 0
     """Seeds the tiny model's weights, the LoRA init, the noise and the shuffles."""
     prompts: str = "animals"
-    """Prompt set: one of the built-in sets."""
+    """Prompts: a built-in set (animals, simple-animals, unseen-animals, everyday-objects, animal-activities;
+    see rlft/prompts.py) or a path to a text file, one prompt per line (blank lines and # lines skipped)."""
     num_steps: int = 20
     """DDIM denoising steps per sample."""
     guidance_scale: float = 5.0
@@ -93,7 +94,7 @@ class CommonConfig:
     def __post_init__(self) -> None:
         check_model_name(self.model)
         _check(self.epochs >= 1, "epochs", self.epochs, "at least 1")
-        _check(self.prompts in PROMPT_SETS, "prompts", self.prompts, f"one of {', '.join(PROMPT_SETS)}")
+        load_prompts(self.prompts)  # a ValueError naming the set or file and what was expected
         _check(self.num_steps >= 1, "num_steps", self.num_steps, "at least 1")
         _check(self.guidance_scale >= 1, "guidance_scale", self.guidance_scale, "at least 1")
         _check(
@@ -134,7 +135,10 @@ class CommonConfig:
 @dataclass(frozen=True)
 class D3POConfig(CommonConfig):
     reward: str = "jpeg-compressibility"
-    """Reward whose order within each group decides the preferred sample."""
+    """Reward whose order within each group decides the preferred sample: jpeg-compressibility,
+    jpeg-incompressibility, smoothness, brightness, aesthetic, imagereward (hub weights), aesthetic:<folder>
+    or imagereward:<folder> (local weights); several joined by commas (a,b): a sample is preferred only when
+    it is at least as good on every reward and better on one."""
     epochs: int = 6
     """Sampling-and-training rounds (6 keep the tiny default under 3 minutes on 2 cores with Ray)."""
     num_steps: int = 10
@@ -170,7 +174,8 @@ class D3POConfig(CommonConfig):
 @dataclass(frozen=True)
 class DRaFTConfig(CommonConfig):
     reward: str = "smoothness"
-    """Differentiable reward backpropagated through the last steps of sampling."""
+    """Differentiable reward backpropagated through the last steps of sampling: smoothness, brightness,
+    aesthetic, imagereward (hub weights), aesthetic:<folder> or imagereward:<folder> (local weights)."""
     variant: Literal["draft-k", "draft-lv", "full"] = "draft-k"
     """'draft-k': gradient through the last k steps; 'draft-lv': k = 1 with lv_copies re-noised copies;
     'full': gradient through every step."""

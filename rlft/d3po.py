@@ -17,23 +17,35 @@ from rlft.policy import Policy
 from rlft.sampling import guided_eps
 
 
-def pairs_from_rewards(rewards: Tensor, group: Tensor) -> tuple[Tensor, Tensor, int]:
-    """Every pair of samples in the same group with different rewards, as (index_w, index_l, ties).
+def dominates(a: Tensor, b: Tensor) -> bool:
+    """Whether rewards a (R,) are at least as good as b on every reward and better on one (Pareto)."""
+    return bool((a >= b).all() and (a > b).any())
 
-    rewards, group: (B,). A pair with equal rewards carries no preference and is counted in `ties`; a sample
-    whose reward is NaN takes part in no pair.
+
+def pairs_from_rewards(rewards: Tensor, group: Tensor) -> tuple[Tensor, Tensor, int]:
+    """Every pair of samples in the same group where one is preferred, as (index_w, index_l, ties).
+
+    rewards (B,) or (B, R) for R rewards; group (B,). With several rewards a sample is preferred only when it
+    is at least as good on every reward and better on one, the rule of the official D3PO code (its
+    `compare` in scripts/train_with_rm.py); with one reward that is the larger reward. A pair where neither
+    is preferred (equal, or each better on a different reward) carries no preference and is counted in
+    `ties`; a sample with a NaN on any reward takes part in no pair.
     """
+    rewards = rewards[:, None] if rewards.ndim == 1 else rewards  # (B, R)
+    finite = torch.isfinite(rewards).all(dim=1)
     index_w, index_l, ties = [], [], 0
     for g in group.unique():
-        members = ((group == g) & torch.isfinite(rewards)).nonzero().flatten().tolist()
+        members = ((group == g) & finite).nonzero().flatten().tolist()
         for a, i in enumerate(members):
             for j in members[a + 1 :]:
-                if rewards[i] == rewards[j]:
+                if dominates(rewards[i], rewards[j]):
+                    index_w.append(i)
+                    index_l.append(j)
+                elif dominates(rewards[j], rewards[i]):
+                    index_w.append(j)
+                    index_l.append(i)
+                else:
                     ties += 1
-                    continue
-                winner, loser = (i, j) if rewards[i] > rewards[j] else (j, i)
-                index_w.append(winner)
-                index_l.append(loser)
     return torch.tensor(index_w, dtype=torch.long), torch.tensor(index_l, dtype=torch.long), ties
 
 

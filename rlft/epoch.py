@@ -101,10 +101,16 @@ def concat_samples(parts: list[dict[str, Tensor]]) -> dict[str, Tensor]:
 
 
 def d3po_items(samples: dict[str, Tensor], rewards: Tensor) -> tuple[dict[str, Tensor], dict[str, float]]:
-    """(pair, timestep) items from the reward order within each group; NaN rewards take no part."""
+    """(pair, timestep) items from the preferences within each group (`pairs_from_rewards`); rewards (B,) or
+    (B, R) for several rewards; a sample with a NaN reward takes no part."""
     index_w, index_l, ties = pairs_from_rewards(rewards, samples["group"])
     items = pair_items(samples["latents"], samples["group"], samples["timesteps"], index_w, index_l)
     return items, {"pairs": float(len(index_w)), "ties": float(ties)}
+
+
+def prompts_of(prompts: list[str], group: Tensor) -> list[str]:
+    """Each sample's prompt, for rewards that score an image against it: group (B,) indexes `prompts`."""
+    return [prompts[i] for i in group.tolist()]
 
 
 def draft_items(samples: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -125,16 +131,28 @@ def iterate_batches(items: dict[str, Tensor], batch_size: int, order: Tensor) ->
         yield {k: v[index] for k, v in items.items()}
 
 
-def reward_metrics(rewards: Tensor, elapsed: float) -> dict[str, float]:
-    """The reward and throughput metrics both algorithms log; samples with a NaN reward are counted."""
-    finite = rewards[torch.isfinite(rewards)]
-    n = finite.numel()
-    std = finite.std().item() if n > 1 else 0.0
-    return {
-        "reward_mean": finite.mean().item() if n else float("nan"),
+def reward_metrics(rewards: Tensor, elapsed: float, names: list[str] | None = None) -> dict[str, float]:
+    """The reward and throughput metrics both algorithms log; samples with a NaN reward are counted.
+
+    rewards (B,), or (B, R) for R rewards named `names` (default 0, 1, ...): reward_mean,
+    reward_std and reward_se are then those of the first reward, each reward also gets reward_<name>_mean,
+    and a sample with a NaN on any reward is left out of all of them (as it is left out of every pair).
+    """
+    several = rewards.ndim == 2
+    rewards = rewards[:, None] if rewards.ndim == 1 else rewards  # (B, R)
+    kept = rewards[torch.isfinite(rewards).all(dim=1)]  # (n, R)
+    n = len(kept)
+    std = kept[:, 0].std().item() if n > 1 else 0.0
+    metrics = {
+        "reward_mean": kept[:, 0].mean().item() if n else float("nan"),
         "reward_std": std,
         "reward_se": std / max(n, 1) ** 0.5,
-        "nan_rewards": float(rewards.numel() - n),
-        "samples_per_s": rewards.numel() / elapsed,
+        "nan_rewards": float(len(rewards) - n),
+        "samples_per_s": len(rewards) / elapsed,
         "epoch_time_s": elapsed,
     }
+    if several:
+        names = names or [str(r) for r in range(rewards.shape[1])]
+        for name, column in zip(names, kept.T, strict=True):
+            metrics[f"reward_{name}_mean"] = column.mean().item() if n else float("nan")
+    return metrics

@@ -1,0 +1,54 @@
+import re
+
+import pytest
+import torch
+
+from rlft.config import D3POConfig, DRaFTConfig
+from rlft.prompts import PROMPT_SETS, draw_prompts, load_prompts
+
+
+def test_built_in_sets_hold_the_papers_prompts():
+    assert len(PROMPT_SETS["simple-animals"]) == 45  # DDPO: "45 common animals"
+    assert PROMPT_SETS["simple-animals"][:3] == ("cat", "dog", "horse")
+    assert len(PROMPT_SETS["animals"]) == 24 and PROMPT_SETS["animals"][0] == "a photo of a cat"
+    assert len(PROMPT_SETS["animal-activities"]) == 45 * 3
+    assert "an ant riding a bike" in PROMPT_SETS["animal-activities"]
+    assert len(PROMPT_SETS["unseen-animals"]) == 38 and len(PROMPT_SETS["everyday-objects"]) == 50
+    for name, prompts in PROMPT_SETS.items():
+        assert len(set(prompts)) == len(prompts), name
+
+
+def test_a_prompt_file_skips_blank_lines_and_comments(tmp_path):
+    path = tmp_path / "prompts.txt"
+    path.write_text("# my prompts\n\na red fox\n   \n  a blue whale  \n#a commented one\n")
+    assert load_prompts(str(path)) == ("a red fox", "a blue whale")
+    drawn = draw_prompts(str(path), 6, torch.Generator().manual_seed(0))
+    assert set(drawn) <= {"a red fox", "a blue whale"}
+    assert drawn == draw_prompts(str(path), 6, torch.Generator().manual_seed(0))
+    assert DRaFTConfig(prompts=str(path)).prompts == str(path)
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda d: d / "missing.txt", "no such file"),
+        (lambda d: d, "cannot read the file"),  # a folder
+        (lambda d: _write(d / "empty.txt", b"\n# only a comment\n\n"), "the file holds no prompt"),
+        (lambda d: _write(d / "latin1.txt", "caf\xe9\n".encode("latin-1")), "cannot read the file"),
+    ],
+)
+def test_bad_prompt_files_are_named_by_config_validation(make, message, tmp_path):
+    path = str(make(tmp_path))
+    expected = f"prompts={path!r}: {message}"
+    with pytest.raises(ValueError, match=re.escape(expected) + ".*one prompt per line"):
+        D3POConfig(prompts=path)
+
+
+def test_an_unknown_set_name_lists_the_sets():
+    with pytest.raises(ValueError, match="prompts='animls' is not allowed: one of animals, simple-animals"):
+        D3POConfig(prompts="animls")
+
+
+def _write(path, data: bytes):
+    path.write_bytes(data)
+    return path
