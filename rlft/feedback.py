@@ -16,8 +16,6 @@ from rlft.batch_folder import MANIFEST, write_batch
 from rlft.config import D3POConfig
 from rlft.epoch import concat_samples, epoch_prompts, plan_chunks, sample_chunk, sampling_settings
 from rlft.loop import build_policy
-from rlft.models import check_model_name
-from rlft.prompts import PROMPT_SETS
 
 MAX_GROUP_SIZE = 8  # the page's keys 1-8 pick an image
 
@@ -40,7 +38,7 @@ class SampleGroupsConfig:
     group_size: int = 4
     """Images per group, all from the same initial noise (2 to 8)."""
     prompts: str = "animals"
-    """Prompt set the groups' prompts are drawn from."""
+    """Prompts the groups are drawn from: a built-in set or a text file, as the D3PO job's --prompts."""
     round: int = 0
     """Labelling round: seeds this batch's prompts and noise (as the D3PO job's epoch number does)."""
     seed: int = 0
@@ -61,13 +59,11 @@ class SampleGroupsConfig:
     """CPU threads for torch; default: torch's own choice."""
 
     def __post_init__(self) -> None:
-        check_model_name(self.model)
-        _check(self.groups >= 1, "groups", self.groups, "at least 1")
         allowed = f"2 to {MAX_GROUP_SIZE} (images compared per prompt; keys 1-{MAX_GROUP_SIZE} pick one)"
         _check(2 <= self.group_size <= MAX_GROUP_SIZE, "group_size", self.group_size, allowed)
-        _check(self.prompts in PROMPT_SETS, "prompts", self.prompts, f"one of {', '.join(PROMPT_SETS)}")
+        _check(self.groups >= 1, "groups", self.groups, "at least 1")
         _check(self.round >= 0, "round", self.round, "at least 0")
-        _check(self.eta > 0, "eta", self.eta, "> 0 (D3PO needs log-probabilities, undefined at eta = 0)")
+        policy_config(self)  # the model, prompts, steps and eta, checked as the D3PO job checks them
 
 
 def check_folders(cfg: SampleGroupsConfig) -> None:
@@ -78,9 +74,9 @@ def check_folders(cfg: SampleGroupsConfig) -> None:
         raise ValueError(f"out={cfg.out!r} already holds a labelling batch ({MANIFEST}): choose a new folder")
 
 
-def policy_config(cfg: SampleGroupsConfig) -> D3POConfig:
-    """The D3PO config whose sampling this batch repeats (its LoRA shape read from the adapter)."""
-    lora = adapter_lora_shape(cfg.adapter) if cfg.adapter else {}
+def policy_config(cfg: SampleGroupsConfig, lora: dict | None = None) -> D3POConfig:
+    """The D3PO config whose sampling this batch repeats; lora: the adapter's LoRA shape
+    (`adapter_lora_shape`), default D3POConfig's own."""
     return D3POConfig(
         model=cfg.model,
         seed=cfg.seed,
@@ -96,14 +92,14 @@ def policy_config(cfg: SampleGroupsConfig) -> D3POConfig:
         threads=cfg.threads,
         ray=False,
         track=False,
-        **lora,
+        **(lora or {}),
     )
 
 
 def sample_groups(cfg: SampleGroupsConfig, log=print) -> Path:
     """Sample the batch and write it to cfg.out; returns the folder."""
     check_folders(cfg)
-    d3po = policy_config(cfg)
+    d3po = policy_config(cfg, adapter_lora_shape(cfg.adapter) if cfg.adapter else None)
     start = time.perf_counter()
     pipe, policy = build_policy(d3po)
     if cfg.adapter:
