@@ -18,7 +18,7 @@ import ray
 import torch
 from torch import Tensor
 
-from rlft.actors import start_actors
+from rlft.actors import Weights, start_actors
 from rlft.config import CommonConfig, D3POConfig, DRaFTConfig
 from rlft.epoch import (
     concat_samples,
@@ -31,7 +31,7 @@ from rlft.epoch import (
 )
 from rlft.loop import Log, run_epochs, show_chunk
 from rlft.tracking import Tracker
-from rlft.train_workers import TrainWorkers
+from rlft.train_workers import TrainWorkers, WorkersRestarted
 
 QUIET = dict(logging_level=logging.ERROR, log_to_driver=False)
 
@@ -120,38 +120,71 @@ def dataset_shards(items: dict[str, Tensor], cfg: CommonConfig, epoch: int) -> l
     return dataset.split(cfg.train_workers, equal=True)
 
 
-def wait(refs: list, label: str, log: Log, every_s: float = 30.0) -> list:
-    """ray.get, with a line every `every_s` seconds while a phase is still running."""
+def wait(
+    refs: list, label: str, log: Log, every_s: float = 30.0, timeout_s: float | None = None, field: str = ""
+) -> list:
+    """ray.get, with a line every `every_s` seconds while a phase is still running; after `timeout_s` a
+    TimeoutError naming `field` (actors the cluster never finds room for would otherwise wait forever)."""
     pending, start = list(refs), time.perf_counter()
     while pending:
         _, pending = ray.wait(pending, num_returns=len(pending), timeout=every_s)
+        waited = time.perf_counter() - start
         if pending:
-            log(
-                f"  {label}: {len(refs) - len(pending)}/{len(refs)} after {time.perf_counter() - start:.0f} s"
-            )
+            log(f"  {label}: {len(refs) - len(pending)}/{len(refs)} after {waited:.0f} s")
+            if timeout_s is not None and waited > timeout_s:
+                raise TimeoutError(
+                    f"{field}: {len(pending)} of {len(refs)} did not start within ready_timeout_s="
+                    f"{timeout_s:g} s; the cluster has no room for them (see `ray status`)"
+                )
     return ray.get(refs)
 
 
 class RayTrained:
-    """The trained state, held by the train workers; loading it also reaches the samplers."""
+    """The trained state: held by the train workers, copied to the driver after every update.
+
+    The driver's copy (the state of the last checkpoint) is what a restarted worker group loads, and the
+    samplers load the weights from an object the driver owns: neither is lost with a worker's node.
+    """
 
     def __init__(self, workers: TrainWorkers, samplers: list):
         self.workers, self.samplers = workers, samplers
+        self._state: dict = {}
+        self._adapter: dict[str, bytes] = {}
+        self.weights = Weights(0, [None])
+
+    def fetch(self) -> None:
+        """Copy the workers' newest state to the driver and give the samplers a reference to it."""
+        self._state, self._adapter = self.workers.state(), self.workers.adapter_files()
+        self.weights = Weights(self.weights.version + 1, [ray.put(self._state["weights"])])
 
     def sync_samplers(self) -> float:
         start = time.perf_counter()
-        ray.get([s.load_weights.remote(self.workers.weights_ref()) for s in self.samplers])
+        ray.get([s.load_weights.remote(self.weights) for s in self.samplers])
         return time.perf_counter() - start
 
     def state(self) -> dict:
-        return self.workers.state()
+        return self._state
 
     def load(self, state: dict) -> None:
         self.workers.load(state)
+        self.fetch()
         self.sync_samplers()
 
     def adapter_files(self) -> dict[str, bytes]:
-        return self.workers.adapter_files()
+        return self._adapter
+
+    def train(self, epoch: int, prompts: list[str], shards, log: Log) -> list[dict]:
+        """The workers' replies for the epoch; a lost group is restarted from the last checkpoint and the
+        epoch repeated (`shards()` makes the epoch's shards afresh), up to cfg.max_failures times."""
+        while True:
+            try:
+                replies = self.workers.train(epoch, prompts, shards(), log)
+                break
+            except WorkersRestarted as restarted:
+                log(f"  {restarted}: loading the last checkpoint and repeating epoch {epoch}")
+                self.workers.load(self._state)
+        self.fetch()
+        return replies
 
 
 def ray_train(
@@ -162,11 +195,19 @@ def ray_train(
     start = time.perf_counter()
     log("starting the samplers, scorers and train workers (each loads the model once)")
     samplers, scorers = start_actors(cfg, sampling_settings(cfg), cfg.reward)
-    workers = TrainWorkers(cfg, Path(run_dir) / "ray", Path(run_dir).name)
+    workers = None
     try:
+        workers = TrainWorkers(cfg, Path(run_dir) / "ray", Path(run_dir).name)
         trained = RayTrained(workers, samplers)
-        workers.publish()  # waits for every worker's model
-        trained.sync_samplers()  # waits for every sampler's model
+        workers.publish()
+        trained.fetch()
+        wait(
+            [s.load_weights.remote(trained.weights) for s in samplers],
+            "starting samplers",
+            log,
+            timeout_s=cfg.ready_timeout_s,
+            field="samplers",
+        )
         log(
             f"{cfg.samplers} sampler(s), {cfg.scorers} scorer(s), {cfg.train_workers} train worker(s) "
             f"ready ({time.perf_counter() - start:.1f} s)"
@@ -174,15 +215,19 @@ def ray_train(
         one_epoch = (d3po_epoch if d3po else draft_epoch)(cfg, trained, samplers, scorers, log)
         return run_epochs(cfg, run_dir, trained, one_epoch, tracker, log)
     finally:
-        workers.stop()
+        if workers is not None:
+            workers.stop()
         for actor in samplers + scorers:
             ray.kill(actor)
 
 
-def sample_and_score(cfg, epoch, prompts, samplers, scorers, log, score: bool = True):
+def sample_and_score(cfg, epoch, prompts, samplers, scorers, weights: Weights, log, score: bool = True):
     """The epoch's chunks over the samplers in turn, each chunk's images to a scorer as soon as sampled."""
     chunks = plan_chunks(prompts, cfg.sample_batch, cfg.seed, epoch)
-    outs = [samplers[i % len(samplers)].sample.options(num_returns=2).remote(c) for i, c in enumerate(chunks)]
+    outs = [
+        samplers[i % len(samplers)].sample.options(num_returns=2).remote(chunk, weights)
+        for i, chunk in enumerate(chunks)
+    ]
     images = [image_ref for _, image_ref in outs]
     rewards = [scorers[i % len(scorers)].score.remote(ref) for i, ref in enumerate(images)] if score else []
     start = time.perf_counter()
@@ -195,9 +240,12 @@ def sample_and_score(cfg, epoch, prompts, samplers, scorers, log, score: bool = 
 
 def train_on_workers(cfg, trained: RayTrained, epoch, prompts, items, log):
     start = time.perf_counter()
-    shards = dataset_shards(items, cfg, epoch)
+    first = [dataset_shards(items, cfg, epoch)]
     shuffled = time.perf_counter()
-    replies = trained.workers.train(epoch, prompts, shards, log)
+    # A repeated epoch (its workers lost) takes fresh shards: the first ones were partly read.
+    replies = trained.train(
+        epoch, prompts, lambda: first.pop() if first else dataset_shards(items, cfg, epoch), log
+    )
     trained_at = time.perf_counter()
     timing = {
         "time_shuffle_s": shuffled - start,
@@ -212,7 +260,9 @@ def train_on_workers(cfg, trained: RayTrained, epoch, prompts, items, log):
 def d3po_epoch(cfg: D3POConfig, trained: RayTrained, samplers, scorers, log: Log):
     def one_epoch(epoch: int):
         prompts = epoch_prompts(cfg, epoch)
-        samples, rewards, images, timing = sample_and_score(cfg, epoch, prompts, samplers, scorers, log)
+        samples, rewards, images, timing = sample_and_score(
+            cfg, epoch, prompts, samplers, scorers, trained.weights, log
+        )
         items, pairing = d3po_items(samples, rewards)
         if len(items["prompt"]) >= cfg.train_workers:
             metrics, _, more = train_on_workers(cfg, trained, epoch, prompts, items, log)
@@ -233,14 +283,18 @@ def draft_epoch(cfg: DRaFTConfig, trained: RayTrained, samplers, scorers, log: L
 
     def one_epoch(epoch: int):
         prompts = epoch_prompts(cfg, epoch)
-        samples, rewards, _, timing = sample_and_score(cfg, epoch, prompts, samplers, scorers, log, score=lv)
+        samples, rewards, _, timing = sample_and_score(
+            cfg, epoch, prompts, samplers, scorers, trained.weights, log, score=lv
+        )
         metrics, replies, more = train_on_workers(cfg, trained, epoch, prompts, draft_items(samples), log)
         if not lv:  # DRaFT-K finished its samples inside the workers
             rewards = torch.cat([r["rewards"] for r in replies])
 
         def show():
             chunk = show_chunk(cfg, prompts, epoch)
-            _, images = ray.get(samplers[0].sample.options(num_returns=2).remote(chunk, skip_last=0))
+            _, images = ray.get(
+                samplers[0].sample.options(num_returns=2).remote(chunk, trained.weights, skip_last=0)
+            )
             return images, chunk.prompts
 
         return metrics | timing | more, rewards, show

@@ -3,16 +3,24 @@
 A new `fit()` per epoch costs tens of seconds of start-up (DESIGN.md), so `fit()` runs once, in a driver
 thread, and its train function serves commands until told to stop. Each worker reads its own queue;
 replies come back on one shared queue:
+  join, generation   the first command a (re)started group takes: the driver's count of groups so far
   publish            rank 0 puts its weights, optimizer state and adapter in the object store
-  load, state        every worker loads the trained state (a resumed run)
+  load, state        every worker loads the trained state (a resumed run, or a restarted group)
   epoch, e, prompts, shard
                      train on this worker's shard of the epoch's items (D3PO: (pair, timestep) items;
                      DRaFT: starting latents), gradients averaged across workers after every backward
   stop               return from the train function
-After every command rank 0 publishes again, so the driver always holds references to the newest weights:
-one `ray.put` of the LoRA state dict per update, which every sampler then loads.
+After every command rank 0 publishes again, so the driver always holds references to the newest weights.
+
+Faults: when a worker dies (its node lost), Train starts the whole group again (`FailureConfig`), up to
+`max_failures` times. A new group says "started" and skips every command until a `join`, so nothing meant
+for the lost group is taken; replies carry their group's generation, so late ones from the lost group are
+dropped. The driver then raises `WorkersRestarted`, and its caller loads the last checkpoint and repeats
+the epoch: every random draw of an epoch is seeded, so the repeat gives the numbers the lost one would have.
+The queues live on the driver's node, so they outlive any worker node.
 """
 
+import os
 import threading
 import time
 import traceback
@@ -23,11 +31,12 @@ import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
-from ray.train import RunConfig, ScalingConfig
+from ray.train import FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from ray.util.queue import Empty, Queue
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from rlft.actors import use_threads
+from rlft.actors import custom_resource, use_threads
 from rlft.config import D3POConfig, DRaFTConfig
 from rlft.epoch import stream_generator
 from rlft.loop import LocalTrained, build_policy, make_d3po_learner, make_draft_learner
@@ -55,12 +64,12 @@ def _to_cpu(value):
 
 
 def worker_loop(config: dict) -> None:
-    """The train function: build the policy once, then serve commands until `stop`."""
+    """The train function: build the policy once, join the driver, then serve commands until `stop`."""
     cfg: D3POConfig | DRaFTConfig = config["cfg"]
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     use_threads(cfg)
-    device = ray.train.torch.get_device() if cfg.worker_gpus else torch.device("cpu")
+    device = ray.train.torch.get_device() if torch.cuda.is_available() else torch.device("cpu")
     pipe, policy = build_policy(cfg, device)
     sync = average_gradients if world > 1 else None
     d3po = isinstance(cfg, D3POConfig)
@@ -77,6 +86,10 @@ def worker_loop(config: dict) -> None:
         return {"metrics": metrics, "rewards": rewards}
 
     commands, replies = config["commands"][rank], config["replies"]
+    replies.put({"rank": rank, "kind": "started"})
+    while (command := commands.get())["kind"] != "join":  # what was meant for a lost group
+        pass
+    generation = command["generation"]
     while (command := commands.get())["kind"] != "stop":
         try:
             reply = {}
@@ -90,31 +103,52 @@ def worker_loop(config: dict) -> None:
                 reply["optimizer"] = [ray.put(state["optimizer"])]
                 reply["adapter"] = [ray.put(trained.adapter_files())]
         except Exception:
-            replies.put({"rank": rank, "error": traceback.format_exc()})
+            replies.put({"rank": rank, "generation": generation, "error": traceback.format_exc()})
             raise
-        replies.put({"rank": rank, **reply})
+        replies.put({"rank": rank, "generation": generation, **reply})
+
+
+class WorkersRestarted(Exception):
+    """The train workers were lost and a new group started: load the last checkpoint, repeat the epoch."""
 
 
 class TrainWorkers:
     """The driver's handle on the train workers: send a command to all, wait for every reply."""
 
     def __init__(self, cfg: D3POConfig | DRaFTConfig, storage: Path, name: str):
-        self.count = cfg.train_workers
-        self.commands = [Queue() for _ in range(self.count)]
-        self.replies = Queue()
+        self.count, self.ready_timeout_s = cfg.train_workers, cfg.ready_timeout_s
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        options = {"num_cpus": 0, "scheduling_strategy": here}
+        self.commands = [Queue(actor_options=options) for _ in range(self.count)]
+        self.replies = Queue(actor_options=options)
         resources = {"CPU": cfg.actor_cpus} | ({"GPU": cfg.worker_gpus} if cfg.worker_gpus else {})
+        resources |= custom_resource(cfg.worker_resource)
+        # Train gives up on a group that cannot start in this time (its default, 60 s, is shorter than an
+        # autoscaler takes to add a GPU node); it reads the variable from the driver's environment.
+        os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", str(cfg.ready_timeout_s))
         self.trainer = TorchTrainer(
             worker_loop,
             train_loop_config={"cfg": cfg, "commands": self.commands, "replies": self.replies},
             scaling_config=ScalingConfig(
                 num_workers=self.count, use_gpu=cfg.worker_gpus > 0, resources_per_worker=resources
             ),
-            run_config=RunConfig(name=name, storage_path=str(Path(storage).resolve())),
+            run_config=RunConfig(
+                name=name,
+                storage_path=str(Path(storage).resolve()),
+                # A failure limit on both counters: a node that never comes back fails the run.
+                failure_config=FailureConfig(
+                    max_failures=cfg.max_failures,
+                    max_preemption_failures=cfg.max_failures,
+                    controller_failure_limit=cfg.max_failures,
+                ),
+            ),
         )
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._fit, name="ray-train-fit", daemon=True)
         self.thread.start()
         self.latest: dict = {}
+        self.generation, self.restarts = 0, 0
+        self._join([])
 
     def _fit(self) -> None:
         try:
@@ -122,20 +156,48 @@ class TrainWorkers:
         except BaseException as error:  # noqa: B036 - reported to the driver thread by `ask`
             self.error = error
 
+    def _next_reply(self, waited_s: float, timeout_s: float | None, what: str) -> dict | None:
+        try:
+            return self.replies.get(timeout=1.0)
+        except Empty:
+            if not self.thread.is_alive():
+                raise RuntimeError(f"the train workers stopped: {self.error}") from self.error
+            if timeout_s is not None and waited_s > timeout_s:
+                raise TimeoutError(
+                    f"the train workers did not {what} within ready_timeout_s={self.ready_timeout_s:g} s: "
+                    "the cluster has no room for them (see `ray status`)"
+                ) from None
+            return None
+
+    def _join(self, started: list[int]) -> None:
+        """Wait until every worker of a new group has started (`started`: ranks already heard), join it."""
+        ranks, start = set(started), time.perf_counter()
+        while len(ranks) < self.count:
+            reply = self._next_reply(time.perf_counter() - start, self.ready_timeout_s, "start")
+            if reply is not None and reply.get("kind") == "started":
+                ranks.add(reply["rank"])
+        self.generation += 1
+        for queue in self.commands:
+            queue.put({"kind": "join", "generation": self.generation})
+
     def ask(self, commands: list[dict], wait_log=None) -> list[dict]:
-        """Send command i to worker i; the replies in rank order. A worker's failure raises here."""
+        """Send command i to worker i; the replies in rank order. A worker's error raises RuntimeError; a
+        lost and restarted group raises WorkersRestarted (the new group has joined and holds base weights)."""
         for queue, command in zip(self.commands, commands, strict=True):
             queue.put(command)
         replies, start = [], time.perf_counter()
         while len(replies) < self.count:
-            try:
-                reply = self.replies.get(timeout=1.0)
-            except Empty:
-                if not self.thread.is_alive():
-                    raise RuntimeError(f"the train workers stopped: {self.error}") from self.error
+            reply = self._next_reply(time.perf_counter() - start, None, "answer")
+            if reply is None:
                 if wait_log and int(time.perf_counter() - start) % 30 == 29:
                     wait_log(f"  waiting for train workers: {len(replies)}/{self.count} done")
                 continue
+            if reply.get("kind") == "started":
+                self._join([reply["rank"]])
+                self.restarts += 1
+                raise WorkersRestarted(f"train workers started again (restart {self.restarts})")
+            if reply["generation"] != self.generation:
+                continue  # a late reply of a lost group
             if "error" in reply:
                 raise RuntimeError(f"train worker {reply['rank']} failed:\n{reply['error']}")
             replies.append(reply)
@@ -152,9 +214,6 @@ class TrainWorkers:
     def train(self, epoch: int, prompts: list[str], shards: list, wait_log=None) -> list[dict]:
         commands = [{"kind": "epoch", "epoch": epoch, "prompts": prompts, "shard": s} for s in shards]
         return self.ask(commands, wait_log)
-
-    def weights_ref(self) -> ray.ObjectRef:
-        return self.latest["weights"][0]
 
     def state(self) -> dict:
         return {
