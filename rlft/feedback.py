@@ -7,6 +7,7 @@ of `jobs/d3po.py --seed s`. With `--adapter` the policy carries a trained LoRA (
 """
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -96,7 +97,7 @@ def policy_config(cfg: SampleGroupsConfig, lora: dict | None = None) -> D3POConf
     )
 
 
-def sample_groups(cfg: SampleGroupsConfig, log=print) -> Path:
+def sample_groups(cfg: SampleGroupsConfig, log: Callable[[str], None] = print) -> Path:
     """Sample the batch and write it to cfg.out; returns the folder."""
     check_folders(cfg)
     d3po = policy_config(cfg, adapter_lora_shape(cfg.adapter) if cfg.adapter else None)

@@ -9,6 +9,7 @@ base model (the adapter switched off), as in the D3PO job.
 import dataclasses
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -23,6 +24,7 @@ from rlft.label_pairs import majority_pairs
 from rlft.labels import DB_FILE, LabelError, check_label, connect, read_labels
 from rlft.loop import build_policy, make_d3po_learner
 from rlft.models import BUILTIN_MODELS
+from rlft.policy import Policy
 from rlft.sampling import encode_prompts
 
 
@@ -97,7 +99,7 @@ def start_adapter(manifest: dict, folder: str | Path) -> str | None:
     return adapter
 
 
-def save_adapter_atomic(policy, folder: Path) -> Path:
+def save_adapter_atomic(policy: Policy, folder: Path) -> Path:
     """Write the adapter beside `folder`, then rename it into place: a crash leaves the old one whole."""
     staging, previous = folder.with_name(folder.name + ".tmp"), folder.with_name(folder.name + ".old")
     shutil.rmtree(staging, ignore_errors=True)
@@ -110,7 +112,7 @@ def save_adapter_atomic(policy, folder: Path) -> Path:
     return folder
 
 
-def train_on_labels(cfg: D3POConfig, folder: str | Path, log=print) -> Path:
+def train_on_labels(cfg: D3POConfig, folder: str | Path, log: Callable[[str], None] = print) -> Path:
     """One human-feedback round: D3PO on the folder's majority pairs for cfg.epochs passes; returns the
     adapter folder (runs_dir/run_name/adapter), which `jobs/sample_groups.py --adapter` samples from."""
     samples, labels = labelled_items(folder)

@@ -17,6 +17,8 @@ loaded), 422 images not in the group or best == worst.
 """
 
 import logging
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -172,11 +174,14 @@ class LabelConfig:
     """Port to listen on; 0 picks a free one (printed at start)."""
 
 
-def serve(cfg: LabelConfig, log=print) -> None:
+def serve(cfg: LabelConfig, log: Callable[[str], None] = print) -> None:
     """Serve the page until interrupted; every label is committed before its answer is sent."""
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # not a line per image fetched
     server = make_server(cfg.host, cfg.port, create_app(cfg.folder), threaded=True)
-    log(f"labelling {cfg.folder} at http://{cfg.host}:{server.server_port}/", flush=True)
+    log(f"labelling {cfg.folder} at http://{cfg.host}:{server.server_port}/")
+    if cfg.host not in ("127.0.0.1", "localhost", "::1"):
+        log("note: the page has no login; anyone who can reach this address can label")
+    sys.stdout.flush()  # the address is what a person (or a test) waits for
     try:
         server.serve_forever()
     except KeyboardInterrupt:
