@@ -113,6 +113,11 @@ def prompts_of(prompts: list[str], group: Tensor) -> list[str]:
     return [prompts[i] for i in group.tolist()]
 
 
+def chunk_prompts(chunk: Chunk, group_size: int) -> list[str]:
+    """The prompt of each of a chunk's images, in the order its sampler returns them (groups adjacent)."""
+    return [prompt for prompt in chunk.prompts for _ in range(group_size)]
+
+
 def draft_items(samples: dict[str, Tensor]) -> dict[str, Tensor]:
     """One item per sample: the latent the gradient starts from, and its prompt."""
     return {"latents": samples["latents"][:, -1], "prompt": samples["group"]}

@@ -162,13 +162,17 @@ def save_folder(folder: str | Path, model: nn.Module, med_config: dict | None = 
     model.blip.tokenizer.save_vocabulary(str(path / TOKENIZER_DIR))
 
 
+def check_prompts(images: Tensor, prompts: list[str] | None) -> None:
+    if prompts is None or len(prompts) != len(images):
+        got = "no" if prompts is None else len(prompts)
+        raise ValueError(
+            f"imagereward scores each image against its prompt: {len(images)} images, {got} prompts"
+        )
+
+
 def score(model: nn.Module, images: Tensor, prompts: list[str]) -> Tensor:
     """ImageReward of images (B, 3, H, W) in [0, 1] for their prompts (B strings): (B,), differentiable."""
-    if prompts is None or len(prompts) != len(images):
-        got = "none" if prompts is None else len(prompts)
-        raise ValueError(
-            f"imagereward scores an image against its prompt: {len(images)} images, {got} prompts"
-        )
+    check_prompts(images, prompts)
     model.device = images.device  # `score_gard` builds its attention mask on `model.device`
     tokenize = model.blip.tokenizer
     tokens = tokenize(list(prompts), padding="max_length", truncation=True, max_length=MAX_PROMPT_TOKENS)
@@ -188,5 +192,6 @@ class ImageRewardScore:
         self.folder = folder
 
     def __call__(self, images: Tensor, prompts: list[str] | None = None) -> Tensor:
+        check_prompts(images, prompts)  # before loading: a caller that passes no prompts learns it at once
         model = load_model(self.folder).to(images.device)
         return score(model, images.to(next(model.parameters()).dtype), prompts)

@@ -1,5 +1,9 @@
 """The LAION aesthetic predictor with random weights and a small CLIP, offline."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from PIL import Image
@@ -18,6 +22,7 @@ from rlft.aesthetic import (
 )
 from rlft.rewards import get_reward
 
+ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2)
 
 
@@ -75,3 +80,19 @@ def test_a_full_clip_model_folder_loads_its_vision_half(tmp_path):
     with torch.no_grad():
         expected = clip.get_image_features(pixel_values=clip_preprocess(images))  # ddpo-pytorch's embedding
         torch.testing.assert_close(loaded.clip(pixel_values=clip_preprocess(images)).image_embeds, expected)
+
+
+def _run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+@pytest.mark.slow
+def test_the_draft_job_trains_on_a_random_aesthetic_folder(tmp_path):
+    made = _run("benchmarks/random_reward_folders.py", str(tmp_path), "--small", "--only", "aesthetic")
+    assert made.returncode == 0, made.stderr
+    flags = ["--epochs", "1", "--batch-size", "2", "--steps-per-epoch", "1", "--threads", "1"]
+    flags += ["--no-ray", "--no-track", "--runs-dir", str(tmp_path / "runs"), "--run-name", "aesthetic"]
+    result = _run("jobs/draft.py", "--reward", f"aesthetic:{tmp_path / 'aesthetic'}", *flags)
+    assert result.returncode == 0, result.stderr
+    assert "epoch   0 | reward" in result.stdout
+    assert (tmp_path / "runs" / "aesthetic" / "adapter").is_dir()

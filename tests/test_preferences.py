@@ -5,7 +5,7 @@ import math
 import torch
 
 from rlft.d3po import pairs_from_rewards
-from rlft.epoch import d3po_items, prompts_of, reward_metrics
+from rlft.epoch import Chunk, chunk_prompts, d3po_items, prompts_of, reward_metrics
 
 NAN = float("nan")
 
@@ -76,3 +76,5 @@ def test_metrics_of_one_reward_are_unchanged():
 
 def test_each_sample_gets_its_groups_prompt():
     assert prompts_of(["a cat", "a dog"], torch.tensor([0, 0, 1, 1])) == ["a cat", "a cat", "a dog", "a dog"]
+    chunk = Chunk(start=4, prompts=["a cat", "a dog"], seed=0)
+    assert chunk_prompts(chunk, group_size=2) == ["a cat", "a cat", "a dog", "a dog"]
