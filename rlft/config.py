@@ -90,6 +90,17 @@ class CommonConfig:
     """GPUs per train worker (0: CPU workers)."""
     actor_cpus: float = 1.0
     """CPUs each sampler, scorer and train worker asks Ray for."""
+    sampler_resource: str | None = None
+    """A custom Ray resource each sampler also asks one unit of, to keep samplers on the node types that
+    offer it (cluster.yaml's `resources`); default: none."""
+    worker_resource: str | None = None
+    """A custom Ray resource each train worker also asks one unit of; default: none."""
+    ready_timeout_s: float = 900.0
+    """Seconds to wait for the samplers, scorers and train workers to start, or to start again after a
+    node is lost, before the run fails (an autoscaler needs minutes to add a GPU node)."""
+    max_failures: int = 3
+    """How many times a lost sampler or scorer is restarted, and the train workers are started again from
+    the last checkpoint, before the run fails (a node that never comes back fails the run, never hangs it)."""
 
     def __post_init__(self) -> None:
         check_model_name(self.model)
@@ -117,6 +128,12 @@ class CommonConfig:
             whole_or_fraction = 0 <= value <= 1 or value == int(value)
             _check(whole_or_fraction, field, value, "0, a fraction of one GPU, or a whole number")
         _check(self.actor_cpus > 0, "actor_cpus", self.actor_cpus, "positive")
+        _check(self.max_failures >= 0, "max_failures", self.max_failures, "0 or more")
+        _check(self.ready_timeout_s > 0, "ready_timeout_s", self.ready_timeout_s, "positive")
+        for field in ("sampler_resource", "worker_resource"):
+            value = getattr(self, field)
+            ok = value is None or (value.strip() == value != "" and value not in ("CPU", "GPU", "memory"))
+            _check(ok, field, value, "a custom resource name (CPUs and GPUs have fields of their own)")
         _check(
             self.ray or (self.samplers, self.scorers, self.train_workers) == (1, 1, 1),
             "ray",
