@@ -120,7 +120,7 @@ def train_on_labels(cfg: D3POConfig, folder: str | Path, log: Callable[[str], No
     if not labels["pairs"]:
         raise ValueError(f"{str(folder)!r}: the labels give no preference pairs ({labels['ties']} ties)")
     adapter = start_adapter(labels["manifest"], folder)
-    if adapter is not None:
+    if adapter is not None:  # continuing an adapter: its LoRA shape, whatever cfg's default
         cfg = dataclasses.replace(cfg, **adapter_lora_shape(adapter))
     pipe, policy = build_policy(cfg)
     if adapter is not None:

@@ -21,6 +21,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import tyro
 from flask import Flask, jsonify, request, send_from_directory
@@ -166,7 +167,7 @@ def refused(error: Refused):
 
 @dataclass(frozen=True)
 class LabelConfig:
-    folder: tyro.conf.Positional[str]
+    folder: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="FOLDER")]
     """A batch folder written by jobs/sample_groups.py."""
     host: str = "127.0.0.1"
     """Address to listen on; 127.0.0.1 keeps the page on this machine (0.0.0.0 opens it to the network)."""
