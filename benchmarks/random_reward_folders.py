@@ -6,8 +6,9 @@
 
 OUT/aesthetic holds a CLIP ViT-L/14-shaped vision model (`--small`: a 2-layer, 32-wide one, seconds instead
 of a minute) and a random aesthetic head; OUT/imagereward holds the image-reward package's ImageReward class
-(BLIP ViT-L and BERT-base, 447 M parameters, 1.8 GB) with random weights, its med_config.json and a small
-BERT vocabulary in tokenizer/. The scores mean nothing; the shapes, loading and gradients are the real ones.
+(BLIP ViT-L and BERT-base, 447 M parameters, 1.8 GB) with random weights (a wider random head than
+the package's, so that scores differ between images), its med_config.json and a small BERT vocabulary in
+tokenizer/. The scores mean nothing; the shapes, loading and gradients are the real ones.
 """
 
 import argparse
@@ -51,7 +52,13 @@ def random_imagereward(vocab: Path, seed: int = 0):
     with tempfile.TemporaryDirectory() as tmp:
         med_config = Path(tmp) / "med_config.json"
         med_config.write_text(json.dumps(imagereward.MED_CONFIG))
-        return imagereward.build_model(med_config, vocab)
+        model = imagereward.build_model(med_config, vocab)
+    # The package's head starts at std 1/769, which makes every image score the same; a wider random head
+    # gives scores that differ between images, so preferences and gradients are not all ties and zeros.
+    for layer in model.mlp.layers:
+        if isinstance(layer, torch.nn.Linear):
+            torch.nn.init.normal_(layer.weight, std=0.05)
+    return model
 
 
 def main() -> None:
