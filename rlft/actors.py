@@ -66,9 +66,10 @@ class Scorer:
     def __init__(self, reward: str):
         self.reward_fn = get_reward(reward).fn
 
-    def score(self, images: Tensor) -> Tensor:
+    def score(self, images: Tensor, prompts: list[str] | None = None) -> Tensor:
+        """Rewards (B,), or (B, R) for several; `prompts`: each image's prompt (B strings)."""
         with torch.no_grad():
-            return self.reward_fn(images).float().cpu()
+            return self.reward_fn(images, prompts).float().cpu()
 
 
 def start_actors(cfg: CommonConfig, settings: dict, reward: str) -> tuple[list, list]:

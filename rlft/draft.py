@@ -20,7 +20,7 @@ from rlft.ddim import ddim_step
 from rlft.policy import Policy
 from rlft.sampling import decode, guided_eps
 
-RewardFn = Callable[[Tensor], Tensor]
+RewardFn = Callable[[Tensor, list[str] | None], Tensor]  # (images, their prompts or None) -> (B,)
 
 
 def _finite_mean(rewards: Tensor) -> Tensor:
@@ -64,6 +64,7 @@ def draft_k_loss(
     guidance_scale: float,
     eta: float = 0.0,
     noises: Tensor | None = None,
+    prompts: list[str] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """DRaFT-K loss, -mean reward, from `latents_in` (B, C, h, w) entering the last K = len(timesteps) steps.
 
@@ -80,7 +81,7 @@ def draft_k_loss(
         eta=eta,
         noises=noises,
     )
-    rewards = reward_fn(decode(pipe, x0))
+    rewards = reward_fn(decode(pipe, x0), prompts)
     return -_finite_mean(rewards), rewards.detach()
 
 
@@ -97,6 +98,7 @@ def draft_lv_loss(
     copies: int = 2,
     generator: torch.Generator | None = None,
     noise: Tensor | None = None,
+    prompts: list[str] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """DRaFT-LV loss from final latents x0 (B, C, h, w): -(1/n) sum_i mean_b r(denoise(renoise_i(x0))).
 
@@ -109,7 +111,8 @@ def draft_lv_loss(
     noisy = pipe.scheduler.add_noise(x0.detach().repeat(n, 1, 1, 1), noise.flatten(0, 1), t)  # (nB, C, h, w)
     eps = guided_eps(unet, noisy, t, embeds.repeat(n, 1, 1), uncond, guidance_scale)
     denoised = ddim_step(pipe.scheduler, eps, t, noisy, eta=0.0)[0]
-    rewards = reward_fn(decode(pipe, denoised)).reshape(n, batch)
+    copied = None if prompts is None else prompts * n  # the n copies are stacked copy-major
+    rewards = reward_fn(decode(pipe, denoised), copied).reshape(n, batch)
     return -_finite_mean(rewards), rewards.detach()
 
 
@@ -142,7 +145,12 @@ class DRaFTLearner:
         self.optimizer = torch.optim.AdamW(policy.parameters(), lr=lr, weight_decay=1e-4)
 
     def step(
-        self, latents: Tensor, embeds: Tensor, uncond: Tensor, generator: torch.Generator
+        self,
+        latents: Tensor,
+        embeds: Tensor,
+        uncond: Tensor,
+        generator: torch.Generator,
+        prompts: list[str] | None = None,
     ) -> tuple[dict[str, float], Tensor | None]:
         """One optimizer step from sampler output: latents (B, C, h, w) entering the last K steps (DRaFT-K),
         or final ones (DRaFT-LV); embeds (B, L, D).
@@ -152,7 +160,7 @@ class DRaFTLearner:
         """
         scheduler = self.pipe.scheduler
         scheduler.set_timesteps(self.num_steps, device=latents.device)
-        common = dict(guidance_scale=self.guidance_scale)
+        common = dict(guidance_scale=self.guidance_scale, prompts=prompts)
         if self.lv_copies:
             args = (self.pipe, self.policy.unet, self.reward_fn, latents, scheduler.timesteps[-1])
             loss, rewards = draft_lv_loss(
@@ -184,11 +192,15 @@ class DRaFTLearner:
         embeds: Tensor,
         uncond: Tensor,
         generator: torch.Generator,
+        prompts: list[str] | None = None,
     ) -> tuple[dict[str, float], Tensor | None]:
         """One `step` per batch of items {latents, prompt}; (mean metrics, DRaFT-K's sample rewards)."""
         history, rewards = [], []
         for batch in batches:
-            metrics, sample_rewards = self.step(batch["latents"], embeds[batch["prompt"]], uncond, generator)
+            texts = None if prompts is None else [prompts[i] for i in batch["prompt"].tolist()]
+            metrics, sample_rewards = self.step(
+                batch["latents"], embeds[batch["prompt"]], uncond, generator, texts
+            )
             history.append(metrics)
             rewards.append(sample_rewards)
         mean = {k: sum(h[k] for h in history) / len(history) for k in history[0]}

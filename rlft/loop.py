@@ -30,6 +30,7 @@ from rlft.epoch import (
     item_order,
     iterate_batches,
     plan_chunks,
+    prompts_of,
     reward_metrics,
     sample_chunk,
     sampling_settings,
@@ -38,7 +39,7 @@ from rlft.epoch import (
 )
 from rlft.models import load_pipeline
 from rlft.policy import Policy
-from rlft.rewards import get_reward
+from rlft.rewards import get_reward, reward_names
 from rlft.sampling import encode_prompts
 from rlft.tracking import Tracker
 
@@ -174,7 +175,7 @@ def run_epochs(
     for epoch in range(last + 1, cfg.epochs):
         start = time.perf_counter()
         own, rewards, show = one_epoch(epoch)
-        metrics = own | reward_metrics(rewards, time.perf_counter() - start)
+        metrics = own | reward_metrics(rewards, time.perf_counter() - start, reward_names(cfg.reward))
         history.append(metrics)
         log(format_epoch(epoch, metrics))
         # Checkpoint, then log: after a crash in between, the epoch is logged from the checkpoint.
@@ -210,7 +211,7 @@ def train_d3po(
         prompts = epoch_prompts(cfg, epoch)
         samples = sample_epoch(pipe, cfg, prompts, epoch)
         sampled = time.perf_counter()
-        rewards = reward.fn(samples["images"])
+        rewards = reward.fn(samples["images"], prompts_of(prompts, samples["group"]))
         items, pairing = d3po_items(samples, rewards)
         scored = time.perf_counter()
         if pairing["pairs"]:
@@ -244,10 +245,10 @@ def train_draft(
         items = {k: v.to(pipe.device) for k, v in draft_items(samples).items()}
         batches = iterate_batches(items, cfg.batch_size, item_order(len(prompts), cfg, epoch))
         generator = stream_generator(cfg.seed, epoch, "train", 0, pipe.device)
-        metrics, rewards = learner.train_epoch(batches, *encode_prompts(pipe, prompts), generator)
+        metrics, rewards = learner.train_epoch(batches, *encode_prompts(pipe, prompts), generator, prompts)
         if rewards is None:  # DRaFT-LV: the sampler finished the samples
             with torch.no_grad():
-                rewards = reward_fn(samples["images"]).float()
+                rewards = reward_fn(samples["images"], prompts_of(prompts, samples["group"])).float()
 
         def show():
             settings = sampling_settings(cfg) | {"skip_last": 0}

@@ -24,6 +24,7 @@ from torch import Tensor
 from rlft.actors import Weights, start_actors
 from rlft.config import CommonConfig, D3POConfig, DRaFTConfig
 from rlft.epoch import (
+    chunk_prompts,
     concat_samples,
     d3po_items,
     draft_items,
@@ -271,7 +272,11 @@ def sample_and_score(cfg, epoch, prompts, samplers, scorers, weights: Weights, l
         for i, chunk in enumerate(chunks)
     ]
     images = [image_ref for _, image_ref in outs]
-    rewards = [scorers[i % len(scorers)].score.remote(ref) for i, ref in enumerate(images)] if score else []
+    group_size = sampling_settings(cfg)["group_size"]  # each image's prompt, for prompt-conditioned rewards
+    to_score = enumerate(zip(chunks, images, strict=True)) if score else []
+    rewards = [
+        scorers[i % len(scorers)].score.remote(ref, chunk_prompts(c, group_size)) for i, (c, ref) in to_score
+    ]
     start = time.perf_counter()
     samples = concat_samples(wait([s for s, _ in outs], "sampling", log))
     sampled = time.perf_counter()

@@ -82,7 +82,7 @@ def worker_loop(config: dict) -> None:
         if d3po:
             return {"metrics": learner.train_epoch(batches, embeds, uncond)}
         generator = stream_generator(cfg.seed, epoch, "train", rank, device)
-        metrics, rewards = learner.train_epoch(batches, embeds, uncond, generator)
+        metrics, rewards = learner.train_epoch(batches, embeds, uncond, generator, prompts)
         return {"metrics": metrics, "rewards": rewards}
 
     commands, replies = config["commands"][rank], config["replies"]

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
     [
         (D3POConfig, {"eta": 0.0}, "eta=0.0 is not allowed: > 0"),
         (D3POConfig, {"group_size": 1}, "group_size=1 is not allowed: at least 2"),
-        (D3POConfig, {"reward": "aesthetic"}, "reward 'aesthetic' is unknown"),
+        (D3POConfig, {"reward": "aesthetics"}, "reward 'aesthetics' is unknown"),
         (D3POConfig, {"model": "./nowhere"}, "model folder './nowhere' does not exist"),
         (D3POConfig, {"clip": 1.5}, "clip=1.5 is not allowed: in \\(0, 1\\)"),
         (DRaFTConfig, {"k": 0}, "k=0 is not allowed: in 1..20"),

@@ -90,7 +90,5 @@ def test_the_draft_job_trains_on_a_random_imagereward_folder(tmp_path):
     flags = ["--epochs", "1", "--batch-size", "2", "--steps-per-epoch", "1", "--threads", "1"]
     flags += ["--no-ray", "--no-track", "--runs-dir", str(tmp_path / "runs"), "--run-name", "imagereward"]
     result = run("jobs/draft.py", "--reward", f"imagereward:{tmp_path / 'imagereward'}", *flags)
-    if "against its prompt" in result.stderr:
-        pytest.xfail("DRaFT does not pass the prompts to its reward yet")
     assert result.returncode == 0, result.stderr
     assert "epoch   0 | reward" in result.stdout

@@ -6,58 +6,18 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+from processes import free_port, start_process, stop_process, wait_http
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_http(url: str, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(url, timeout=2).close()
-            return
-        except urllib.error.HTTPError:  # it answers (the dashboard asks for its auth token)
-            return
-        except OSError:
-            time.sleep(1)
-    raise TimeoutError(url)
-
-
-def _start(command: list[str], env: dict, log: Path) -> subprocess.Popen:
-    """A process in a session of its own, so that its whole group can be stopped and nothing else."""
-    return subprocess.Popen(
-        command, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
-    )
-
-
-def _stop(process: subprocess.Popen) -> None:
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +28,8 @@ def cluster(tmp_path_factory):
     ray_temp = Path(tempfile.mkdtemp(prefix="rlft-ray-", dir="/tmp"))
     env = os.environ | {"PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token"}
     env.pop("RAY_ADDRESS", None)
-    mlflow_port, gcs_port, dashboard_port = _free_port(), _free_port(), _free_port()
-    mlflow = _start(
+    mlflow_port, gcs_port, dashboard_port = free_port(), free_port(), free_port()
+    mlflow = start_process(
         [
             str(BIN / "mlflow"),
             "server",
@@ -87,7 +47,7 @@ def cluster(tmp_path_factory):
         env,
         folder / "mlflow.log",
     )
-    head = _start(
+    head = start_process(
         [
             str(BIN / "ray"),
             "start",
@@ -105,12 +65,12 @@ def cluster(tmp_path_factory):
         folder / "ray.log",
     )
     try:
-        _wait_http(f"http://127.0.0.1:{mlflow_port}/health", 120)
-        _wait_http(f"http://127.0.0.1:{dashboard_port}/api/version", 120)
+        wait_http(f"http://127.0.0.1:{mlflow_port}/health", 120)
+        wait_http(f"http://127.0.0.1:{dashboard_port}/api/version", 120)
         yield f"http://127.0.0.1:{dashboard_port}", f"http://127.0.0.1:{mlflow_port}", env
     finally:
-        _stop(head)
-        _stop(mlflow)
+        stop_process(head)
+        stop_process(mlflow)
         shutil.rmtree(ray_temp, ignore_errors=True)
 
 

@@ -69,7 +69,7 @@ def test_epochs_checkpointed_but_never_logged_are_logged_on_resume(tmp_path, tin
 def test_a_sample_whose_reward_is_nan_is_dropped_and_counted_and_the_epoch_goes_on(tmp_path, monkeypatch):
     jpeg = REWARDS["jpeg-compressibility"]
 
-    def first_is_nan(images):
+    def first_is_nan(images, prompts=None):
         rewards = jpeg.fn(images)
         rewards[0] = float("nan")
         return rewards

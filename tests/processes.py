@@ -1,0 +1,47 @@
+"""Processes the slow tests start (a Ray head, an MLflow server, a job) and stop by process group: never
+`ray stop`, which would kill every Ray process on the machine."""
+
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            return
+        except urllib.error.HTTPError:  # it answers (the dashboard asks for its auth token)
+            return
+        except OSError:
+            time.sleep(1)
+    raise TimeoutError(url)
+
+
+def start_process(command: list[str], env: dict, log: Path) -> subprocess.Popen:
+    """A process in a session of its own, so that its whole group can be stopped and nothing else."""
+    return subprocess.Popen(
+        command, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
+    )
+
+
+def stop_process(process: subprocess.Popen) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
