@@ -19,6 +19,9 @@ def _check(ok: bool, field: str, value: object, allowed: str) -> None:
         raise ValueError(f"{field}={value!r} is not allowed: {allowed}")
 
 
+HUMAN = "human:"
+
+
 def _check_divides(batch_size: int, workers: int) -> None:
     allowed = f"a multiple of train_workers ({workers}): each worker takes an equal share of a batch"
     _check(batch_size % workers == 0, "batch_size", batch_size, allowed)
@@ -155,7 +158,8 @@ class D3POConfig(CommonConfig):
     """Reward whose order within each group decides the preferred sample: jpeg-compressibility,
     jpeg-incompressibility, smoothness, brightness, aesthetic, imagereward (hub weights), aesthetic:<folder>
     or imagereward:<folder> (local weights); several joined by commas (a,b): a sample is preferred only when
-    it is at least as good on every reward and better on one."""
+    it is at least as good on every reward and better on one. human:<folder>: train on the labelled pairs
+    of a batch from jobs/sample_groups.py, labelled on jobs/label.py's page (needs --no-ray)."""
     epochs: int = 6
     """Sampling-and-training rounds (6 keep the tiny default under 3 minutes on 2 cores with Ray)."""
     num_steps: int = 10
@@ -177,7 +181,14 @@ class D3POConfig(CommonConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        get_reward(self.reward)
+        if self.reward.startswith(HUMAN):
+            folder = self.reward.removeprefix(HUMAN)
+            _check(
+                folder.strip() != "", "reward", self.reward, "human:<folder> names a labelled batch folder"
+            )
+            _check(not self.ray, "ray", self.ray, f"reward {self.reward} trains in one process; add --no-ray")
+        else:
+            get_reward(self.reward)
         _check(self.pairs_per_epoch >= 1, "pairs_per_epoch", self.pairs_per_epoch, "at least 1")
         _check(self.group_size >= 2, "group_size", self.group_size, "at least 2 (D3PO compares samples)")
         _check(self.eta > 0, "eta", self.eta, "> 0 (D3PO needs log-probabilities, undefined at eta = 0)")
@@ -211,6 +222,12 @@ class DRaFTConfig(CommonConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        _check(
+            not self.reward.startswith(HUMAN),
+            "reward",
+            self.reward,
+            "DRaFT needs a differentiable reward; train on human labels with jobs/d3po.py",
+        )
         get_reward(self.reward, differentiable=True)
         _check(1 <= self.k <= self.num_steps, "k", self.k, f"in 1..{self.num_steps} (num_steps)")
         _check(self.lv_copies >= 1, "lv_copies", self.lv_copies, "at least 1")

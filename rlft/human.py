@@ -17,7 +17,7 @@ from torch import Tensor
 
 from rlft.adapters import adapter_digest, adapter_lora_shape, load_adapter
 from rlft.batch_folder import read_images, read_manifest, read_trajectories
-from rlft.config import D3POConfig
+from rlft.config import HUMAN, D3POConfig
 from rlft.d3po import pair_items
 from rlft.epoch import item_order, iterate_batches
 from rlft.label_pairs import majority_pairs
@@ -26,6 +26,7 @@ from rlft.loop import build_policy, make_d3po_learner
 from rlft.models import BUILTIN_MODELS
 from rlft.policy import Policy
 from rlft.sampling import encode_prompts
+from rlft.tracking import Tracker
 
 
 def labelled_items(folder: str | Path) -> tuple[dict[str, Tensor], dict]:
@@ -112,9 +113,15 @@ def save_adapter_atomic(policy: Policy, folder: Path) -> Path:
     return folder
 
 
-def train_on_labels(cfg: D3POConfig, folder: str | Path, log: Callable[[str], None] = print) -> Path:
-    """One human-feedback round: D3PO on the folder's majority pairs for cfg.epochs passes; returns the
-    adapter folder (runs_dir/run_name/adapter), which `jobs/sample_groups.py --adapter` samples from."""
+def human_folder(cfg: D3POConfig) -> str:
+    """The labelled batch folder of a `human:<folder>` reward."""
+    return cfg.reward.removeprefix(HUMAN)
+
+
+def check_labelled(cfg: D3POConfig, folder: str | Path) -> tuple[D3POConfig, dict[str, Tensor], dict]:
+    """(cfg, samples, labels) for training on the folder's labels, or a ValueError naming the folder.
+
+    cfg takes the LoRA shape of the adapter the batch was sampled from, when there was one."""
     samples, labels = labelled_items(folder)
     check_fits(cfg, labels["manifest"], folder)
     if not labels["pairs"]:
@@ -122,6 +129,21 @@ def train_on_labels(cfg: D3POConfig, folder: str | Path, log: Callable[[str], No
     adapter = start_adapter(labels["manifest"], folder)
     if adapter is not None:  # continuing an adapter: its LoRA shape, whatever cfg's default
         cfg = dataclasses.replace(cfg, **adapter_lora_shape(adapter))
+    return cfg, samples, labels
+
+
+def train_human(
+    cfg: D3POConfig,
+    folder: str | Path,
+    run_dir: str | Path,
+    tracker: Tracker | None = None,
+    log: Callable[[str], None] = print,
+) -> list[dict[str, float]]:
+    """D3PO on the folder's majority pairs for cfg.epochs passes; writes run_dir/adapter and returns one
+    metrics dict per pass (loss, preference_accuracy, grad_norm, pairs, ties, epoch_time_s), each also
+    logged to `tracker` when there is one."""
+    cfg, samples, labels = check_labelled(cfg, folder)
+    adapter = labels["manifest"].get("adapter")
     pipe, policy = build_policy(cfg)
     if adapter is not None:
         load_adapter(policy, adapter)
@@ -132,13 +154,32 @@ def train_on_labels(cfg: D3POConfig, folder: str | Path, log: Callable[[str], No
     items = {k: v.to(pipe.device) for k, v in items.items()}
     embeds, uncond = encode_prompts(pipe, labels["prompts"])
     log(f"{labels['pairs']} pairs ({labels['ties']} ties) from {len(labels['annotators'])} annotator(s)")
+    history = []
     for epoch in range(cfg.epochs):
         start = time.perf_counter()
         order = item_order(len(items["prompt"]), cfg, epoch)
         metrics = learner.train_epoch(iterate_batches(items, cfg.batch_size, order), embeds, uncond)
+        metrics = {k: float(v) for k, v in metrics.items()} | {
+            "pairs": float(labels["pairs"]),
+            "ties": float(labels["ties"]),
+            "epoch_time_s": time.perf_counter() - start,
+        }
+        history.append(metrics)
         log(
             f"pass {epoch:3d} | loss {metrics['loss']:.4f} | acc {metrics['preference_accuracy']:.2f} "
-            f"| grad {metrics['grad_norm']:.1e} | {time.perf_counter() - start:.1f} s"
+            f"| grad {metrics['grad_norm']:.1e} | {metrics['epoch_time_s']:.1f} s"
         )
+        if tracker is not None:
+            tracker.log_epoch(epoch, metrics)
+    saved = save_adapter_atomic(policy, Path(run_dir) / "adapter")
+    if tracker is not None:
+        tracker.log_folder(saved, "adapter")
+    return history
+
+
+def train_on_labels(cfg: D3POConfig, folder: str | Path, log: Callable[[str], None] = print) -> Path:
+    """One human-feedback round: D3PO on the folder's majority pairs for cfg.epochs passes; returns the
+    adapter folder (runs_dir/run_name/adapter), which `jobs/sample_groups.py --adapter` samples from."""
     run_dir = Path(cfg.runs_dir) / (cfg.run_name or f"human-{Path(folder).resolve().name}")
-    return save_adapter_atomic(policy, run_dir / "adapter")
+    train_human(cfg, folder, run_dir, log=log)
+    return run_dir / "adapter"

@@ -11,14 +11,26 @@ from contextlib import nullcontext
 import ray
 import tyro
 
-from rlft.config import D3POConfig, DRaFTConfig
+from rlft.config import HUMAN, D3POConfig, DRaFTConfig
+from rlft.human import check_labelled, human_folder, train_human
 from rlft.loop import train_d3po, train_draft
 from rlft.ray_loop import ray_train, start_ray
 from rlft.tracking import check_tracking_uri, open_run, tracking_uri
 
 
+def is_human(cfg: D3POConfig | DRaFTConfig) -> bool:
+    """A D3PO run on people's labels (reward human:<folder>), trained in this process."""
+    return isinstance(cfg, D3POConfig) and cfg.reward.startswith(HUMAN)
+
+
+def train_labelled(cfg: D3POConfig, run_dir, tracker) -> list[dict[str, float]]:
+    return train_human(cfg, human_folder(cfg), run_dir, tracker)
+
+
 def headline(cfg: D3POConfig | DRaFTConfig) -> str:
-    if isinstance(cfg, D3POConfig):
+    if is_human(cfg):
+        name, work = "D3PO", f"passes over the labelled pairs of {human_folder(cfg)!r}"
+    elif isinstance(cfg, D3POConfig):
         name, work = "D3PO", f"{cfg.pairs_per_epoch} groups of {cfg.group_size}"
     else:
         name = f"DRaFT ({cfg.variant}, K={cfg.steps_with_grad})"
@@ -39,6 +51,8 @@ def run_job(config_type: type[D3POConfig] | type[DRaFTConfig], algorithm: str, d
         cfg = tyro.cli(config_type, description=description)
         if cfg.track:
             check_tracking_uri(tracking_uri())
+        if is_human(cfg):  # a bad batch folder is named before MLflow starts
+            check_labelled(cfg, human_folder(cfg))
         print(headline(cfg), flush=True)
         started_ray = cfg.ray and start_ray(cfg)
         run_dir, tracker = open_run(cfg, algorithm)
@@ -47,7 +61,9 @@ def run_job(config_type: type[D3POConfig] | type[DRaFTConfig], algorithm: str, d
             ray.shutdown()
         sys.exit(f"error: {error}")
     try:
-        if cfg.ray:
+        if is_human(cfg):
+            train = train_labelled
+        elif cfg.ray:
             train = ray_train
         else:
             train = train_d3po if isinstance(cfg, D3POConfig) else train_draft
@@ -56,11 +72,19 @@ def run_job(config_type: type[D3POConfig] | type[DRaFTConfig], algorithm: str, d
     finally:
         if started_ray:
             ray.shutdown()
-    rewards = [h["reward_mean"] for h in history]
-    best = max(range(len(rewards)), key=rewards.__getitem__)
-    print(
-        f"reward: first {rewards[0]:.4f}, best {rewards[best]:.4f} (epoch {best}), last {rewards[-1]:.4f}"
-        f" | adapter in {run_dir}/adapter"
-    )
+    if is_human(cfg):  # no rewards: the labels are the signal
+        first, last = history[0], history[-1]
+        print(
+            f"labels: {last['pairs']:.0f} pairs ({last['ties']:.0f} ties) | loss: first {first['loss']:.4f}, "
+            f"last {last['loss']:.4f} | accuracy: first {first['preference_accuracy']:.2f}, last "
+            f"{last['preference_accuracy']:.2f} | adapter in {run_dir}/adapter"
+        )
+    else:
+        rewards = [h["reward_mean"] for h in history]
+        best = max(range(len(rewards)), key=rewards.__getitem__)
+        print(
+            f"reward: first {rewards[0]:.4f}, best {rewards[best]:.4f} (epoch {best}), last {rewards[-1]:.4f}"
+            f" | adapter in {run_dir}/adapter"
+        )
     if tracker:
         print(f"MLflow run {tracker.run_id} ({tracker.run_name}) in {tracker.uri}")

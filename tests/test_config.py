@@ -22,6 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
         (DRaFTConfig, {"k": 21}, "k=21 is not allowed: in 1..20"),
         (DRaFTConfig, {"reward": "jpeg-compressibility"}, "not differentiable"),
         (DRaFTConfig, {"resolution": 20}, "resolution=20 is not allowed: a multiple of 8"),
+        (D3POConfig, {"reward": "human:some/batch"}, "ray=True is not allowed: reward human:some/batch"),
+        (D3POConfig, {"reward": "human:", "ray": False}, "reward='human:' is not allowed"),
+        (DRaFTConfig, {"reward": "human:some/batch", "ray": False}, "reward='human:some/batch' is not"),
     ],
 )
 def test_bad_values_name_the_field(config, kwargs, message):
@@ -47,6 +50,8 @@ def test_draft_variants_set_how_many_steps_carry_gradient():
         # Checked against the (local) Ray cluster once it is up, before any actor or MLflow run exists.
         ("d3po.py", ["--worker-gpus", "1"], "worker_gpus=1.0 is not allowed: no node"),
         ("draft.py", ["--samplers", "2", "--no-ray"], "ray=False is not allowed"),
+        # A human-labelled batch folder is read and checked before MLflow starts.
+        ("d3po.py", ["--reward", "human:no/such/batch", "--no-ray"], "'no/such/batch' holds no"),
     ],
 )
 def test_jobs_refuse_bad_flags_before_building_anything(job, flags, field, tmp_path):

@@ -1,7 +1,11 @@
 import io
 import json
+import os
+import subprocess
+import sys
 import threading
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +23,7 @@ from rlft.labels import Label, connect, save_label
 from rlft.models import build_tiny_pipeline
 from rlft.policy import ADAPTER_FILE
 
+ROOT = Path(__file__).resolve().parents[1]
 SAMPLING = dict(groups=4, group_size=2, num_steps=3)
 
 
@@ -90,3 +95,40 @@ def test_a_full_round_sample_label_train_then_sample_from_the_new_adapter(tmp_pa
     assert old.keys() == new.keys()
     assert all(torch.allclose(old[k], new[k], atol=1e-6) for k in old)
     assert any(old[k].abs().max() > 0 for k in old if "up" in k)  # trained, not the zero init
+
+
+@pytest.mark.slow
+def test_the_d3po_job_trains_on_a_labelled_batch(tmp_path):
+    batch = sample_groups(SampleGroupsConfig(out=str(tmp_path / "round0"), **SAMPLING), log=print)
+    assert label_over_http(batch, "ann") == 4
+    env = os.environ | {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    flags = [
+        "--reward",
+        f"human:{batch}",
+        "--no-ray",
+        "--epochs",
+        "2",
+        "--num-steps",
+        "3",
+        "--batch-size",
+        "4",
+    ]
+    flags += ["--runs-dir", str(tmp_path / "runs"), "--run-name", "h0", "--threads", "2"]
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "jobs" / "d3po.py"), *flags],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert [line.split("|")[0].strip() for line in lines if line.startswith("pass")] == [
+        "pass   0",
+        "pass   1",
+    ]
+    assert "4 pairs (0 ties)" in result.stdout and "nan" not in result.stdout.lower()
+    summary = next(line for line in lines if line.startswith("labels:"))
+    assert "4 pairs" in summary and "accuracy" in summary
+    assert (tmp_path / "runs" / "h0" / "adapter" / ADAPTER_FILE).is_file()
+    assert "MLflow run" in result.stdout
