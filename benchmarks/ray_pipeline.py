@@ -15,9 +15,10 @@ from pathlib import Path
 
 import ray
 
+from rlft.cluster import start_ray
 from rlft.config import D3POConfig
 from rlft.loop import train_d3po
-from rlft.ray_loop import ray_train, start_ray
+from rlft.ray_loop import ray_train
 
 PHASES = ("time_sample_s", "time_score_s", "time_shuffle_s", "time_train_s", "time_sync_s")
 

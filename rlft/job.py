@@ -11,10 +11,11 @@ from contextlib import nullcontext
 import ray
 import tyro
 
+from rlft.cluster import start_ray
 from rlft.config import HUMAN, D3POConfig, DRaFTConfig
 from rlft.human import check_labelled, human_folder, train_human
 from rlft.loop import train_d3po, train_draft
-from rlft.ray_loop import ray_train, start_ray
+from rlft.ray_loop import ray_train
 from rlft.tracking import check_tracking_uri, open_run, tracking_uri
 
 

@@ -18,10 +18,11 @@ from mlflow.tracking import MlflowClient
 from ray.cluster_utils import Cluster
 
 from rlft.actors import Weights, start_actors
+from rlft.cluster import start_ray
 from rlft.config import D3POConfig
 from rlft.epoch import epoch_prompts, sampling_settings
 from rlft.loop import build_policy, train_d3po
-from rlft.ray_loop import ray_train, sample_and_score, start_ray
+from rlft.ray_loop import ray_train, sample_and_score
 from rlft.tracking import Tracker
 
 pytestmark = pytest.mark.slow

@@ -7,9 +7,10 @@ import ray
 import torch
 from mlflow.tracking import MlflowClient
 
+from rlft.cluster import check_resources, start_ray
 from rlft.config import D3POConfig, DRaFTConfig
 from rlft.loop import train_d3po, train_draft
-from rlft.ray_loop import check_resources, ray_train, start_ray
+from rlft.ray_loop import ray_train
 from rlft.tracking import Tracker
 
 pytestmark = pytest.mark.slow
