@@ -5,6 +5,8 @@ allowed, before any model is built. Defaults run the embedded tiny model on a CP
 values for Stable Diffusion 1.5 are noted where they differ.
 """
 
+import dataclasses
+import os
 from dataclasses import dataclass
 from typing import Literal
 
@@ -12,6 +14,7 @@ from rlft.models import check_model_name
 from rlft.policy import DEFAULT_LORA_TARGETS
 from rlft.prompts import load_prompts
 from rlft.rewards import get_reward
+from rlft.storage import ALLOWED, storage_problem
 
 
 def _check(ok: bool, field: str, value: object, allowed: str) -> None:
@@ -64,6 +67,12 @@ class CommonConfig:
     Default: the algorithm and the start time."""
     runs_dir: str = "runs"
     """Folder holding one subfolder per run: its checkpoint and final adapter."""
+    storage: str | None = dataclasses.field(default_factory=lambda: os.environ.get("RLFT_STORAGE") or None)
+    """Storage every node shares (s3://bucket/prefix, gs://bucket/prefix, or a mounted folder): each epoch's
+    checkpoint and the final adapter are also copied to <storage>/<run_name>/, and a run whose own folder
+    lacks the newest checkpoint (a new head node, a lost disk) resumes from there; give --run-name to
+    resume. Default: the RLFT_STORAGE environment variable (cluster.yaml sets it), else none; --storage None
+    turns it off."""
     track: bool = True
     """Log to MLflow (MLFLOW_TRACKING_URI and MLFLOW_EXPERIMENT_NAME; default: sqlite mlflow.db here)."""
     image_every: int = 2
@@ -150,6 +159,8 @@ class CommonConfig:
             self.run_name,
             "a non-empty name without '/' or quotes",
         )
+        problem = None if self.storage is None else storage_problem(self.storage)
+        _check(not problem, "storage", self.storage, f"{problem}; expected {ALLOWED}")
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ from rlft.models import load_pipeline
 from rlft.policy import Policy
 from rlft.rewards import get_reward, reward_names
 from rlft.sampling import encode_prompts
+from rlft.storage import RunStorage
 from rlft.tracking import Tracker
 
 Log = Callable[[str], None]
@@ -163,7 +164,8 @@ def run_epochs(
 ) -> list[dict[str, float]]:
     """Resume from run_dir's checkpoint if there is one, then run, checkpoint and log the remaining epochs."""
     checkpoint = Path(run_dir) / "checkpoint"
-    last, history, state = load_checkpoint(checkpoint)
+    storage = RunStorage(cfg.storage, Path(run_dir).name) if cfg.storage else None  # <storage>/<run>/
+    last, history, state = load_checkpoint(checkpoint, storage)
     if state is not None:
         trained.load(state)
         log(f"resuming {run_dir} after epoch {last}")
@@ -180,13 +182,17 @@ def run_epochs(
         log(format_epoch(epoch, metrics))
         # Checkpoint, then log: after a crash in between, the epoch is logged from the checkpoint.
         adapter = trained.adapter_files()
-        save_checkpoint(checkpoint, epoch=epoch, history=history, state=trained.state(), adapter=adapter)
+        save_checkpoint(
+            checkpoint, epoch=epoch, history=history, state=trained.state(), adapter=adapter, storage=storage
+        )
         if tracker is not None:
             tracker.log_epoch(epoch, metrics)
             tracker.log_folder(checkpoint / "adapter", f"checkpoints/epoch_{epoch:04d}")
             if epoch % cfg.image_every == 0 or epoch == cfg.epochs - 1:
                 tracker.log_images(epoch, *show())
     write_files(Path(run_dir) / "adapter", trained.adapter_files())
+    if storage is not None:
+        storage.upload_folder(Path(run_dir) / "adapter", "adapter")
     if tracker is not None:
         tracker.log_folder(Path(run_dir) / "adapter", "adapter")
     return history
