@@ -20,6 +20,7 @@ KEEP = 2
 # Schemes pyarrow opens; the bucket (or host) after them must not be empty.
 SCHEMES = ("s3", "gs", "gcs", "abfs", "abfss", "hdfs")
 ALLOWED = "s3://bucket/prefix, gs://bucket/prefix, abfs://, hdfs://, file:///folder or a folder path"
+PLACEHOLDER = "YOUR-BUCKET"  # cluster.yaml's, until people put their own bucket there
 
 
 def storage_problem(uri: str) -> str | None:
@@ -31,6 +32,8 @@ def storage_problem(uri: str) -> str | None:
     if "://" not in uri:
         return None  # a folder (a mounted shared disk)
     parsed = urlparse(uri)
+    if parsed.netloc == PLACEHOLDER:
+        return f"{PLACEHOLDER} is cluster.yaml's placeholder: put your bucket's name there"
     if parsed.scheme == "file":
         return None if parsed.path.startswith("/") else "file:// needs an absolute path"
     if parsed.scheme not in SCHEMES:

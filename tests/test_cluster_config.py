@@ -7,6 +7,8 @@ import pytest
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
+from rlft.config import D3POConfig
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -30,3 +32,13 @@ def test_a_broken_node_type_is_refused():
     config["available_node_types"]["gpu_sampler"]["resources"] = {"GPU": 0.5}  # must be whole numbers
     with pytest.raises(jsonschema.ValidationError, match="0.5 is not of type 'integer'"):
         validate_config(prepare_config(config))
+
+
+def test_every_job_on_the_cluster_copies_its_checkpoints_to_s3_once_a_bucket_is_named():
+    options = [o.split("=", 1) for o in _config()["docker"]["run_options"] if o.startswith("--env ")]
+    (storage,) = [value for name, value in options if name == "--env RLFT_STORAGE"]
+    assert storage.startswith("s3://")
+    with pytest.raises(ValueError, match="storage=.*YOUR-BUCKET is cluster.yaml's placeholder"):
+        D3POConfig(storage=storage)  # a job refuses it before anything starts
+    mine = storage.replace("YOUR-BUCKET", "my-bucket")
+    assert D3POConfig(storage=mine).storage == "s3://my-bucket/rlft-runs"

@@ -115,6 +115,7 @@ def test_a_failed_upload_raises_naming_the_storage_after_the_local_checkpoint_is
         ("file://runs", "file:// needs an absolute path"),
         ("", "empty"),
         (" s3://bucket/runs", "padded with spaces"),
+        ("s3://YOUR-BUCKET/rlft-runs", "YOUR-BUCKET is cluster.yaml's placeholder"),
     ],
 )
 def test_a_bad_storage_value_is_named_before_anything_starts(value, message):
