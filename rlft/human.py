@@ -26,6 +26,7 @@ from rlft.loop import build_policy, make_d3po_learner
 from rlft.models import BUILTIN_MODELS
 from rlft.policy import Policy
 from rlft.sampling import encode_prompts
+from rlft.storage import RunStorage
 from rlft.tracking import Tracker
 
 
@@ -172,6 +173,8 @@ def train_human(
         if tracker is not None:
             tracker.log_epoch(epoch, metrics)
     saved = save_adapter_atomic(policy, Path(run_dir) / "adapter")
+    if cfg.storage:  # shared storage keeps the adapter when this disk is lost, as run_epochs does
+        RunStorage(cfg.storage, Path(run_dir).name).upload_folder(saved, "adapter")
     if tracker is not None:
         tracker.log_folder(saved, "adapter")
     return history

@@ -82,6 +82,7 @@ class RunStorage:
         target = f"{self.checkpoints}/{_epoch_folder(epoch)}"
         try:
             self.fs.delete_dir_contents(target, missing_dir_ok=True)  # a half-upload of a previous try
+            self.fs.create_dir(target)  # copy_files makes only subfolders (a folder storage needs it)
             pafs.copy_files(str(Path(folder).resolve()), target, pafs.LocalFileSystem(), self.fs)
             with self.fs.open_output_stream(f"{target}/{MARKER}") as marker:
                 marker.write(b"")
@@ -110,6 +111,7 @@ class RunStorage:
         target = f"{self.root}/{name}"
         try:
             self.fs.delete_dir_contents(target, missing_dir_ok=True)
+            self.fs.create_dir(target)
             pafs.copy_files(str(Path(folder).resolve()), target, pafs.LocalFileSystem(), self.fs)
         except OSError as error:
             raise self._failed(f"uploading {name}", error) from error

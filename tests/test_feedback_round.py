@@ -63,7 +63,8 @@ def test_a_full_round_sample_label_train_then_sample_from_the_new_adapter(tmp_pa
     first = sample_groups(SampleGroupsConfig(out=str(tmp_path / "round0"), **SAMPLING), log=print)
     assert label_over_http(first, "ann") == 4
     runs = str(tmp_path / "runs")
-    train = D3POConfig(num_steps=3, epochs=2, batch_size=4, runs_dir=runs, run_name="r0")
+    shared = str(tmp_path / "shared")  # storage every node shares: the adapter goes there too
+    train = D3POConfig(num_steps=3, epochs=2, batch_size=4, runs_dir=runs, run_name="r0", storage=shared)
     lines = []
     adapter = train_on_labels(train, first, log=lines.append)
     assert lines[0].startswith("4 pairs (0 ties) from 1 annotator(s)")
@@ -71,6 +72,8 @@ def test_a_full_round_sample_label_train_then_sample_from_the_new_adapter(tmp_pa
     # of the random tiny model it moves by about 1e-3 per pass, within its noise; see DESIGN.md.)
     assert [line.split("|")[0].strip() for line in lines[1:]] == ["pass   0", "pass   1"]
     assert adapter == tmp_path / "runs" / "r0" / "adapter" and (adapter / ADAPTER_FILE).is_file()
+    uploaded = tmp_path / "shared" / "r0" / "adapter" / ADAPTER_FILE
+    assert uploaded.read_bytes() == (adapter / ADAPTER_FILE).read_bytes()
     # The result is diffusers' LoRA format: a stock pipeline loads it.
     build_tiny_pipeline(0).load_lora_weights(str(adapter))
 
