@@ -26,13 +26,14 @@ def write_files(folder: Path, files: dict[str, bytes]) -> None:
         path.write_bytes(data)
 
 
-def _staging(folder: Path) -> Path:
+def staging_folder(folder: Path) -> Path:
+    """An empty name beside `folder` to write its replacement under (a leftover of a crash removed)."""
     staging = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
     return staging
 
 
-def _replace(folder: Path, staging: Path) -> None:
+def replace_folder(folder: Path, staging: Path) -> None:
     """Put `staging` in the place of `folder`; at every moment one of the two names holds a whole one."""
     previous = folder.with_name(folder.name + ".old")
     shutil.rmtree(previous, ignore_errors=True)
@@ -54,11 +55,11 @@ def save_checkpoint(
     """state: {"weights": the trained weights, "optimizer": the optimizer's state dict}. With `storage`,
     the checkpoint is uploaded too (an upload failure raises, after the local checkpoint is written)."""
     folder = Path(folder)
-    staging = _staging(folder)
+    staging = staging_folder(folder)
     staging.mkdir(parents=True)
     write_files(staging / "adapter", adapter)
     torch.save({"epoch": epoch, "history": history, **state}, staging / STATE_FILE)
-    _replace(folder, staging)
+    replace_folder(folder, staging)
     if storage is not None:
         storage.upload_checkpoint(folder, epoch)
 
@@ -95,9 +96,9 @@ def load_checkpoint(
         return epoch, history, state
     uploaded = storage.newest_epoch()
     if uploaded > epoch:
-        staging = _staging(folder)
+        staging = staging_folder(folder)
         storage.download_checkpoint(uploaded, staging)
-        _replace(folder, staging)
+        replace_folder(folder, staging)
         return _read(folder)
     if found is not None and epoch > uploaded:
         storage.upload_checkpoint(found, epoch)

@@ -7,7 +7,6 @@ base model (the adapter switched off), as in the D3PO job.
 """
 
 import dataclasses
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +16,7 @@ from torch import Tensor
 
 from rlft.adapters import adapter_digest, adapter_lora_shape, load_adapter
 from rlft.batch_folder import read_images, read_manifest, read_trajectories
+from rlft.checkpoint import replace_folder, staging_folder
 from rlft.config import HUMAN, D3POConfig
 from rlft.d3po import pair_items
 from rlft.epoch import item_order, iterate_batches
@@ -103,14 +103,9 @@ def start_adapter(manifest: dict, folder: str | Path) -> str | None:
 
 def save_adapter_atomic(policy: Policy, folder: Path) -> Path:
     """Write the adapter beside `folder`, then rename it into place: a crash leaves the old one whole."""
-    staging, previous = folder.with_name(folder.name + ".tmp"), folder.with_name(folder.name + ".old")
-    shutil.rmtree(staging, ignore_errors=True)
+    staging = staging_folder(folder)
     policy.save(staging)
-    shutil.rmtree(previous, ignore_errors=True)
-    if folder.exists():
-        folder.rename(previous)
-    staging.rename(folder)
-    shutil.rmtree(previous, ignore_errors=True)
+    replace_folder(folder, staging)
     return folder
 
 

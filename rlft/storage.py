@@ -80,10 +80,8 @@ class RunStorage:
     def upload_checkpoint(self, folder: Path, epoch: int) -> None:
         """Copy a local checkpoint folder as epoch `epoch`, mark it complete, then drop older epochs."""
         target = f"{self.checkpoints}/{_epoch_folder(epoch)}"
+        self._copy_up(folder, target, f"uploading epoch {epoch}")  # replaces a half-upload of a previous try
         try:
-            self.fs.delete_dir_contents(target, missing_dir_ok=True)  # a half-upload of a previous try
-            self.fs.create_dir(target)  # copy_files makes only subfolders (a folder storage needs it)
-            pafs.copy_files(str(Path(folder).resolve()), target, pafs.LocalFileSystem(), self.fs)
             with self.fs.open_output_stream(f"{target}/{MARKER}") as marker:
                 marker.write(b"")
         except OSError as error:
@@ -108,10 +106,13 @@ class RunStorage:
 
     def upload_folder(self, folder: Path, name: str) -> None:
         """Copy a local folder to `<run>/<name>`, replacing what was there (the final adapter)."""
-        target = f"{self.root}/{name}"
+        self._copy_up(folder, f"{self.root}/{name}", f"uploading {name}")
+
+    def _copy_up(self, folder: Path, target: str, what: str) -> None:
+        """Make `target` a copy of the local `folder`, whatever it held before."""
         try:
             self.fs.delete_dir_contents(target, missing_dir_ok=True)
-            self.fs.create_dir(target)
+            self.fs.create_dir(target)  # copy_files makes only subfolders (a folder storage needs it)
             pafs.copy_files(str(Path(folder).resolve()), target, pafs.LocalFileSystem(), self.fs)
         except OSError as error:
-            raise self._failed(f"uploading {name}", error) from error
+            raise self._failed(what, error) from error
