@@ -13,6 +13,7 @@ from pathlib import Path
 from diffusers.utils import convert_unet_state_dict_to_peft
 from safetensors import safe_open
 from safetensors.torch import load_file
+from torch import Tensor
 
 from rlft.policy import ADAPTER_FILE, Policy
 
@@ -46,12 +47,17 @@ def adapter_lora_shape(folder: str | Path) -> dict:
     }
 
 
-def load_adapter(policy: Policy, folder: str | Path) -> None:
-    """Put the adapter's weights into `policy` (whose LoRA shape must match: see `adapter_lora_shape`)."""
+def adapter_state(folder: str | Path) -> dict[str, Tensor]:
+    """The adapter's weights as `Policy.state_dict` gives them (peft names), for `Policy.load_state_dict`."""
     state = load_file(adapter_file(folder))
     state = {k.removeprefix("unet."): v for k, v in state.items() if k.startswith("unet.")}
+    return convert_unet_state_dict_to_peft(state)
+
+
+def load_adapter(policy: Policy, folder: str | Path) -> None:
+    """Put the adapter's weights into `policy` (whose LoRA shape must match: see `adapter_lora_shape`)."""
     try:
-        policy.load_state_dict(convert_unet_state_dict_to_peft(state))
+        policy.load_state_dict(adapter_state(folder))
     except (RuntimeError, ValueError) as error:  # shapes of another model, or modules it lacks
         raise ValueError(f"adapter folder {str(folder)!r} does not fit this model: {error}") from error
 

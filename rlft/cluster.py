@@ -79,8 +79,9 @@ GROUPS = {  # the field that counts each kind of actor: the field with its GPUs 
 
 
 def demand(cfg: CommonConfig) -> dict[str, float]:
-    cpus = sum(getattr(cfg, count) for count in GROUPS) * cfg.actor_cpus
-    gpus = sum(getattr(cfg, count) * getattr(cfg, gpus) for count, gpus in GROUPS.items())
+    counts = cfg.actor_counts()
+    cpus = sum(counts.values()) * cfg.actor_cpus
+    gpus = sum(counts[count] * getattr(cfg, gpus) for count, gpus in GROUPS.items())
     return {"CPU": cpus, "GPU": gpus}
 
 
@@ -109,7 +110,10 @@ def check_resources(cfg: CommonConfig, total: dict[str, float] | None, nodes: li
     total: the cluster's resources, or None when an autoscaler may add more.
     """
     custom = {"samplers": cfg.sampler_resource, "scorers": None, "train_workers": cfg.worker_resource}
+    counts = cfg.actor_counts()
     for count, gpus in GROUPS.items():
+        if not counts[count]:  # none started (a run on people's labels samples nothing)
+            continue
         shape = {"CPU": cfg.actor_cpus, "GPU": getattr(cfg, gpus)}
         if custom[count] and not any(node.get(custom[count], 0) >= 1 for node in nodes):
             field = "sampler_resource" if count == "samplers" else "worker_resource"
@@ -125,7 +129,7 @@ def check_resources(cfg: CommonConfig, total: dict[str, float] | None, nodes: li
             )
     for resource, needed in demand(cfg).items():
         if total is not None and needed > total.get(resource, 0):
-            asked = ", ".join(f"{count}={getattr(cfg, count)}" for count in GROUPS)
+            asked = ", ".join(f"{count}={n}" for count, n in counts.items() if n)
             raise ValueError(
                 f"{asked} are not allowed together: they need {needed:g} {resource}s "
                 f"and this cluster has {total.get(resource, 0):g}"

@@ -162,6 +162,10 @@ class CommonConfig:
         problem = None if self.storage is None else storage_problem(self.storage)
         _check(not problem, "storage", self.storage, f"{problem}; expected {ALLOWED}")
 
+    def actor_counts(self) -> dict[str, int]:
+        """How many of each kind of actor a Ray run starts (the fields that count them)."""
+        return {"samplers": self.samplers, "scorers": self.scorers, "train_workers": self.train_workers}
+
 
 @dataclass(frozen=True)
 class D3POConfig(CommonConfig):
@@ -170,7 +174,7 @@ class D3POConfig(CommonConfig):
     jpeg-incompressibility, smoothness, brightness, aesthetic, imagereward (hub weights), aesthetic:<folder>
     or imagereward:<folder> (local weights); several joined by commas (a,b): a sample is preferred only when
     it is at least as good on every reward and better on one. human:<folder>: train on the labelled pairs
-    of a batch from jobs/sample_groups.py, labelled on jobs/label.py's page (needs --no-ray)."""
+    of a batch from jobs/sample_groups.py, labelled on jobs/label.py's page (no samplers or scorers start)."""
     epochs: int = 6
     """Sampling-and-training rounds (6 keep the tiny default under 3 minutes on 2 cores with Ray)."""
     num_steps: int = 10
@@ -190,14 +194,21 @@ class D3POConfig(CommonConfig):
     batch_size: int = 16
     """(pair, timestep) items per optimizer step."""
 
+    @property
+    def human(self) -> bool:
+        """Training on people's labels (reward human:<folder>): nothing is sampled or scored."""
+        return self.reward.startswith(HUMAN)
+
+    def actor_counts(self) -> dict[str, int]:
+        return super().actor_counts() | ({"samplers": 0, "scorers": 0} if self.human else {})
+
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.reward.startswith(HUMAN):
+        if self.human:
             folder = self.reward.removeprefix(HUMAN)
             _check(
                 folder.strip() != "", "reward", self.reward, "human:<folder> names a labelled batch folder"
             )
-            _check(not self.ray, "ray", self.ray, f"reward {self.reward} trains in one process; add --no-ray")
         else:
             get_reward(self.reward)
         _check(self.pairs_per_epoch >= 1, "pairs_per_epoch", self.pairs_per_epoch, "at least 1")

@@ -8,26 +8,27 @@ base model (the adapter switched off), as in the D3PO job.
 
 import dataclasses
 import time
-from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
+import ray
 import torch
 from torch import Tensor
 
-from rlft.adapters import adapter_digest, adapter_lora_shape, load_adapter
+from rlft.adapters import adapter_digest, adapter_lora_shape, adapter_state
 from rlft.batch_folder import read_images, read_manifest, read_trajectories
-from rlft.checkpoint import replace_folder, staging_folder
+from rlft.cluster import start_ray
 from rlft.config import HUMAN, D3POConfig
 from rlft.d3po import pair_items
 from rlft.epoch import item_order, iterate_batches
 from rlft.label_pairs import majority_pairs
 from rlft.labels import DB_FILE, LabelError, check_label, connect, read_labels
-from rlft.loop import build_policy, make_d3po_learner
+from rlft.loop import LocalTrained, Log, build_policy, make_d3po_learner, run_epochs
 from rlft.models import BUILTIN_MODELS
-from rlft.policy import Policy
+from rlft.ray_loop import RayTrained, train_on_workers
 from rlft.sampling import encode_prompts
-from rlft.storage import RunStorage
 from rlft.tracking import Tracker
+from rlft.train_workers import TrainWorkers
 
 
 def labelled_items(folder: str | Path) -> tuple[dict[str, Tensor], dict]:
@@ -101,14 +102,6 @@ def start_adapter(manifest: dict, folder: str | Path) -> str | None:
     return adapter
 
 
-def save_adapter_atomic(policy: Policy, folder: Path) -> Path:
-    """Write the adapter beside `folder`, then rename it into place: a crash leaves the old one whole."""
-    staging = staging_folder(folder)
-    policy.save(staging)
-    replace_folder(folder, staging)
-    return folder
-
-
 def human_folder(cfg: D3POConfig) -> str:
     """The labelled batch folder of a `human:<folder>` reward."""
     return cfg.reward.removeprefix(HUMAN)
@@ -122,62 +115,100 @@ def check_labelled(cfg: D3POConfig, folder: str | Path) -> tuple[D3POConfig, dic
     check_fits(cfg, labels["manifest"], folder)
     if not labels["pairs"]:
         raise ValueError(f"{str(folder)!r}: the labels give no preference pairs ({labels['ties']} ties)")
+    items = labels["pairs"] * cfg.num_steps  # one per (pair, step)
+    if cfg.ray and items < cfg.train_workers:
+        raise ValueError(
+            f"train_workers={cfg.train_workers} is not allowed: {str(folder)!r} gives {items} training items"
+        )
     adapter = start_adapter(labels["manifest"], folder)
     if adapter is not None:  # continuing an adapter: its LoRA shape, whatever cfg's default
         cfg = dataclasses.replace(cfg, **adapter_lora_shape(adapter))
     return cfg, samples, labels
 
 
+@contextmanager
+def local_trainer(
+    cfg: D3POConfig, run_dir: Path, items: dict, prompts: list[str], start: dict | None, log: Log
+):
+    """(trained, train_epoch) in this process: the policy, with the start adapter's weights if any."""
+    pipe, policy = build_policy(cfg)
+    if start is not None:
+        policy.load_state_dict(start)
+    learner = make_d3po_learner(cfg, pipe, policy)
+    items = {k: v.to(pipe.device) for k, v in items.items()}
+    embeds, uncond = encode_prompts(pipe, prompts)
+
+    def train_epoch(epoch: int) -> dict[str, float]:
+        order = item_order(len(items["prompt"]), cfg, epoch)
+        return learner.train_epoch(iterate_batches(items, cfg.batch_size, order), embeds, uncond)
+
+    yield LocalTrained(policy, learner.optimizer), train_epoch
+
+
+@contextmanager
+def ray_trainer(
+    cfg: D3POConfig, run_dir: Path, items: dict, prompts: list[str], start: dict | None, log: Log
+):
+    """(trained, train_epoch) on Ray Train workers, fed the items through a Ray Data shuffle as the D3PO job
+    feeds its sampled pairs; no sampler or scorer starts. The workers stop when the block ends."""
+    workers = TrainWorkers(cfg, run_dir / "ray", run_dir.name)
+    try:
+        trained = RayTrained(workers, samplers=[])
+        workers.publish()
+        trained.fetch()
+        if start is not None:  # a fresh optimizer; a resumed checkpoint loads over both afterwards
+            trained.load({"weights": start, "optimizer": trained.state()["optimizer"]})
+        log(f"{cfg.train_workers} train worker(s) ready")
+
+        def train_epoch(epoch: int) -> dict[str, float]:
+            metrics, _, timing = train_on_workers(cfg, trained, epoch, prompts, items, log)
+            return metrics | timing
+
+        yield trained, train_epoch
+    finally:
+        workers.stop()
+
+
 def train_human(
-    cfg: D3POConfig,
-    folder: str | Path,
-    run_dir: str | Path,
-    tracker: Tracker | None = None,
-    log: Callable[[str], None] = print,
+    cfg: D3POConfig, folder: str | Path, run_dir: str | Path, tracker: Tracker | None = None, log: Log = print
 ) -> list[dict[str, float]]:
-    """D3PO on the folder's majority pairs for cfg.epochs passes; writes run_dir/adapter and returns one
-    metrics dict per pass (loss, preference_accuracy, grad_norm, pairs, ties, epoch_time_s), each also
-    logged to `tracker` when there is one."""
+    """D3PO on the folder's majority pairs for cfg.epochs passes, on Ray Train workers (cfg.ray; Ray must be
+    running) or in this process. Each pass is an epoch of `run_epochs`: checkpointed, resumed after the last
+    finished one when started again on the same run_dir, logged to `tracker`. Writes run_dir/adapter and
+    returns one metrics dict per pass (loss, preference_accuracy, grad_norm, pairs, ties, items_per_s,
+    epoch_time_s)."""
     cfg, samples, labels = check_labelled(cfg, folder)
     adapter = labels["manifest"].get("adapter")
-    pipe, policy = build_policy(cfg)
-    if adapter is not None:
-        load_adapter(policy, adapter)
-    learner = make_d3po_learner(cfg, pipe, policy)
     items = pair_items(
         samples["latents"], samples["group"], samples["timesteps"], labels["index_w"], labels["index_l"]
     )
-    items = {k: v.to(pipe.device) for k, v in items.items()}
-    embeds, uncond = encode_prompts(pipe, labels["prompts"])
     log(f"{labels['pairs']} pairs ({labels['ties']} ties) from {len(labels['annotators'])} annotator(s)")
-    history = []
-    for epoch in range(cfg.epochs):
-        start = time.perf_counter()
-        order = item_order(len(items["prompt"]), cfg, epoch)
-        metrics = learner.train_epoch(iterate_batches(items, cfg.batch_size, order), embeds, uncond)
-        metrics = {k: float(v) for k, v in metrics.items()} | {
-            "pairs": float(labels["pairs"]),
-            "ties": float(labels["ties"]),
-            "epoch_time_s": time.perf_counter() - start,
-        }
-        history.append(metrics)
-        log(
-            f"pass {epoch:3d} | loss {metrics['loss']:.4f} | acc {metrics['preference_accuracy']:.2f} "
-            f"| grad {metrics['grad_norm']:.1e} | {metrics['epoch_time_s']:.1f} s"
-        )
-        if tracker is not None:
-            tracker.log_epoch(epoch, metrics)
-    saved = save_adapter_atomic(policy, Path(run_dir) / "adapter")
-    if cfg.storage:  # shared storage keeps the adapter when this disk is lost, as run_epochs does
-        RunStorage(cfg.storage, Path(run_dir).name).upload_folder(saved, "adapter")
-    if tracker is not None:
-        tracker.log_folder(saved, "adapter")
-    return history
+    start = adapter_state(adapter) if adapter is not None else None
+    trainer = ray_trainer if cfg.ray else local_trainer
+    with trainer(cfg, Path(run_dir), items, labels["prompts"], start, log) as (trained, train_epoch):
+
+        def one_epoch(epoch: int):  # nothing sampled: no rewards, no images
+            began = time.perf_counter()
+            metrics = train_epoch(epoch)
+            speed = len(items["prompt"]) / (time.perf_counter() - began)
+            return (
+                metrics | {"pairs": labels["pairs"], "ties": labels["ties"], "items_per_s": speed},
+                None,
+                None,
+            )
+
+        return run_epochs(cfg, Path(run_dir), trained, one_epoch, tracker, log)
 
 
-def train_on_labels(cfg: D3POConfig, folder: str | Path, log: Callable[[str], None] = print) -> Path:
-    """One human-feedback round: D3PO on the folder's majority pairs for cfg.epochs passes; returns the
-    adapter folder (runs_dir/run_name/adapter), which `jobs/sample_groups.py --adapter` samples from."""
+def train_on_labels(cfg: D3POConfig, folder: str | Path, log: Log = print) -> Path:
+    """One human-feedback round: D3PO on the folder's majority pairs for cfg.epochs passes (on Ray when
+    cfg.ray: joined or started here as the jobs do); returns the adapter folder (runs_dir/run_name/adapter),
+    which `jobs/sample_groups.py --adapter` samples from."""
     run_dir = Path(cfg.runs_dir) / (cfg.run_name or f"human-{Path(folder).resolve().name}")
-    train_human(cfg, folder, run_dir, log=log)
+    started = cfg.ray and start_ray(cfg, log)
+    try:
+        train_human(cfg, folder, run_dir, log=log)
+    finally:
+        if started:
+            ray.shutdown()
     return run_dir / "adapter"

@@ -12,16 +12,17 @@ import ray
 import tyro
 
 from rlft.cluster import start_ray
-from rlft.config import HUMAN, D3POConfig, DRaFTConfig
+from rlft.config import D3POConfig, DRaFTConfig
 from rlft.human import check_labelled, human_folder, train_human
 from rlft.loop import train_d3po, train_draft
 from rlft.ray_loop import ray_train
+from rlft.storage import check_reachable
 from rlft.tracking import check_tracking_uri, open_run, tracking_uri
 
 
 def is_human(cfg: D3POConfig | DRaFTConfig) -> bool:
-    """A D3PO run on people's labels (reward human:<folder>), trained in this process."""
-    return isinstance(cfg, D3POConfig) and cfg.reward.startswith(HUMAN)
+    """A D3PO run on people's labels (reward human:<folder>): nothing sampled, only trained."""
+    return isinstance(cfg, D3POConfig) and cfg.human
 
 
 def train_labelled(cfg: D3POConfig, run_dir, tracker) -> list[dict[str, float]]:
@@ -36,11 +37,8 @@ def headline(cfg: D3POConfig | DRaFTConfig) -> str:
     else:
         name = f"DRaFT ({cfg.variant}, K={cfg.steps_with_grad})"
         work = f"{cfg.steps_per_epoch} steps x {cfg.batch_size} samples"
-    where = (
-        f"Ray: {cfg.samplers} sampler(s), {cfg.scorers} scorer(s), {cfg.train_workers} train worker(s)"
-        if cfg.ray
-        else "one process"
-    )
+    actors = ", ".join(f"{n} {kind.replace('_', ' ')[:-1]}(s)" for kind, n in cfg.actor_counts().items() if n)
+    where = f"Ray: {actors}" if cfg.ray else "one process"
     return f"{name} | model {cfg.model} | reward {cfg.reward} | {cfg.epochs} epochs x {work} | {where}"
 
 
@@ -52,6 +50,8 @@ def run_job(config_type: type[D3POConfig] | type[DRaFTConfig], algorithm: str, d
         cfg = tyro.cli(config_type, description=description)
         if cfg.track:
             check_tracking_uri(tracking_uri())
+        if cfg.storage:
+            check_reachable(cfg.storage)
         if is_human(cfg):  # a bad batch folder is named before MLflow starts
             check_labelled(cfg, human_folder(cfg))
         print(headline(cfg), flush=True)

@@ -17,7 +17,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 from torch import Tensor
 
-from rlft.checkpoint import load_checkpoint, save_checkpoint, write_files
+from rlft.checkpoint import load_checkpoint, replace_folder, save_checkpoint, staging_folder, write_files
 from rlft.config import CommonConfig, D3POConfig, DRaFTConfig
 from rlft.d3po import D3POLearner
 from rlft.draft import DRaFTLearner
@@ -48,8 +48,8 @@ Log = Callable[[str], None]
 # Images to show: a grid (N, 3, H, W) in [0, 1] and its prompts, made only when they are logged.
 ShowFn = Callable[[], tuple[Tensor, list[str]]]
 # One epoch's work, given its number: (the algorithm's own metrics, per-sample rewards (B,), the images
-# to show).
-EpochFn = Callable[[int], tuple[dict[str, float], Tensor, ShowFn]]
+# to show); rewards and images are None for an epoch that samples nothing (training on people's labels).
+EpochFn = Callable[[int], tuple[dict[str, float], Tensor | None, ShowFn | None]]
 GradSync = Callable[[list[torch.nn.Parameter]], None]
 
 
@@ -145,13 +145,22 @@ def show_chunk(cfg: DRaFTConfig, prompts: list[str], epoch: int) -> Chunk:
 
 
 def format_epoch(epoch: int, m: dict[str, float]) -> str:
-    extra = f" | acc {m['preference_accuracy']:.2f}" if "preference_accuracy" in m else ""
-    nan = f" | {m['nan_rewards']:.0f} NaN rewards dropped" if m.get("nan_rewards") else ""
-    return (
-        f"epoch {epoch:3d} | reward {m['reward_mean']:.4f} +- {m['reward_std']:.4f} | loss {m['loss']:.4f}"
-        f"{extra} | grad {m['grad_norm']:.1e} | {m['samples_per_s']:.1f} img/s | {m['epoch_time_s']:.1f} s"
-        f"{nan}"
-    )
+    """One line per epoch; an epoch that sampled nothing (people's labels) has no reward or images."""
+    parts = [f"epoch {epoch:3d}"]
+    if "reward_mean" in m:
+        parts.append(f"reward {m['reward_mean']:.4f} +- {m['reward_std']:.4f}")
+    parts.append(f"loss {m['loss']:.4f}")
+    if "preference_accuracy" in m:
+        parts.append(f"acc {m['preference_accuracy']:.2f}")
+    parts.append(f"grad {m['grad_norm']:.1e}")
+    if "samples_per_s" in m:
+        parts.append(f"{m['samples_per_s']:.1f} img/s")
+    elif "items_per_s" in m:
+        parts.append(f"{m['items_per_s']:.1f} items/s")
+    parts.append(f"{m['epoch_time_s']:.1f} s")
+    if m.get("nan_rewards"):
+        parts.append(f"{m['nan_rewards']:.0f} NaN rewards dropped")
+    return " | ".join(parts)
 
 
 def run_epochs(
@@ -177,7 +186,11 @@ def run_epochs(
     for epoch in range(last + 1, cfg.epochs):
         start = time.perf_counter()
         own, rewards, show = one_epoch(epoch)
-        metrics = own | reward_metrics(rewards, time.perf_counter() - start, reward_names(cfg.reward))
+        elapsed = time.perf_counter() - start
+        if rewards is None:
+            metrics = own | {"epoch_time_s": elapsed}
+        else:
+            metrics = own | reward_metrics(rewards, elapsed, reward_names(cfg.reward))
         history.append(metrics)
         log(format_epoch(epoch, metrics))
         # Checkpoint, then log: after a crash in between, the epoch is logged from the checkpoint.
@@ -188,14 +201,21 @@ def run_epochs(
         if tracker is not None:
             tracker.log_epoch(epoch, metrics)
             tracker.log_folder(checkpoint / "adapter", f"checkpoints/epoch_{epoch:04d}")
-            if epoch % cfg.image_every == 0 or epoch == cfg.epochs - 1:
+            if show is not None and (epoch % cfg.image_every == 0 or epoch == cfg.epochs - 1):
                 tracker.log_images(epoch, *show())
-    write_files(Path(run_dir) / "adapter", trained.adapter_files())
+    write_adapter(Path(run_dir) / "adapter", trained.adapter_files())
     if storage is not None:
         storage.upload_folder(Path(run_dir) / "adapter", "adapter")
     if tracker is not None:
         tracker.log_folder(Path(run_dir) / "adapter", "adapter")
     return history
+
+
+def write_adapter(folder: Path, files: dict[str, bytes]) -> None:
+    """The run's final adapter, written beside `folder` and renamed into place: a crash leaves the old one."""
+    staging = staging_folder(folder)
+    write_files(staging, files)
+    replace_folder(folder, staging)
 
 
 def sample_epoch(pipe: StableDiffusionPipeline, cfg: CommonConfig, prompts: list[str], epoch: int) -> dict:

@@ -41,6 +41,22 @@ def storage_problem(uri: str) -> str | None:
     return None if parsed.netloc else f"{parsed.scheme}:// needs a bucket (or host)"
 
 
+def check_reachable(uri: str) -> None:
+    """A ValueError naming `storage` when its bucket does not exist or cannot be read (credentials,
+    network): asked before a run starts, not after its first epoch. Folders are made when first written."""
+    scheme = urlparse(uri).scheme if "://" in uri else ""
+    if scheme not in SCHEMES or scheme == "hdfs":
+        return
+    try:
+        fs, root = pafs.FileSystem.from_uri(uri)
+        bucket = root.split("/")[0]
+        found = fs.get_file_info(bucket).type != pafs.FileType.NotFound
+    except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
+        raise ValueError(f"storage={uri!r} cannot be reached: {error}") from None
+    if not found:
+        raise ValueError(f"storage={uri!r}: the bucket {bucket!r} does not exist; create it or name another")
+
+
 def _epoch_folder(epoch: int) -> str:
     return f"epoch_{epoch:04d}"
 

@@ -51,3 +51,12 @@ def test_a_gpu_only_a_node_type_has_is_accepted_and_more_than_any_type_has_is_na
         check_resources(D3POConfig(sampler_gpus=2), None, nodes)
     with pytest.raises(ValueError, match=r"worker_resource='trainer' is not allowed: no node .* offers"):
         check_resources(D3POConfig(worker_resource="trainer"), None, nodes)
+
+
+def test_a_run_on_peoples_labels_asks_only_for_its_train_workers():
+    nodes = [HEAD]  # no GPU anywhere: samplers asking for one could never start
+    with pytest.raises(ValueError, match=r"sampler_gpus=1 is not allowed"):
+        check_resources(D3POConfig(sampler_gpus=1), {"CPU": 4.0}, nodes)
+    check_resources(D3POConfig(reward="human:batch", sampler_gpus=1), {"CPU": 4.0}, nodes)  # none start
+    with pytest.raises(ValueError, match=r"train_workers=5 are not allowed together: they need 5 CPUs"):
+        check_resources(D3POConfig(reward="human:batch", train_workers=5, batch_size=5), {"CPU": 4.0}, nodes)

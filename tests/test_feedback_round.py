@@ -1,5 +1,6 @@
 import io
 import json
+import math
 import os
 import subprocess
 import sys
@@ -9,15 +10,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import ray
 import torch
+from mlflow.tracking import MlflowClient
 from PIL import Image
 from safetensors.torch import load_file
 from werkzeug.serving import make_server
 
 from rlft.batch_folder import read_manifest
+from rlft.cluster import start_ray
 from rlft.config import D3POConfig
 from rlft.feedback import SampleGroupsConfig, sample_groups
-from rlft.human import train_on_labels
+from rlft.human import train_human, train_on_labels
 from rlft.label_server import create_app
 from rlft.labels import Label, connect, save_label
 from rlft.models import build_tiny_pipeline
@@ -64,13 +68,17 @@ def test_a_full_round_sample_label_train_then_sample_from_the_new_adapter(tmp_pa
     assert label_over_http(first, "ann") == 4
     runs = str(tmp_path / "runs")
     shared = str(tmp_path / "shared")  # storage every node shares: the adapter goes there too
-    train = D3POConfig(num_steps=3, epochs=2, batch_size=4, runs_dir=runs, run_name="r0", storage=shared)
+    train = D3POConfig(
+        num_steps=3, epochs=2, batch_size=4, runs_dir=runs, run_name="r0", storage=shared, ray=False
+    )
     lines = []
     adapter = train_on_labels(train, first, log=lines.append)
     assert lines[0].startswith("4 pairs (0 ties) from 1 annotator(s)")
-    # One line per pass over the 4 pairs x 3 steps. (Whether the loss falls is not asserted: on 4 pairs
-    # of the random tiny model it moves by about 1e-3 per pass, within its noise; see DESIGN.md.)
-    assert [line.split("|")[0].strip() for line in lines[1:]] == ["pass   0", "pass   1"]
+    # One line per epoch (a pass over the 4 pairs x 3 steps), with no reward: nothing was sampled. (Whether
+    # the loss falls is not asserted: on 4 pairs of the random tiny model it moves by about 1e-3 per pass,
+    # within its noise; see DESIGN.md.)
+    assert [line.split("|")[0].strip() for line in lines[1:]] == ["epoch   0", "epoch   1"]
+    assert "reward" not in lines[1] and "loss" in lines[1] and "acc" in lines[1]
     assert adapter == tmp_path / "runs" / "r0" / "adapter" and (adapter / ADAPTER_FILE).is_file()
     uploaded = tmp_path / "shared" / "r0" / "adapter" / ADAPTER_FILE
     assert uploaded.read_bytes() == (adapter / ADAPTER_FILE).read_bytes()
@@ -92,12 +100,9 @@ def test_a_full_round_sample_label_train_then_sample_from_the_new_adapter(tmp_pa
     conn = connect(second)
     save_label(conn, Label("ann", 0, best="g0000-0", worst="g0000-1"), sha)
     conn.close()
-    still = D3POConfig(num_steps=3, epochs=1, lr=1e-12, runs_dir=runs, run_name="r1")
+    still = D3POConfig(num_steps=3, epochs=1, lr=1e-12, runs_dir=runs, run_name="r1", ray=False)
     again = train_on_labels(still, second)
-    old, new = load_file(adapter / ADAPTER_FILE), load_file(again / ADAPTER_FILE)
-    assert old.keys() == new.keys()
-    assert all(torch.allclose(old[k], new[k], atol=1e-6) for k in old)
-    assert any(old[k].abs().max() > 0 for k in old if "up" in k)  # trained, not the zero init
+    assert_same_adapter(adapter, again)
 
 
 @pytest.mark.slow
@@ -105,10 +110,9 @@ def test_the_d3po_job_trains_on_a_labelled_batch(tmp_path):
     batch = sample_groups(SampleGroupsConfig(out=str(tmp_path / "round0"), **SAMPLING), log=print)
     assert label_over_http(batch, "ann") == 4
     env = os.environ | {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
-    flags = [
+    flags = [  # on Ray (the default): one train worker, no sampler or scorer
         "--reward",
         f"human:{batch}",
-        "--no-ray",
         "--epochs",
         "2",
         "--num-steps",
@@ -126,12 +130,57 @@ def test_the_d3po_job_trains_on_a_labelled_batch(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert [line.split("|")[0].strip() for line in lines if line.startswith("pass")] == [
-        "pass   0",
-        "pass   1",
+    assert "Ray: 1 train worker(s)" in lines[0]
+    assert [line.split("|")[0].strip() for line in lines if line.startswith("epoch")] == [
+        "epoch   0",
+        "epoch   1",
     ]
     assert "4 pairs (0 ties)" in result.stdout and "nan" not in result.stdout.lower()
     summary = next(line for line in lines if line.startswith("labels:"))
     assert "4 pairs" in summary and "accuracy" in summary
     assert (tmp_path / "runs" / "h0" / "adapter" / ADAPTER_FILE).is_file()
-    assert "MLflow run" in result.stdout
+    run_id = next(line for line in lines if line.startswith("MLflow run")).split()[2]
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    assert [m.step for m in client.get_metric_history(run_id, "loss")] == [0, 1]
+    assert not client.get_metric_history(run_id, "reward_mean")
+
+
+@pytest.mark.slow
+def test_on_ray_labels_train_as_in_one_process_a_run_resumes_and_the_start_adapter_is_continued(tmp_path):
+    first = sample_groups(SampleGroupsConfig(out=str(tmp_path / "round0"), **SAMPLING), log=print)
+    assert label_over_http(first, "ann") == 4
+    same = dict(num_steps=3, batch_size=4, shuffle=False, threads=1)
+    single = train_human(D3POConfig(epochs=2, ray=False, **same), first, tmp_path / "single", log=print)
+    start_ray(D3POConfig(reward=f"human:{first}"))  # asks for one train worker, no sampler or scorer
+    try:
+        run = tmp_path / "ray"
+        train_human(D3POConfig(epochs=1, **same), first, run, log=print)  # stopped after epoch 0 ...
+        lines = []
+        resumed = train_human(D3POConfig(epochs=2, **same), first, run, log=lines.append)  # ... started again
+        assert f"resuming {run} after epoch 0" in lines
+        assert len(resumed) == 2
+        for epoch, (a, b) in enumerate(zip(single, resumed, strict=True)):
+            for key in ("loss", "preference_accuracy", "grad_norm"):
+                assert math.isclose(a[key], b[key], rel_tol=1e-5, abs_tol=1e-7), (epoch, key, a[key], b[key])
+        adapter = run / "adapter"
+        assert_same_adapter(tmp_path / "single" / "adapter", adapter)
+
+        # The next round, sampled from the Ray run's adapter, continues it on the workers: with a learning
+        # rate near zero the adapter comes out as it went in.
+        cfg = SampleGroupsConfig(out=str(tmp_path / "round1"), adapter=str(adapter), round=1, **SAMPLING)
+        second = sample_groups(cfg, log=print)
+        manifest, sha = read_manifest(second)
+        conn = connect(second)
+        save_label(conn, Label("ann", 0, best="g0000-0", worst="g0000-1"), sha)
+        conn.close()
+        train_human(D3POConfig(epochs=1, lr=1e-12, **same), second, tmp_path / "ray1", log=print)
+        assert_same_adapter(adapter, tmp_path / "ray1" / "adapter")
+    finally:
+        ray.shutdown()
+
+
+def assert_same_adapter(a: Path, b: Path) -> None:
+    old, new = load_file(a / ADAPTER_FILE), load_file(b / ADAPTER_FILE)
+    assert old.keys() == new.keys()
+    assert all(torch.allclose(old[k], new[k], atol=1e-6) for k in old)
+    assert any(old[k].abs().max() > 0 for k in old if "up" in k)  # trained, not the zero init

@@ -17,7 +17,7 @@ from processes import free_port
 from rlft.checkpoint import load_checkpoint, save_checkpoint
 from rlft.config import D3POConfig, DRaFTConfig
 from rlft.loop import train_d3po
-from rlft.storage import MARKER, RunStorage
+from rlft.storage import MARKER, RunStorage, check_reachable
 
 ROOT = Path(__file__).resolve().parents[1]
 AWS_ENV = {
@@ -104,6 +104,19 @@ def test_a_failed_upload_raises_naming_the_storage_after_the_local_checkpoint_is
     with pytest.raises(OSError, match=re.escape(f"storage={uri!r}: uploading epoch 0 failed")):
         _save(tmp_path / "checkpoint", 0, RunStorage(uri, "run"))
     assert load_checkpoint(tmp_path / "checkpoint")[0] == 0
+
+
+def test_a_missing_bucket_stops_the_job_before_anything_starts(s3_endpoint, tmp_path):
+    check_reachable(f"s3://rlft/runs{s3_endpoint}")  # the bucket is there; the prefix is made on upload
+    uri = f"s3://no-such-bucket/runs{s3_endpoint}"
+    with pytest.raises(ValueError, match=re.escape(f"storage={uri!r}: the bucket 'no-such-bucket' does not")):
+        check_reachable(uri)
+    runs, mlflow_db = tmp_path / "runs", tmp_path / "mlflow.db"
+    env = os.environ | AWS_ENV | {"MLFLOW_TRACKING_URI": f"sqlite:///{mlflow_db}"}
+    command = [sys.executable, "jobs/d3po.py", "--storage", uri, "--runs-dir", str(runs)]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "error: storage=" in done.stderr and "Traceback" not in done.stderr
+    assert not runs.exists() and not mlflow_db.exists()  # no run folder, no MLflow run, no Ray
 
 
 @pytest.mark.parametrize(
