@@ -1,4 +1,5 @@
-"""The labelling page in a real browser: Debian's Chromium driven by Playwright (no `playwright install`)."""
+"""The labelling page in a real browser: Debian's Chromium driven by Playwright (no `playwright install`);
+then one training round on the labels it stored."""
 
 import re
 import subprocess
@@ -7,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from rlft.config import D3POConfig
 from rlft.feedback import SampleGroupsConfig, sample_groups
-from rlft.human import labelled_items
+from rlft.human import labelled_items, train_on_labels
+from rlft.policy import ADAPTER_FILE
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -111,3 +114,10 @@ def test_labelling_a_batch_with_clicks_and_keys_survives_a_restart(tmp_path):
     assert pairs == [(1, 0), (2, 0), (1, 2), (3, 4), (3, 5), (4, 5), (6, 7), (6, 8), (8, 7)]
     assert (labels["ties"], labels["annotators"]) == (0, ["alice"])
     assert samples["latents"].shape[0] == 9
+
+    # One training round on them: the 9 pairs x 2 steps, one pass, an adapter to sample the next round from.
+    lines = []
+    cfg = D3POConfig(num_steps=2, epochs=1, batch_size=6, ray=False, runs_dir=str(tmp_path / "runs"))
+    adapter = train_on_labels(cfg, folder, log=lines.append)
+    assert lines[0].startswith("9 pairs (0 ties) from 1 annotator(s)") and lines[1].startswith("epoch   0")
+    assert (adapter / ADAPTER_FILE).is_file()
