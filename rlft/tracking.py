@@ -79,8 +79,8 @@ class Tracker:
             params = [Param(k, v[:6000]) for k, v in _flatten(config).items()]
             self.client.log_batch(self.run_id, params=params)
 
-    def logged_epochs(self, key: str = "reward_mean") -> list[int]:
-        """The epochs (steps) that already have `key` logged."""
+    def logged_epochs(self, key: str = "epoch_time_s") -> list[int]:
+        """The epochs (steps) that already have `key` logged (by default a metric every epoch has)."""
         return [m.step for m in self.client.get_metric_history(self.run_id, key)]
 
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:

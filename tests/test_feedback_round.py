@@ -26,6 +26,7 @@ from rlft.label_server import create_app
 from rlft.labels import Label, connect, save_label
 from rlft.models import build_tiny_pipeline
 from rlft.policy import ADAPTER_FILE
+from rlft.tracking import Tracker
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLING = dict(groups=4, group_size=2, num_steps=3)
@@ -153,11 +154,15 @@ def test_on_ray_labels_train_as_in_one_process_a_run_resumes_and_the_start_adapt
     single = train_human(D3POConfig(epochs=2, ray=False, **same), first, tmp_path / "single", log=print)
     start_ray(D3POConfig(reward=f"human:{first}"))  # asks for one train worker, no sampler or scorer
     try:
-        run = tmp_path / "ray"
-        train_human(D3POConfig(epochs=1, **same), first, run, log=print)  # stopped after epoch 0 ...
+        run, uri = tmp_path / "ray", f"sqlite:///{tmp_path / 'mlflow.db'}"
+        with Tracker("ray", same, {}, uri=uri) as tracker:  # stopped after epoch 0 ...
+            train_human(D3POConfig(epochs=1, **same), first, run, tracker, log=print)
         lines = []
-        resumed = train_human(D3POConfig(epochs=2, **same), first, run, log=lines.append)  # ... started again
+        with Tracker("ray", same, {}, uri=uri) as tracker:  # ... and started again
+            resumed = train_human(D3POConfig(epochs=2, **same), first, run, tracker, log=lines.append)
         assert f"resuming {run} after epoch 0" in lines
+        history = MlflowClient(uri).get_metric_history(tracker.run_id, "loss")
+        assert [m.step for m in history] == [0, 1]  # each pass logged once
         assert len(resumed) == 2
         for epoch, (a, b) in enumerate(zip(single, resumed, strict=True)):
             for key in ("loss", "preference_accuracy", "grad_norm"):

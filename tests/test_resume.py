@@ -51,7 +51,10 @@ def test_draft_resumes_too(tmp_path):
 def test_epochs_checkpointed_but_never_logged_are_logged_on_resume(tmp_path, tiny_pipe):
     policy = Policy(tiny_pipe.unet)
     optimizer = torch.optim.AdamW(policy.parameters())
-    history = [{"reward_mean": -1.5, "loss": 0.69}, {"reward_mean": -1.4, "loss": 0.68}]
+    history = [  # as run_epochs records them: every epoch has its epoch_time_s
+        {"reward_mean": -1.5, "loss": 0.69, "epoch_time_s": 3.0},
+        {"reward_mean": -1.4, "loss": 0.68, "epoch_time_s": 3.1},
+    ]
     save_checkpoint(
         tmp_path / "run" / "checkpoint",
         epoch=1,
