@@ -45,3 +45,13 @@ def stop_process(process: subprocess.Popen) -> None:
         os.killpg(process.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def start_ray_head(
+    ray: Path, gcs_port: int, dashboard_port: int, temp_dir: Path, env: dict, log: Path, *flags: str
+) -> subprocess.Popen:
+    """`ray start --head --block` on the loopback with its own temp dir (the address file of a `ray start`
+    goes there, so no other test's `ray.init(address="auto")` finds this cluster); `flags` add to it."""
+    command = [str(ray), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs_port}"]
+    command += [f"--dashboard-port={dashboard_port}", "--dashboard-host=127.0.0.1", f"--temp-dir={temp_dir}"]
+    return start_process([*command, "--disable-usage-stats", *flags], env, log)

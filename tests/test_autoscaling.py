@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from processes import free_port, start_process, stop_process, wait_http
+from processes import free_port, start_ray_head, stop_process, wait_http
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,24 +46,16 @@ def test_demand_beyond_the_head_adds_nodes_the_job_succeeds_and_idle_nodes_go(tm
         "RAY_FAKE_CLUSTER": "1",
     }
     env.pop("RAY_ADDRESS", None)
-    head = start_process(
-        [
-            str(BIN / "ray"),
-            "start",
-            "--head",
-            "--block",
-            "--node-ip-address=127.0.0.1",
-            f"--port={gcs_port}",
-            f"--dashboard-port={dashboard_port}",
-            "--dashboard-host=127.0.0.1",
-            "--num-cpus=4",
-            '--resources={"trainer": 1}',  # the train worker stays on the head (--worker-resource trainer)
-            f"--temp-dir={ray_temp}",
-            "--disable-usage-stats",
-            f"--autoscaling-config={tmp_path / 'fake_cluster.yaml'}",
-        ],
+    head = start_ray_head(
+        BIN / "ray",
+        gcs_port,
+        dashboard_port,
+        ray_temp,
         env,
         tmp_path / "ray.log",
+        "--num-cpus=4",
+        '--resources={"trainer": 1}',  # the train worker stays on the head (--worker-resource trainer)
+        f"--autoscaling-config={tmp_path / 'fake_cluster.yaml'}",
     )
     monitor = ray_temp / "session_latest" / "logs" / "monitor.log"
     try:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
-from processes import free_port, start_process, stop_process, wait_http
+from processes import free_port, start_process, start_ray_head, stop_process, wait_http
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,22 +47,8 @@ def cluster(tmp_path_factory):
         env,
         folder / "mlflow.log",
     )
-    head = start_process(
-        [
-            str(BIN / "ray"),
-            "start",
-            "--head",
-            "--block",
-            "--node-ip-address=127.0.0.1",
-            f"--port={gcs_port}",
-            f"--dashboard-port={dashboard_port}",
-            "--dashboard-host=127.0.0.1",
-            "--num-cpus=6",
-            f"--temp-dir={ray_temp}",
-            "--disable-usage-stats",
-        ],
-        env,
-        folder / "ray.log",
+    head = start_ray_head(
+        BIN / "ray", gcs_port, dashboard_port, ray_temp, env, folder / "ray.log", "--num-cpus=6"
     )
     try:
         wait_http(f"http://127.0.0.1:{mlflow_port}/health", 120)
