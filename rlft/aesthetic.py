@@ -13,6 +13,7 @@ writes them; a full CLIPModel or a CLIPVisionModelWithProjection) and the head a
 on the first call, once per process, and follow the images to their device.
 """
 
+import contextlib
 import functools
 from pathlib import Path
 
@@ -95,6 +96,20 @@ def check_folder(folder: str) -> None:
         raise ValueError(f"{where} lacks {', '.join(missing)}; expected {expected}")
 
 
+@contextlib.contextmanager
+def hub_download(reward: str, sources: str):
+    """Loading `reward`'s weights from the hub (or its cache): a failure (no network, nothing cached) becomes
+    an OSError that names the reward, what it fetches and the offline way round it."""
+    try:
+        yield
+    except OSError as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise OSError(
+            f"reward {reward!r}: cannot load {sources} from the Hugging Face hub or its cache ({first}); "
+            f"with no network, copy the weights to a folder and use {reward}:<folder> (see the README)"
+        ) from error
+
+
 def vision_config(source: str):
     """The vision config of a CLIP model: a CLIPModel checkpoint's vision half loads into
     CLIPVisionModelWithProjection (its text weights skipped), but its vision config may lack the projection
@@ -116,11 +131,13 @@ def load_predictor(folder: str | None) -> AestheticPredictor:
     if folder is None:
         from huggingface_hub import hf_hub_download
 
-        clip_source, head_file = HUB_CLIP, hf_hub_download(*HUB_HEAD)
+        with hub_download("aesthetic", f"{HUB_CLIP} and {HUB_HEAD[0]}"):
+            head_file = hf_hub_download(*HUB_HEAD)
+            clip = CLIPVisionModelWithProjection.from_pretrained(HUB_CLIP, config=vision_config(HUB_CLIP))
     else:
         check_folder(folder)
-        clip_source, head_file = folder, str(Path(folder) / HEAD_FILE)
-    clip = CLIPVisionModelWithProjection.from_pretrained(clip_source, config=vision_config(clip_source))
+        head_file = str(Path(folder) / HEAD_FILE)
+        clip = CLIPVisionModelWithProjection.from_pretrained(folder, config=vision_config(folder))
     head = AestheticHead(clip.config.projection_dim)
     head.load_state_dict(torch.load(head_file, map_location="cpu", weights_only=True))
     return AestheticPredictor(clip, head).eval().requires_grad_(False)

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from rlft.aesthetic import clip_preprocess
+from rlft.aesthetic import clip_preprocess, hub_download
 
 HUB_NAME = "ImageReward-v1.0"
 FILES = ("ImageReward.pt", "med_config.json")
@@ -146,7 +146,8 @@ def _load_from_folder(folder: str) -> nn.Module:
 def load_model(folder: str | None) -> nn.Module:
     """The ImageReward model from `folder` (or the hub), on the CPU, eval mode, frozen; once per process."""
     if folder is None:
-        model = import_image_reward().load(HUB_NAME, device="cpu")
+        with hub_download("imagereward", f"THUDM/ImageReward's {HUB_NAME} and bert-base-uncased"):
+            model = import_image_reward().load(HUB_NAME, device="cpu")
     else:
         model = _load_from_folder(folder)
     return model.eval().requires_grad_(False)
