@@ -170,14 +170,20 @@ def ray_trainer(
 
 
 def train_human(
-    cfg: D3POConfig, folder: str | Path, run_dir: str | Path, tracker: Tracker | None = None, log: Log = print
+    cfg: D3POConfig,
+    folder: str | Path,
+    run_dir: str | Path,
+    tracker: Tracker | None = None,
+    log: Log = print,
+    checked: tuple[D3POConfig, dict, dict] | None = None,
 ) -> list[dict[str, float]]:
     """D3PO on the folder's majority pairs for cfg.epochs passes, on Ray Train workers (cfg.ray; Ray must be
     running) or in this process. Each pass is an epoch of `run_epochs`: checkpointed, resumed after the last
     finished one when started again on the same run_dir, logged to `tracker`. Writes run_dir/adapter and
     returns one metrics dict per pass (loss, preference_accuracy, grad_norm, pairs, ties, items_per_s,
-    epoch_time_s)."""
-    cfg, samples, labels = check_labelled(cfg, folder)
+    epoch_time_s). `checked`: what `check_labelled(cfg, folder)` gave, when the caller has it already (the
+    job checks the batch before Ray starts), so the batch is read once."""
+    cfg, samples, labels = checked or check_labelled(cfg, folder)
     adapter = labels["manifest"].get("adapter")
     items = pair_items(
         samples["latents"], samples["group"], samples["timesteps"], labels["index_w"], labels["index_l"]

@@ -7,6 +7,7 @@ actor starts or an MLflow run is created, and a failure exits with one line nami
 import logging
 import sys
 from contextlib import nullcontext
+from functools import partial
 
 import ray
 import tyro
@@ -23,10 +24,6 @@ from rlft.tracking import check_tracking_uri, open_run, tracking_uri
 def is_human(cfg: D3POConfig | DRaFTConfig) -> bool:
     """A D3PO run on people's labels (reward human:<folder>): nothing sampled, only trained."""
     return isinstance(cfg, D3POConfig) and cfg.human
-
-
-def train_labelled(cfg: D3POConfig, run_dir, tracker) -> list[dict[str, float]]:
-    return train_human(cfg, human_folder(cfg), run_dir, tracker)
 
 
 def headline(cfg: D3POConfig | DRaFTConfig) -> str:
@@ -52,8 +49,8 @@ def run_job(config_type: type[D3POConfig] | type[DRaFTConfig], algorithm: str, d
             check_tracking_uri(tracking_uri())
         if cfg.storage:
             check_reachable(cfg.storage)
-        if is_human(cfg):  # a bad batch folder is named before MLflow starts
-            check_labelled(cfg, human_folder(cfg))
+        # A bad batch folder is named before MLflow starts; the batch read here is the one trained on.
+        checked = check_labelled(cfg, human_folder(cfg)) if is_human(cfg) else None
         print(headline(cfg), flush=True)
         started_ray = cfg.ray and start_ray(cfg)
         run_dir, tracker = open_run(cfg, algorithm)
@@ -62,14 +59,14 @@ def run_job(config_type: type[D3POConfig] | type[DRaFTConfig], algorithm: str, d
             ray.shutdown()
         sys.exit(f"error: {error}")
     try:
-        if is_human(cfg):
-            train = train_labelled
+        if checked is not None:
+            train = partial(train_human, folder=human_folder(cfg), checked=checked)
         elif cfg.ray:
             train = ray_train
         else:
             train = train_d3po if isinstance(cfg, D3POConfig) else train_draft
         with tracker or nullcontext():
-            history = train(cfg, run_dir, tracker)
+            history = train(cfg, run_dir=run_dir, tracker=tracker)
     finally:
         if started_ray:
             ray.shutdown()
