@@ -38,9 +38,20 @@ class CommonConfig:
     """Sampling-and-training rounds."""
     seed: int = 0
     """Seeds the tiny model's weights, the LoRA init, the noise and the shuffles."""
-    prompts: str = "animals"
-    """Prompts: a built-in set (animals, simple-animals, unseen-animals, everyday-objects, animal-activities;
-    see rlft/prompts.py) or a path to a text file, one prompt per line (blank lines and # lines skipped)."""
+    prompts: str = "shapes"
+    """Prompts: a built-in set (shapes, the tiny model's world; animals, simple-animals, unseen-animals,
+    everyday-objects, animal-activities; see rlft/prompts.py) or a path to a text file, one prompt per line
+    (blank lines and # lines skipped)."""
+    eval_prompts: str = "shapes-eval"
+    """Prompts of the fixed evaluation set (a built-in set or a file, as --prompts), taken in order; the
+    default holds captions that --prompts shapes never draws."""
+    eval_images: int = 32
+    """Images in the fixed evaluation set: one per evaluation prompt (cycling), each with fixed noise."""
+    eval_every: int = 1
+    """Score the policy on the fixed evaluation set every this many epochs (and at the last); 0: never."""
+    reverse_preferences: bool = False
+    """Train toward the reward's opposite (D3PO: every preference swapped; DRaFT: the reward descended) while
+    logging the true reward: the control that shows learning comes from the reward, not from drift."""
     num_steps: int = 20
     """DDIM denoising steps per sample."""
     guidance_scale: float = 5.0
@@ -132,6 +143,11 @@ class CommonConfig:
         _check(self.max_grad_norm > 0, "max_grad_norm", self.max_grad_norm, "positive")
         _check(self.threads is None or self.threads >= 1, "threads", self.threads, "at least 1")
         _check(self.image_every >= 1, "image_every", self.image_every, "at least 1")
+        load_prompts(self.eval_prompts)
+        _check(
+            self.eval_images >= 2, "eval_images", self.eval_images, "at least 2 (a standard error needs two)"
+        )
+        _check(self.eval_every >= 0, "eval_every", self.eval_every, "0 (never) or more")
         _check(self.sample_batch >= 1, "sample_batch", self.sample_batch, "at least 1")
         for field in ("samplers", "scorers", "train_workers"):
             _check(getattr(self, field) >= 1, field, getattr(self, field), "at least 1")

@@ -119,6 +119,8 @@ def draft_lv_loss(
 class DRaFTLearner:
     """Applies DRaFT-K (full DRaFT when K = all steps) or DRaFT-LV updates to a `Policy`.
 
+    `descend` minimises the reward instead (a control run); the rewards it reports are still the reward's.
+
     `grad_sync`, when set, runs between backward and clipping (data-parallel workers average gradients).
     """
 
@@ -136,9 +138,10 @@ class DRaFTLearner:
         eta: float = 0.0,
         max_grad_norm: float = 1.0,
         grad_sync: Callable[[list[torch.nn.Parameter]], None] | None = None,
+        descend: bool = False,
     ):
         self.pipe, self.policy = pipe, policy
-        self.reward_fn = reward_fn
+        self.reward_fn, self.descend = reward_fn, descend
         self.num_steps, self.k, self.lv_copies = num_steps, k, lv_copies
         self.guidance_scale, self.eta, self.max_grad_norm = guidance_scale, eta, max_grad_norm
         self.grad_sync = grad_sync
@@ -176,6 +179,8 @@ class DRaFTLearner:
             args = (self.pipe, self.policy.unet, self.reward_fn, latents, tail)
             loss, rewards = draft_k_loss(*args, embeds, uncond, eta=self.eta, noises=noises, **common)
             sample_rewards = rewards.detach().float().cpu()
+        if self.descend:
+            loss = -loss  # the loss is minus the mean reward: its negative descends the reward
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.grad_sync is not None:

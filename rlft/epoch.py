@@ -25,7 +25,7 @@ from rlft.d3po import pair_items, pairs_from_rewards
 from rlft.prompts import draw_prompts
 from rlft.sampling import sample_trajectories
 
-STREAMS = ("prompts", "noise", "shuffle", "train", "show")
+STREAMS = ("prompts", "noise", "shuffle", "train", "show", "eval")
 
 
 def stream_seed(seed: int, epoch: int, stream: str, index: int = 0) -> int:
@@ -100,10 +100,13 @@ def concat_samples(parts: list[dict[str, Tensor]]) -> dict[str, Tensor]:
     return joined | {"timesteps": parts[0]["timesteps"]}
 
 
-def d3po_items(samples: dict[str, Tensor], rewards: Tensor) -> tuple[dict[str, Tensor], dict[str, float]]:
+def d3po_items(
+    samples: dict[str, Tensor], rewards: Tensor, reverse: bool = False
+) -> tuple[dict[str, Tensor], dict[str, float]]:
     """(pair, timestep) items from the preferences within each group (`pairs_from_rewards`); rewards (B,) or
-    (B, R) for several rewards; a sample with a NaN reward takes no part."""
-    index_w, index_l, ties = pairs_from_rewards(rewards, samples["group"])
+    (B, R) for several rewards; a sample with a NaN reward takes no part. `reverse` swaps every preference
+    (the control run of `--reverse-preferences`)."""
+    index_w, index_l, ties = pairs_from_rewards(-rewards if reverse else rewards, samples["group"])
     items = pair_items(samples["latents"], samples["group"], samples["timesteps"], index_w, index_l)
     return items, {"pairs": float(len(index_w)), "ties": float(ties)}
 

@@ -8,6 +8,7 @@ import logging
 import sys
 from contextlib import nullcontext
 from functools import partial
+from pathlib import Path
 
 import ray
 import tyro
@@ -15,7 +16,7 @@ import tyro
 from rlft.cluster import start_ray
 from rlft.config import D3POConfig, DRaFTConfig
 from rlft.human import check_labelled, human_folder, train_human
-from rlft.loop import train_d3po, train_draft
+from rlft.loop import GRID_FILE, train_d3po, train_draft
 from rlft.ray_loop import ray_train
 from rlft.storage import check_reachable
 from rlft.tracking import check_tracking_uri, open_run, tracking_uri
@@ -37,6 +38,22 @@ def headline(cfg: D3POConfig | DRaFTConfig) -> str:
     actors = ", ".join(f"{n} {kind.replace('_', ' ')[:-1]}(s)" for kind, n in cfg.actor_counts().items() if n)
     where = f"Ray: {actors}" if cfg.ray else "one process"
     return f"{name} | model {cfg.model} | reward {cfg.reward} | {cfg.epochs} epochs x {work} | {where}"
+
+
+def summary(history: list[dict[str, float]], run_dir: Path) -> str:
+    """The last line: the fixed evaluation set's reward before and after training (what shows learning),
+    the paired gain in standard errors, and where the before/after grid and the adapter are."""
+    rewards = [h["reward_mean"] for h in history]
+    evaluated = [h for h in history if "eval_gain_mean" in h]
+    if not evaluated:
+        return f"train reward: first {rewards[0]:.4f}, last {rewards[-1]:.4f} | adapter in {run_dir}/adapter"
+    m = evaluated[-1]
+    gain, se = m["eval_gain_mean"], m["eval_gain_se"]
+    return (
+        f"eval reward: base {m['eval_reward_base_mean']:.4f} -> {m['eval_reward_mean']:.4f} "
+        f"(gain {gain:+.4f} +- {se:.4f}, {gain / se if se else float('nan'):+.1f} standard errors) | "
+        f"before/after grid: {run_dir / GRID_FILE} | adapter in {run_dir}/adapter"
+    )
 
 
 def run_job(config_type: type[D3POConfig] | type[DRaFTConfig], algorithm: str, description: str) -> None:
@@ -78,11 +95,6 @@ def run_job(config_type: type[D3POConfig] | type[DRaFTConfig], algorithm: str, d
             f"{last['preference_accuracy']:.2f} | adapter in {run_dir}/adapter"
         )
     else:
-        rewards = [h["reward_mean"] for h in history]
-        best = max(range(len(rewards)), key=rewards.__getitem__)
-        print(
-            f"reward: first {rewards[0]:.4f}, best {rewards[best]:.4f} (epoch {best}), last {rewards[-1]:.4f}"
-            f" | adapter in {run_dir}/adapter"
-        )
+        print(summary(history, run_dir))
     if tracker:
         print(f"MLflow run {tracker.run_id} ({tracker.run_name}) in {tracker.uri}")

@@ -37,6 +37,14 @@ from rlft.epoch import (
     stream_generator,
     stream_seed,
 )
+from rlft.evaluation import (
+    before_after_grid,
+    eval_chunks,
+    eval_metrics,
+    eval_settings,
+    format_eval,
+    save_grid,
+)
 from rlft.models import load_pipeline
 from rlft.policy import Policy
 from rlft.rewards import get_reward, reward_names
@@ -51,6 +59,9 @@ ShowFn = Callable[[], tuple[Tensor, list[str]]]
 # to show); rewards and images are None for an epoch that samples nothing (training on people's labels).
 EpochFn = Callable[[int], tuple[dict[str, float], Tensor | None, ShowFn | None]]
 GradSync = Callable[[list[torch.nn.Parameter]], None]
+# Scores the current policy on the fixed evaluation set: (rewards (N,) or (N, R), images (N, 3, H, W)).
+EvalFn = Callable[[], tuple[Tensor, Tensor]]
+GRID_FILE = "before_after.png"
 
 
 class Trained(Protocol):
@@ -135,6 +146,7 @@ def make_draft_learner(
         eta=cfg.eta,
         max_grad_norm=cfg.max_grad_norm,
         grad_sync=grad_sync,
+        descend=cfg.reverse_preferences,
     )
 
 
@@ -147,11 +159,19 @@ def show_chunk(cfg: DRaFTConfig, prompts: list[str], epoch: int) -> Chunk:
 def format_epoch(epoch: int, m: dict[str, float]) -> str:
     """One line per epoch; an epoch that sampled nothing (people's labels) has no reward or images."""
     parts = [f"epoch {epoch:3d}"]
+    if "eval_reward_mean" in m:
+        parts.append(format_eval(m))
     if "reward_mean" in m:
-        parts.append(f"reward {m['reward_mean']:.4f} +- {m['reward_std']:.4f}")
-    parts.append(f"loss {m['loss']:.4f}")
-    if "preference_accuracy" in m:
-        parts.append(f"acc {m['preference_accuracy']:.2f}")
+        parts.append(f"train reward {m['reward_mean']:.4f} +- {m['reward_std']:.4f}")
+    if "reward_margin" in m:  # D3PO: its loss sits near log 2 while the log-ratios are small
+        trained = m["pairs"] / max(m["pairs"] + m["ties"], 1) if "pairs" in m else float("nan")
+        parts.append(f"margin {m['reward_margin']:+.2e} | acc {m['preference_accuracy']:.2f}")
+        if "pairs" in m:
+            parts.append(f"pairs {m['pairs']:.0f} ({trained:.0%} of compared)")
+    else:
+        parts.append(f"loss {m['loss']:.4f}")
+        if "preference_accuracy" in m:
+            parts.append(f"acc {m['preference_accuracy']:.2f}")
     parts.append(f"grad {m['grad_norm']:.1e}")
     if "samples_per_s" in m:
         parts.append(f"{m['samples_per_s']:.1f} img/s")
@@ -170,11 +190,23 @@ def run_epochs(
     one_epoch: EpochFn,
     tracker: Tracker | None,
     log: Log,
+    evaluate: EvalFn | None = None,
 ) -> list[dict[str, float]]:
-    """Resume from run_dir's checkpoint if there is one, then run, checkpoint and log the remaining epochs."""
+    """Resume from run_dir's checkpoint if there is one, then run, checkpoint and log the remaining epochs.
+
+    With `evaluate` (and cfg.eval_every > 0), the base model is scored on the fixed evaluation set first
+    (again on resume: it is deterministic), then the policy after every cfg.eval_every-th epoch and the last,
+    paired against the base; the first and last evaluations' images end in run_dir/before_after.png.
+    """
     checkpoint = Path(run_dir) / "checkpoint"
     storage = RunStorage(cfg.storage, Path(run_dir).name) if cfg.storage else None  # <storage>/<run>/
     last, history, state = load_checkpoint(checkpoint, storage)
+    base = evaluate() if evaluate is not None and cfg.eval_every else None  # before the state is loaded
+    if base is not None:
+        log(
+            f"evaluation set: {len(base[0])} images of {cfg.eval_prompts!r} | base model "
+            f"{format_base(base[0])}"
+        )
     if state is not None:
         trained.load(state)
         log(f"resuming {run_dir} after epoch {last}")
@@ -183,6 +215,7 @@ def run_epochs(
         for epoch, metrics in enumerate(history):
             if epoch not in logged:
                 tracker.log_epoch(epoch, metrics)
+    latest = None  # the last evaluation's (rewards, images)
     for epoch in range(last + 1, cfg.epochs):
         start = time.perf_counter()
         own, rewards, show = one_epoch(epoch)
@@ -191,6 +224,10 @@ def run_epochs(
             metrics = own | {"epoch_time_s": elapsed}
         else:
             metrics = own | reward_metrics(rewards, elapsed, reward_names(cfg.reward))
+        if base is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch == cfg.epochs - 1):
+            latest = evaluate()
+            metrics |= eval_metrics(latest[0], base[0], reward_names(cfg.reward))
+            metrics["eval_time_s"] = time.perf_counter() - start - elapsed
         history.append(metrics)
         log(format_epoch(epoch, metrics))
         # Checkpoint, then log: after a crash in between, the epoch is logged from the checkpoint.
@@ -208,7 +245,20 @@ def run_epochs(
         storage.upload_folder(Path(run_dir) / "adapter", "adapter")
     if tracker is not None:
         tracker.log_folder(Path(run_dir) / "adapter", "adapter")
+    if base is not None:
+        latest = latest or evaluate()  # a finished run started again trains nothing: evaluate it now
+        grid = save_grid(before_after_grid(base[1], latest[1]), Path(run_dir) / GRID_FILE)
+        log(f"before/after grid (base model and trained policy, same prompts and noise): {grid}")
+        if tracker is not None:
+            tracker.log_file(grid, "")
     return history
+
+
+def format_base(rewards: Tensor) -> str:
+    """'reward 0.412 +- 0.011' of the evaluation set's first reward."""
+    first = rewards if rewards.ndim == 1 else rewards[:, 0]
+    first = first[torch.isfinite(first)].double()
+    return f"reward {first.mean().item():.4f} +- {first.std().item() / len(first) ** 0.5:.4f}"
 
 
 def write_adapter(folder: Path, files: dict[str, bytes]) -> None:
@@ -216,6 +266,20 @@ def write_adapter(folder: Path, files: dict[str, bytes]) -> None:
     staging = staging_folder(folder)
     write_files(staging, files)
     replace_folder(folder, staging)
+
+
+def local_evaluate(pipe: StableDiffusionPipeline, cfg: CommonConfig) -> EvalFn:
+    """Scores the pipeline's current policy on the fixed evaluation set, in this process."""
+    reward = get_reward(cfg.reward)
+
+    def evaluate() -> tuple[Tensor, Tensor]:
+        samples = [sample_chunk(pipe, chunk, eval_settings(cfg)) for chunk in eval_chunks(cfg)]
+        images = torch.cat([s["images"] for s in samples])
+        prompts = [p for chunk in eval_chunks(cfg) for p in chunk.prompts]
+        with torch.no_grad():
+            return reward.fn(images, prompts).float(), images
+
+    return evaluate
 
 
 def sample_epoch(pipe: StableDiffusionPipeline, cfg: CommonConfig, prompts: list[str], epoch: int) -> dict:
@@ -238,7 +302,7 @@ def train_d3po(
         samples = sample_epoch(pipe, cfg, prompts, epoch)
         sampled = time.perf_counter()
         rewards = reward.fn(samples["images"], prompts_of(prompts, samples["group"]))
-        items, pairing = d3po_items(samples, rewards)
+        items, pairing = d3po_items(samples, rewards, reverse=cfg.reverse_preferences)
         scored = time.perf_counter()
         if pairing["pairs"]:
             items = {k: v.to(pipe.device) for k, v in items.items()}
@@ -254,7 +318,8 @@ def train_d3po(
         images = samples["images"][:: cfg.group_size]  # one image per group for the grid
         return metrics | pairing | timing, rewards, lambda: (images, prompts)
 
-    return run_epochs(cfg, run_dir, LocalTrained(policy, learner.optimizer), one_epoch, tracker, log)
+    trained = LocalTrained(policy, learner.optimizer)
+    return run_epochs(cfg, run_dir, trained, one_epoch, tracker, log, local_evaluate(pipe, cfg))
 
 
 def train_draft(
@@ -283,4 +348,5 @@ def train_draft(
 
         return metrics, rewards, show
 
-    return run_epochs(cfg, run_dir, LocalTrained(policy, learner.optimizer), one_epoch, tracker, log)
+    trained = LocalTrained(policy, learner.optimizer)
+    return run_epochs(cfg, run_dir, trained, one_epoch, tracker, log, local_evaluate(pipe, cfg))

@@ -25,6 +25,11 @@ def d3po_loss(
     ratios = torch.cat([log_ratio_w.detach(), log_ratio_l.detach()])
     metrics = {
         "loss": loss.item(),
+        # DPO's implicit reward margin, beta * (log r_w - log r_l) before clamping: > 0 once the policy
+        # prefers the preferred steps more than the reference does. Its mean moves long before the loss.
+        "reward_margin": (beta * (log_ratio_w - log_ratio_l)).detach().mean().item(),
+        "log_ratio_w": log_ratio_w.detach().mean().item(),
+        "log_ratio_l": log_ratio_l.detach().mean().item(),
         # Does the policy already give the preferred step more probability (relative to the reference)?
         "preference_accuracy": (log_ratio_w > log_ratio_l).float().mean().item(),
         "clamped_fraction": ((ratios < low) | (ratios > high)).float().mean().item(),

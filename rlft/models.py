@@ -1,4 +1,8 @@
-"""Building and loading Stable Diffusion pipelines: a hub id or folder, the offline tiny model, SD 1.5 random.
+"""Building and loading Stable Diffusion pipelines: a hub id or folder, the offline tiny models, SD 1.5.
+
+"tiny" is pretrained on rlft/world.py's captioned shapes (rlft/pretrain.py) and ships with the package as
+safetensors; "tiny-random" is the same architecture with random weights (noise in, noise out), for tests
+that need only speed.
 
 Every pipeline comes back with a `DDIMScheduler` (the sampler's log-probabilities need DDIM), the safety
 checker off, all weights frozen and the progress bar off. Names are checked before anything is built.
@@ -7,13 +11,20 @@ checker off, all weights frozen and the progress bar off. Names are checked befo
 import json
 import re
 import tempfile
+from importlib.resources import files
 from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-BUILTIN_MODELS = ("tiny", "sd15-random")
+BUILTIN_MODELS = ("tiny", "tiny-random", "sd15-random")
+# The pretrained tiny model's weights, inside the package (written by jobs/pretrain_tiny.py).
+TINY_MODEL_FOLDER = files("rlft") / "tiny_model"
+# Stable Diffusion 1.x's noise schedule, which every pipeline built here uses (and the tiny model learned).
+TINY_SCHEDULER = dict(
+    beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000
+)
 # Hub ids are "owner/name" with letters, digits, '-', '_' and '.' (huggingface_hub's own rule).
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 
@@ -29,7 +40,9 @@ def check_model_name(name: str) -> str:
     if name in BUILTIN_MODELS:
         return name
     if not name.strip():
-        raise ValueError("model name is empty: use 'tiny', 'sd15-random', a pipeline folder or a hub id")
+        raise ValueError(
+            "model name is empty: use 'tiny', 'tiny-random', 'sd15-random', a pipeline folder or a hub id"
+        )
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "model_index.json").is_file():
@@ -42,7 +55,8 @@ def check_model_name(name: str) -> str:
         raise ValueError(f"model folder {name!r} does not exist")
     if not _HUB_ID.match(name) or ".." in name or name.endswith(".git"):
         raise ValueError(
-            f"model {name!r} is not allowed: use 'tiny', 'sd15-random', an existing pipeline folder, "
+            f"model {name!r} is not allowed: use 'tiny', 'tiny-random', 'sd15-random', an existing pipeline "
+            "folder, "
             "or a hub id like 'stable-diffusion-v1-5/stable-diffusion-v1-5'"
         )
     return "hub"
@@ -57,12 +71,15 @@ def load_pipeline(
 ) -> StableDiffusionPipeline:
     """A frozen `StableDiffusionPipeline` with a DDIM scheduler, on `device` in `dtype`.
 
-    "tiny" builds the offline tiny model from `seed` (DESIGN.md, "The tiny model"); "sd15-random" builds the
-    Stable Diffusion 1.5 architecture with random weights, for speed and memory work; anything else is a hub
-    id or a local folder, loaded with diffusers' `from_pretrained`.
+    "tiny" loads the pretrained tiny model shipped with the package; "tiny-random" builds its architecture
+    with random weights from `seed` (DESIGN.md, "The tiny model"); "sd15-random" builds the Stable Diffusion
+    1.5 architecture with random weights, for speed and memory work; anything else is a hub id or a local
+    folder, loaded with diffusers' `from_pretrained`.
     """
     kind = check_model_name(name_or_path)
     if kind == "tiny":
+        pipe = load_tiny_pretrained()
+    elif kind == "tiny-random":
         pipe = build_tiny_pipeline(seed)
     elif kind == "sd15-random":
         pipe = build_sd15_random_pipeline(seed)
@@ -82,14 +99,7 @@ def load_pipeline(
 
 def _assemble(unet, vae, text_encoder, tokenizer) -> StableDiffusionPipeline:
     """A pipeline from built parts, with Stable Diffusion 1.x's noise schedule and no safety checker."""
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
+    scheduler = DDIMScheduler(**TINY_SCHEDULER, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
     return StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
@@ -102,8 +112,8 @@ def _assemble(unet, vae, text_encoder, tokenizer) -> StableDiffusionPipeline:
     )
 
 
-def build_tiny_tokenizer() -> CLIPTokenizer:
-    """A CLIP tokenizer for TINY_TOKENIZER_TEXT's words, built offline and identically every time.
+def build_tiny_tokenizer(text: str = TINY_TOKENIZER_TEXT) -> CLIPTokenizer:
+    """A CLIP tokenizer for the words of `text`, built offline and identically every time.
 
     The vocabulary holds every byte symbol (CLIP's byte-to-unicode table, plain and word-final), so any
     prompt tokenizes; each listed word adds left-to-right merges, so most become one token. (BPE trained
@@ -114,7 +124,7 @@ def build_tiny_tokenizer() -> CLIPTokenizer:
     symbols = list(bytes_to_unicode().values())
     vocab = symbols + [s + "</w>" for s in symbols]
     merges: list[str] = []
-    for word in sorted(set(TINY_TOKENIZER_TEXT.split())):
+    for word in sorted(set(text.split())):
         parts = [*word[:-1], word[-1] + "</w>"]
         while len(parts) > 1:
             merge, merged = f"{parts[0]} {parts[1]}", parts[0] + parts[1]
@@ -132,13 +142,11 @@ def build_tiny_tokenizer() -> CLIPTokenizer:
         )
 
 
-def build_tiny_pipeline(seed: int = 0) -> StableDiffusionPipeline:
-    """The offline tiny model: 32x32 images, 16x16 latents, a 1 M-parameter UNet, random weights from `seed`.
-
-    32x32 rather than 16x16: a 16x16 JPEG is mostly header (its size varies by a few bytes between samples),
-    too little signal for the compressibility reward to train on in minutes (measured; see the README).
-    """
-    tokenizer = build_tiny_tokenizer()
+def tiny_parts(
+    vocab_size: int, seed: int = 0, scaling_factor: float = 0.18215
+) -> tuple[UNet2DConditionModel, AutoencoderKL, CLIPTextModel]:
+    """The tiny architecture, random weights from `seed`: a 1 M-parameter UNet over 16x16x4 latents, a
+    two-block VAE for 32x32 images and a two-layer CLIP text encoder of width 32."""
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
         sample_size=16,
@@ -158,22 +166,52 @@ def build_tiny_pipeline(seed: int = 0) -> StableDiffusionPipeline:
         latent_channels=4,
         norm_num_groups=8,
         sample_size=32,
+        scaling_factor=scaling_factor,
     )
     torch.manual_seed(seed + 2)
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
-            vocab_size=len(tokenizer),
+            vocab_size=vocab_size,
             hidden_size=32,
             intermediate_size=37,
             num_attention_heads=4,
             num_hidden_layers=2,
             max_position_embeddings=77,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=vocab_size - 2,  # build_tiny_tokenizer's last two tokens
+            eos_token_id=vocab_size - 1,
+            pad_token_id=vocab_size - 1,
         )
     )
-    return _assemble(unet, vae, text_encoder, tokenizer)
+    return unet, vae, text_encoder
+
+
+def build_tiny_pipeline(seed: int = 0) -> StableDiffusionPipeline:
+    """The tiny architecture with random weights from `seed` ("tiny-random"): 32x32 images of noise.
+
+    32x32 rather than 16x16: a 16x16 JPEG is mostly header (its size varies by a few bytes between samples),
+    too little signal for the compressibility reward to train on in minutes (measured; see the README).
+    """
+    tokenizer = build_tiny_tokenizer()
+    return _assemble(*tiny_parts(len(tokenizer), seed), tokenizer)
+
+
+def load_tiny_pretrained(folder: str | Path | None = None) -> StableDiffusionPipeline:
+    """The pretrained tiny model ("tiny"): `tiny_parts` filled with the weights in `folder` (default: the
+    package's own, rlft/tiny_model), every tensor checked by name and shape."""
+    from safetensors.torch import load_file
+
+    from rlft.world import caption_vocabulary
+
+    folder = Path(folder) if folder is not None else Path(str(TINY_MODEL_FOLDER))
+    record = folder / "model.json"
+    if not record.is_file():
+        raise ValueError(f"model 'tiny': {record} is missing; make it with jobs/pretrain_tiny.py")
+    scaling_factor = json.loads(record.read_text())["scaling_factor"]
+    tokenizer = build_tiny_tokenizer(caption_vocabulary())
+    parts = tiny_parts(len(tokenizer), 0, scaling_factor)
+    for name, module in zip(("unet", "vae", "text_encoder"), parts, strict=True):
+        module.load_state_dict(load_file(str(folder / f"{name}.safetensors")), strict=True)
+    return _assemble(*parts, tokenizer)
 
 
 def build_sd15_random_pipeline(seed: int = 0) -> StableDiffusionPipeline:

@@ -8,6 +8,9 @@ Built-in sets, from DDPO's code (ddpo-pytorch, `ddpo_pytorch/assets`) and paper 
   the prompts DDPO uses to test whether training on simple animals generalises to prompts it never saw.
 - `animal-activities`: "a(n) <animal> <activity>" for the 45 animals and the paper's three activities, DDPO's
   prompt-alignment task; prompt-conditioned rewards (imagereward) have something to judge there.
+- `shapes` and `shapes-eval`: captions of the tiny model's world (rlft/world.py), "a small red circle on a
+  noisy blue background"; `shapes-eval` holds every eighth caption, `shapes` the rest, so the evaluation set
+  (rlft/evaluation.py) judges prompts training never draws.
 A file (`--prompts path/to/prompts.txt`) holds one prompt per line; blank lines and lines starting with # are
 skipped. It is read when the config is checked and again at every epoch.
 """
@@ -15,6 +18,8 @@ skipped. It is read when the config is checked and again at every epoch.
 from pathlib import Path
 
 import torch
+
+from rlft.world import all_scenes
 
 # ddpo-pytorch's simple_animals.txt, in its order.
 SIMPLE_ANIMALS = (
@@ -47,7 +52,14 @@ def _a(noun: str) -> str:
     return f"{'an' if noun[0] in 'aeiou' else 'a'} {noun}"
 
 
+# Every eighth caption is held out; a fixed shuffle first, so the held-out ones mix every attribute.
+_CAPTIONS = [
+    all_scenes()[i].caption for i in torch.randperm(1792, generator=torch.Generator().manual_seed(0))
+]
+
 PROMPT_SETS: dict[str, tuple[str, ...]] = {
+    "shapes": tuple(c for i, c in enumerate(_CAPTIONS) if i % 8 != 0),
+    "shapes-eval": tuple(c for i, c in enumerate(_CAPTIONS) if i % 8 == 0),
     "animals": tuple(f"a photo of a {a}" for a in ANIMALS),
     "simple-animals": tuple(SIMPLE_ANIMALS),
     "unseen-animals": tuple(UNCOMMON_ANIMALS),

@@ -27,6 +27,7 @@ from rlft.epoch import (
     sampling_settings,
     stream_seed,
 )
+from rlft.evaluation import eval_chunks, eval_settings
 from rlft.loop import Log, run_epochs, show_chunk
 from rlft.tracking import Tracker
 from rlft.train_workers import TrainWorkers, WorkersRestarted
@@ -137,12 +138,35 @@ def ray_train(
             f"ready ({time.perf_counter() - start:.1f} s)"
         )
         one_epoch = (d3po_epoch if d3po else draft_epoch)(cfg, trained, samplers, scorers, log)
-        return run_epochs(cfg, run_dir, trained, one_epoch, tracker, log)
+        evaluate = ray_evaluate(cfg, trained, samplers, scorers, log)
+        return run_epochs(cfg, run_dir, trained, one_epoch, tracker, log, evaluate)
     finally:
         if workers is not None:
             workers.stop()
         for actor in samplers + scorers:
             ray.kill(actor)
+
+
+def ray_evaluate(cfg: CommonConfig, trained: RayTrained, samplers, scorers, log: Log):
+    """Scores the samplers' current weights on the fixed evaluation set: its chunks over the samplers in
+    turn, each chunk's images to a scorer as soon as sampled."""
+
+    def evaluate() -> tuple[Tensor, Tensor]:
+        chunks, settings = eval_chunks(cfg), eval_settings(cfg)
+        outs = [
+            samplers[i % len(samplers)]
+            .sample.options(num_returns=2)
+            .remote(chunk, trained.weights, **settings)
+            for i, chunk in enumerate(chunks)
+        ]
+        rewards = [
+            scorers[i % len(scorers)].score.remote(image_ref, chunk.prompts)
+            for i, (chunk, (_, image_ref)) in enumerate(zip(chunks, outs, strict=True))
+        ]
+        images = wait([image_ref for _, image_ref in outs], "evaluating", log)
+        return torch.cat(wait(rewards, "scoring the evaluation set", log)), torch.cat(images)
+
+    return evaluate
 
 
 def sample_and_score(cfg, epoch, prompts, samplers, scorers, weights: Weights, log, score: bool = True):
@@ -191,7 +215,7 @@ def d3po_epoch(cfg: D3POConfig, trained: RayTrained, samplers, scorers, log: Log
         samples, rewards, images, timing = sample_and_score(
             cfg, epoch, prompts, samplers, scorers, trained.weights, log
         )
-        items, pairing = d3po_items(samples, rewards)
+        items, pairing = d3po_items(samples, rewards, reverse=cfg.reverse_preferences)
         if len(items["prompt"]) >= cfg.train_workers:
             metrics, _, more = train_on_workers(cfg, trained, epoch, prompts, items, log)
         else:  # every pair tied: nothing to learn from this epoch

@@ -97,6 +97,9 @@ class Tracker:
         self.client.log_image(self.run_id, array, f"images/epoch_{epoch:04d}.png")
         self.client.log_text(self.run_id, "\n".join(prompts), f"images/epoch_{epoch:04d}_prompts.txt")
 
+    def log_file(self, path: str | Path, artifact_path: str = "") -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path or None)
+
     def log_folder(self, folder: str | Path, artifact_path: str) -> None:
         self.client.log_artifacts(self.run_id, str(folder), artifact_path)
 

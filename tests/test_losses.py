@@ -18,6 +18,10 @@ def test_d3po_loss_by_hand():
     assert loss.item() == pytest.approx((0.685409 + 0.689389) / 2, abs=1e-6)
     assert metrics["preference_accuracy"] == 1.0  # 0.05 > -0.20 and 0.30 > 0.02
     assert metrics["clamped_fraction"] == 0.5  # -0.20 and 0.30 of the four ratios
+    # The implicit reward margin is taken before clamping: 0.1 * ((0.05 + 0.20) + (0.30 - 0.02)) / 2.
+    assert metrics["reward_margin"] == pytest.approx(0.1 * (0.25 + 0.28) / 2, abs=1e-6)
+    assert metrics["log_ratio_w"] == pytest.approx((0.05 + 0.30) / 2, abs=1e-6)
+    assert metrics["log_ratio_l"] == pytest.approx((-0.20 + 0.02) / 2, abs=1e-6)
 
 
 def test_equal_policy_and_reference_give_log_two():

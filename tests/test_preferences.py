@@ -57,6 +57,12 @@ def test_d3po_items_train_only_on_dominating_pairs():
     assert items["latents_w"].flatten().tolist() == [3.0, 4.0]  # sample 1 at steps 0 and 1
     assert items["latents_l"].flatten().tolist() == [0.0, 1.0]
 
+    # --reverse-preferences: the same pair, the other way round; the tie stays a tie.
+    items, pairing = d3po_items(samples, rewards, reverse=True)
+    assert pairing == {"pairs": 1.0, "ties": 1.0}
+    assert items["latents_w"].flatten().tolist() == [0.0, 1.0]
+    assert items["latents_l"].flatten().tolist() == [3.0, 4.0]
+
 
 def test_metrics_of_several_rewards_are_the_first_rewards_plus_one_mean_each():
     rewards = torch.tensor([[1.0, 10.0], [3.0, 20.0], [NAN, 30.0], [5.0, 60.0]])

@@ -5,6 +5,7 @@ import torch
 
 from rlft.config import D3POConfig, DRaFTConfig
 from rlft.prompts import PROMPT_SETS, draw_prompts, load_prompts
+from rlft.world import BACKGROUNDS, COLOURS
 
 
 def test_built_in_sets_hold_the_papers_prompts():
@@ -45,10 +46,19 @@ def test_bad_prompt_files_are_named_by_config_validation(make, message, tmp_path
 
 
 def test_an_unknown_set_name_lists_the_sets():
-    with pytest.raises(ValueError, match="prompts='animls' is not allowed: one of animals, simple-animals"):
+    expected = "prompts='animls' is not allowed: one of shapes, shapes-eval, animals, simple-animals"
+    with pytest.raises(ValueError, match=expected):
         D3POConfig(prompts="animls")
 
 
 def _write(path, data: bytes):
     path.write_bytes(data)
     return path
+
+
+def test_the_world_sets_split_its_captions_into_training_and_held_out():
+    train, held_out = PROMPT_SETS["shapes"], PROMPT_SETS["shapes-eval"]
+    assert len(train) == 1568 and len(held_out) == 224 and not set(train) & set(held_out)
+    for prompts in (train, held_out):  # every colour and background kind is in both
+        assert {p.split()[2] for p in prompts} == set(COLOURS)
+        assert {p.split()[6] for p in prompts} == set(BACKGROUNDS)
