@@ -11,6 +11,10 @@ Names (`--reward`):
   `imagereward:<folder>` from a local folder. Both are differentiable. Their weights load on the first call,
   once per process, and move to the images' device; `get_reward` only checks the folder, so a config that
   names one is validated in well under a second.
+- World (the tiny model's captions, rlft/world.py; both need the prompts and refuse any other with a
+  ValueError): `color-alignment`, how much the shape has the colour its prompt names, in [0, 1] (float32,
+  not differentiable), and `color-alignment-soft`, the same with soft colours (differentiable, keeps the
+  images' dtype); rlft/world_judge.py says how they are computed.
 - Several: `a,b` scores with each and returns (B, R), R the number of rewards, in the order named. D3PO
   prefers a sample only when it is at least as good on every reward and better on one
   (`rlft.d3po.pairs_from_rewards`); DRaFT refuses several rewards (see `get_reward`).
@@ -29,6 +33,7 @@ from rlft.aesthetic import AestheticScore
 from rlft.aesthetic import check_folder as check_aesthetic_folder
 from rlft.imagereward import ImageRewardScore
 from rlft.imagereward import check_folder as check_imagereward_folder
+from rlft.world_judge import color_alignment, color_alignment_soft
 
 # fn(images (B, 3, H, W), prompts: list[str] | None = None) -> (B,), or (B, R) for several rewards
 RewardFn = Callable[..., Tensor]
@@ -80,6 +85,15 @@ REWARDS: dict[str, Reward] = {
     "jpeg-incompressibility": Reward(jpeg_incompressibility, False, "the JPEG size in kB"),
     "smoothness": Reward(smoothness, True, "minus 10x the total variation (differentiable)"),
     "brightness": Reward(brightness, True, "mean pixel value (differentiable)"),
+    "color-alignment": Reward(
+        color_alignment, False, "share of the shape in the prompt's colour, 0-1", needs_prompts=True
+    ),
+    "color-alignment-soft": Reward(
+        color_alignment_soft,
+        True,
+        "share of the shape in the prompt's colour, 0-1 (soft colours, differentiable)",
+        needs_prompts=True,
+    ),
 }
 # Model-based rewards: name -> (folder check, score class, description, needs prompts).
 MODEL_REWARDS = {
