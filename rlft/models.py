@@ -36,7 +36,8 @@ TINY_TOKENIZER_TEXT = (
 
 
 def check_model_name(name: str) -> str:
-    """The kind of model `name` is ("tiny", "sd15-random", "folder" or "hub"), or a ValueError saying why."""
+    """The kind of model `name` is ("tiny", "tiny-random", "sd15-random", "tiny-folder" (a folder written by
+    jobs/pretrain_tiny.py), "folder" or "hub"), or a ValueError saying why."""
     if name in BUILTIN_MODELS:
         return name
     if not name.strip():
@@ -45,6 +46,8 @@ def check_model_name(name: str) -> str:
         )
     path = Path(name).expanduser()
     if path.is_dir():
+        if (path / "model.json").is_file() and (path / "unet.safetensors").is_file():
+            return "tiny-folder"  # written by jobs/pretrain_tiny.py
         if not (path / "model_index.json").is_file():
             raise ValueError(
                 f"model folder {name!r} has no model_index.json: not a diffusers pipeline folder"
@@ -79,6 +82,8 @@ def load_pipeline(
     kind = check_model_name(name_or_path)
     if kind == "tiny":
         pipe = load_tiny_pretrained()
+    elif kind == "tiny-folder":
+        pipe = load_tiny_pretrained(name_or_path)
     elif kind == "tiny-random":
         pipe = build_tiny_pipeline(seed)
     elif kind == "sd15-random":

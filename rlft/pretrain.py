@@ -40,7 +40,7 @@ class PretrainSettings:
     vae_lr: float = 1e-3
     kl_weight: float = 1e-6
     """Weight of the latents' KL divergence to N(0, 1) against the reconstruction MSE."""
-    unet_steps: int = 3000
+    unet_steps: int = 1500
     """UNet and text-encoder optimizer steps."""
     unet_batch: int = 64
     unet_lr: float = 2e-3

@@ -1,7 +1,37 @@
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from rlft.models import build_tiny_pipeline, check_model_name, load_pipeline
+from rlft.models import TINY_MODEL_FOLDER, build_tiny_pipeline, check_model_name, load_pipeline
+from rlft.sampling import sample_trajectories
+
+FIRST_SAMPLE = Path(__file__).parent / "data" / "tiny_first_sample.png"
+FIRST_PROMPT = "a large red circle on a plain blue background"
+
+
+def first_sample() -> np.ndarray:
+    """The shipped tiny model's sample of FIRST_PROMPT from noise seed 0: (32, 32, 3) uint8."""
+    pipe = load_pipeline("tiny")
+    generator = torch.Generator().manual_seed(0)
+    out = sample_trajectories(
+        pipe, [FIRST_PROMPT], num_steps=20, eta=0.0, generator=generator, with_logprob=False
+    )
+    return (out["images"][0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+
+
+def test_the_shipped_tiny_model_is_the_recorded_one_and_reproduces_its_first_sample():
+    folder = Path(str(TINY_MODEL_FOLDER))
+    record = json.loads((folder / "model.json").read_text())
+    for name, digest in record["sha256"].items():  # recorded by rlft.pretrain.save_model
+        assert hashlib.sha256((folder / name).read_bytes()).hexdigest() == digest, name
+    stored = np.asarray(Image.open(FIRST_SAMPLE).convert("RGB")).astype(int)
+    # The same weights and noise give the same image; a different CPU may round a pixel differently.
+    assert np.abs(first_sample().astype(int) - stored).max() <= 2
 
 
 @pytest.mark.parametrize(
@@ -25,6 +55,7 @@ def test_bad_model_names_fail_before_building(name, message, monkeypatch):
 
 def test_names_that_are_allowed(tmp_path):
     assert check_model_name("tiny") == "tiny"
+    assert check_model_name("tiny-random") == "tiny-random"
     assert check_model_name("sd15-random") == "sd15-random"
     assert check_model_name("stable-diffusion-v1-5/stable-diffusion-v1-5") == "hub"
     with pytest.raises(ValueError, match="no model_index.json"):
