@@ -94,5 +94,5 @@ def test_the_draft_job_trains_on_a_random_aesthetic_folder(tmp_path):
     flags += ["--no-ray", "--no-track", "--runs-dir", str(tmp_path / "runs"), "--run-name", "aesthetic"]
     result = _run("jobs/draft.py", "--reward", f"aesthetic:{tmp_path / 'aesthetic'}", *flags)
     assert result.returncode == 0, result.stderr
-    assert "epoch   0 | reward" in result.stdout
+    assert "epoch   0 | eval" in result.stdout
     assert (tmp_path / "runs" / "aesthetic" / "adapter").is_dir()

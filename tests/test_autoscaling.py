@@ -90,7 +90,7 @@ def test_demand_beyond_the_head_adds_nodes_the_job_succeeds_and_idle_nodes_go(tm
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         assert "an autoscaler adds nodes to this cluster" in result.stdout, result.stdout[-5000:]
         assert "2 sampler(s), 1 scorer(s), 1 train worker(s) ready" in result.stdout
-        assert "epoch   0 | reward" in result.stdout
+        assert "epoch   0 | eval" in result.stdout
         # The head has no GPU: both samplers ran on GPU nodes the autoscaler added for them ...
         added = re.findall(r"Adding (\d+) node\(s\) of type fake_gpu_sampler", monitor.read_text())
         assert added and max(map(int, added)) >= 1, monitor.read_text()[-3000:]

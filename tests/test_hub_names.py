@@ -83,7 +83,7 @@ def test_reward_aesthetic_loads_clip_and_the_head_through_the_hub_cache(tmp_path
     cache_snapshot(home / "hf", aesthetic.HUB_HEAD[0], {aesthetic.HUB_HEAD[1]: folder / aesthetic.HEAD_FILE})
     result = draft_job("aesthetic", home, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "reward aesthetic" in result.stdout and "epoch   0 | reward" in result.stdout
+    assert "reward aesthetic" in result.stdout and "epoch   0 | eval" in result.stdout
 
 
 def test_reward_imagereward_loads_through_the_packages_own_load(tmp_path):
@@ -98,4 +98,4 @@ def test_reward_imagereward_loads_through_the_packages_own_load(tmp_path):
     cache_snapshot(home / "hf", "bert-base-uncased", {"vocab.txt": folder / "tokenizer" / "vocab.txt"})
     result = draft_job("imagereward", home, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "reward imagereward" in result.stdout and "epoch   0 | reward" in result.stdout
+    assert "reward imagereward" in result.stdout and "epoch   0 | eval" in result.stdout

@@ -91,4 +91,4 @@ def test_the_draft_job_trains_on_a_random_imagereward_folder(tmp_path):
     flags += ["--no-ray", "--no-track", "--runs-dir", str(tmp_path / "runs"), "--run-name", "imagereward"]
     result = run("jobs/draft.py", "--reward", f"imagereward:{tmp_path / 'imagereward'}", *flags)
     assert result.returncode == 0, result.stderr
-    assert "epoch   0 | reward" in result.stdout
+    assert "epoch   0 | eval" in result.stdout

@@ -96,7 +96,7 @@ def test_a_submitted_job_succeeds_and_its_run_holds_every_epoch_its_images_and_a
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env, cwd=ROOT)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "epoch   1 | reward" in result.stdout, result.stdout[-3000:]
+    assert "epoch   1 | eval" in result.stdout, result.stdout[-3000:]
     job_id = re.search(r"raysubmit_\w+", result.stdout).group(0)
     status = subprocess.run(
         [str(BIN / "ray"), "job", "status", "--address", address, job_id],
