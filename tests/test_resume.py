@@ -30,10 +30,14 @@ def test_a_resumed_run_equals_an_uninterrupted_one_and_logs_each_epoch_once(tmp_
     with _tracker(tmp_path) as tracker:  # the same name: the same MLflow run
         assert tracker.resumed
         resumed = train_d3po(D3POConfig(epochs=3, **SMALL), tmp_path / "resumed", tracker, log=lines.append)
-    assert lines[0] == f"resuming {tmp_path / 'resumed'} after epoch 1" and len(lines) == 2
+    # The base model is scored on the evaluation set first (again on resume), then one epoch, then the grid.
+    assert lines[0].startswith("evaluation set: 64 images of 'shapes-eval' | base model reward")
+    assert lines[1] == f"resuming {tmp_path / 'resumed'} after epoch 1" and lines[2].startswith("epoch   2 |")
+    assert len(lines) == 4 and lines[3].startswith("before/after grid")
 
     for a, b in zip(straight, resumed, strict=True):
         assert a["reward_mean"] == b["reward_mean"] and a["loss"] == b["loss"]
+        assert a["eval_gain_mean"] == b["eval_gain_mean"]  # the same evaluation, resumed or not
     client = MlflowClient(tracker.uri)
     assert [m.step for m in client.get_metric_history(tracker.run_id, "reward_mean")] == [0, 1, 2]
     assert client.get_run(tracker.run_id).info.status == "FINISHED"
