@@ -165,7 +165,9 @@ def format_epoch(epoch: int, m: dict[str, float]) -> str:
         parts.append(f"train reward {m['reward_mean']:.4f} +- {m['reward_std']:.4f}")
     if "reward_margin" in m:  # D3PO: its loss sits near log 2 while the log-ratios are small
         trained = m["pairs"] / max(m["pairs"] + m["ties"], 1) if "pairs" in m else float("nan")
-        parts.append(f"margin {m['reward_margin']:+.2e} | acc {m['preference_accuracy']:.2f}")
+        parts.append(
+            f"margin {m['reward_margin']:+.2e} | loss {m['loss']:.4f} | acc {m['preference_accuracy']:.2f}"
+        )
         if "pairs" in m:
             parts.append(f"pairs {m['pairs']:.0f} ({trained:.0%} of compared)")
     else:
