@@ -2,9 +2,9 @@
 
     .venv/bin/python docs/make_screenshot.py
 
-Samples a small batch from the offline tiny model (its random weights draw noise, not animals), serves it,
-labels the first group with the page's keys and photographs it. Needs Debian's chromium and the
-playwright package (README: the human-feedback loop).
+Samples a small batch from the offline tiny model on its own world's captions (the shapes prompts, "a small
+red circle on a noisy blue background"), serves it, labels the first group with the page's keys and
+photographs it. Needs Debian's chromium and the playwright package (README: the human-feedback loop).
 """
 
 import tempfile

@@ -38,8 +38,9 @@ class SampleGroupsConfig:
     """Prompts in the batch; each gives one group of images to compare."""
     group_size: int = 4
     """Images per group, all from the same initial noise (2 to 8)."""
-    prompts: str = "animals"
-    """Prompts the groups are drawn from: a built-in set or a text file, as the D3PO job's --prompts."""
+    prompts: str = "shapes"
+    """Prompts the groups are drawn from: a built-in set or a text file, as the D3PO job's --prompts; the
+    default, shapes, holds the tiny model's captions ("a small red circle on a noisy blue background")."""
     round: int = 0
     """Labelling round: seeds this batch's prompts and noise (as the D3PO job's epoch number does)."""
     seed: int = 0
