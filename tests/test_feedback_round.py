@@ -1,28 +1,21 @@
-import io
-import json
 import math
 import os
 import subprocess
 import sys
-import threading
-import urllib.request
 from pathlib import Path
 
-import numpy as np
 import pytest
 import ray
 import torch
 from mlflow.tracking import MlflowClient
-from PIL import Image
 from safetensors.torch import load_file
-from werkzeug.serving import make_server
+from test_feedback_learns import label_over_http as label_by_rule
 
 from rlft.batch_folder import read_manifest
 from rlft.cluster import start_ray
 from rlft.config import D3POConfig
 from rlft.feedback import SampleGroupsConfig, sample_groups
 from rlft.human import train_human, train_on_labels
-from rlft.label_server import create_app
 from rlft.labels import Label, connect, save_label
 from rlft.models import build_tiny_pipeline
 from rlft.policy import ADAPTER_FILE
@@ -34,33 +27,7 @@ SAMPLING = dict(groups=4, group_size=2, num_steps=3)
 
 def label_over_http(folder, annotator: str) -> int:
     """A person who prefers the brighter image of each group, labelling through the page's API."""
-    server = make_server("127.0.0.1", 0, create_app(folder), threaded=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_port}"
-    try:
-        batch = json.load(urllib.request.urlopen(f"{url}/api/batch"))
-        for group in batch["groups"]:
-            ids = [image["id"] for image in group["images"]]
-            brightness = [image_mean(f"{url}{image['url']}") for image in group["images"]]
-            order = np.argsort(brightness)
-            body = {
-                "annotator": annotator,
-                "group": group["group"],
-                "best": ids[order[-1]],
-                "worst": ids[order[0]],
-                "manifest_sha256": batch["manifest_sha256"],
-            }
-            request = urllib.request.Request(
-                f"{url}/api/labels", json.dumps(body).encode(), {"Content-Type": "application/json"}
-            )
-            answer = json.load(urllib.request.urlopen(request))
-        return answer["labelled"]
-    finally:
-        server.shutdown()
-
-
-def image_mean(url: str) -> float:
-    return float(np.asarray(Image.open(io.BytesIO(urllib.request.urlopen(url).read()))).mean())
+    return label_by_rule(folder, annotator, lambda image, prompt: image.mean().item())
 
 
 @pytest.mark.slow
