@@ -199,7 +199,10 @@ class D3POConfig(CommonConfig):
     pairs_per_epoch: int = 16
     """Groups sampled per epoch, each from one prompt and one shared initial noise."""
     group_size: int = 2
-    """Samples per group sharing x_T; every pair within a group with different rewards trains."""
+    """Samples per group sharing x_T; which pairs within a group train is set by `pairs`."""
+    pairs: str = "all"
+    """Pairs trained per group: all (every pair with different rewards, the paper's rule) or best-worst (the
+    group's best sample over its worst, one pair per group: the widest margin; needs one reward)."""
     eta: float = 1.0
     """DDIM stochasticity; must be > 0, since the loss needs each step's log-probability."""
     beta: float = 0.1
@@ -230,6 +233,13 @@ class D3POConfig(CommonConfig):
         else:
             get_reward(self.reward)
         _check(self.pairs_per_epoch >= 1, "pairs_per_epoch", self.pairs_per_epoch, "at least 1")
+        _check(self.pairs in ("all", "best-worst"), "pairs", self.pairs, "all or best-worst")
+        _check(
+            self.pairs == "all" or "," not in self.reward,
+            "pairs",
+            self.pairs,
+            "best-worst needs one reward (several rewards have no single best sample)",
+        )
         _check(self.group_size >= 2, "group_size", self.group_size, "at least 2 (D3PO compares samples)")
         _check(self.eta > 0, "eta", self.eta, "> 0 (D3PO needs log-probabilities, undefined at eta = 0)")
         _check(self.beta > 0, "beta", self.beta, "positive")

@@ -22,7 +22,9 @@ def dominates(a: Tensor, b: Tensor) -> bool:
     return bool((a >= b).all() and (a > b).any())
 
 
-def pairs_from_rewards(rewards: Tensor, group: Tensor) -> tuple[Tensor, Tensor, int]:
+def pairs_from_rewards(
+    rewards: Tensor, group: Tensor, best_worst: bool = False
+) -> tuple[Tensor, Tensor, int]:
     """Every pair of samples in the same group where one is preferred, as (index_w, index_l, ties).
 
     rewards (B,) or (B, R) for R rewards; group (B,). With several rewards a sample is preferred only when it
@@ -30,9 +32,14 @@ def pairs_from_rewards(rewards: Tensor, group: Tensor) -> tuple[Tensor, Tensor, 
     `compare` in scripts/train_with_rm.py); with one reward that is the larger reward. A pair where neither
     is preferred (equal, or each better on a different reward) carries no preference and is counted in
     `ties`; a sample with a NaN on any reward takes part in no pair.
+
+    `best_worst` keeps one pair per group instead, its best sample over its worst (one reward only; the first
+    of equals): with groups of 4 or more, the pairs with the widest reward margins.
     """
     rewards = rewards[:, None] if rewards.ndim == 1 else rewards  # (B, R)
     finite = torch.isfinite(rewards).all(dim=1)
+    if best_worst:
+        return _best_over_worst(rewards, group, finite)
     index_w, index_l, ties = [], [], 0
     for g in group.unique():
         members = ((group == g) & finite).nonzero().flatten().tolist()
@@ -46,6 +53,24 @@ def pairs_from_rewards(rewards: Tensor, group: Tensor) -> tuple[Tensor, Tensor, 
                     index_l.append(i)
                 else:
                     ties += 1
+    return torch.tensor(index_w, dtype=torch.long), torch.tensor(index_l, dtype=torch.long), ties
+
+
+def _best_over_worst(rewards: Tensor, group: Tensor, finite: Tensor) -> tuple[Tensor, Tensor, int]:
+    if rewards.shape[1] != 1:
+        raise ValueError("best-worst pairs need one reward; several rewards have no single best sample")
+    index_w, index_l, ties = [], [], 0
+    for g in group.unique():
+        members = ((group == g) & finite).nonzero().flatten()
+        if len(members) < 2:
+            continue
+        scores = rewards[members, 0]
+        best, worst = members[scores.argmax()].item(), members[scores.argmin()].item()
+        if rewards[best, 0] > rewards[worst, 0]:
+            index_w.append(best)
+            index_l.append(worst)
+        else:
+            ties += 1
     return torch.tensor(index_w, dtype=torch.long), torch.tensor(index_l, dtype=torch.long), ties
 
 

@@ -101,12 +101,13 @@ def concat_samples(parts: list[dict[str, Tensor]]) -> dict[str, Tensor]:
 
 
 def d3po_items(
-    samples: dict[str, Tensor], rewards: Tensor, reverse: bool = False
+    samples: dict[str, Tensor], rewards: Tensor, reverse: bool = False, pairs: str = "all"
 ) -> tuple[dict[str, Tensor], dict[str, float]]:
     """(pair, timestep) items from the preferences within each group (`pairs_from_rewards`); rewards (B,) or
     (B, R) for several rewards; a sample with a NaN reward takes no part. `reverse` swaps every preference
-    (the control run of `--reverse-preferences`)."""
-    index_w, index_l, ties = pairs_from_rewards(-rewards if reverse else rewards, samples["group"])
+    (the control run of `--reverse-preferences`); `pairs` is D3POConfig.pairs ("all" or "best-worst")."""
+    signed = -rewards if reverse else rewards
+    index_w, index_l, ties = pairs_from_rewards(signed, samples["group"], best_worst=pairs == "best-worst")
     items = pair_items(samples["latents"], samples["group"], samples["timesteps"], index_w, index_l)
     return items, {"pairs": float(len(index_w)), "ties": float(ties)}
 

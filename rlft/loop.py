@@ -304,7 +304,7 @@ def train_d3po(
         samples = sample_epoch(pipe, cfg, prompts, epoch)
         sampled = time.perf_counter()
         rewards = reward.fn(samples["images"], prompts_of(prompts, samples["group"]))
-        items, pairing = d3po_items(samples, rewards, reverse=cfg.reverse_preferences)
+        items, pairing = d3po_items(samples, rewards, reverse=cfg.reverse_preferences, pairs=cfg.pairs)
         scored = time.perf_counter()
         if pairing["pairs"]:
             items = {k: v.to(pipe.device) for k, v in items.items()}

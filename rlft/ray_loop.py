@@ -215,7 +215,7 @@ def d3po_epoch(cfg: D3POConfig, trained: RayTrained, samplers, scorers, log: Log
         samples, rewards, images, timing = sample_and_score(
             cfg, epoch, prompts, samplers, scorers, trained.weights, log
         )
-        items, pairing = d3po_items(samples, rewards, reverse=cfg.reverse_preferences)
+        items, pairing = d3po_items(samples, rewards, reverse=cfg.reverse_preferences, pairs=cfg.pairs)
         if len(items["prompt"]) >= cfg.train_workers:
             metrics, _, more = train_on_workers(cfg, trained, epoch, prompts, items, log)
         else:  # every pair tied: nothing to learn from this epoch

@@ -3,6 +3,8 @@ import torch
 
 from rlft.models import build_tiny_pipeline
 
+SLOW_TIER = 'pytest -m slow'
+
 
 @pytest.fixture(autouse=True)
 def _one_thread():
@@ -26,3 +28,13 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """The default run is the quick tier (pyproject's addopts); say how to run the rest."""
+    deselected = [r for r in terminalreporter.stats.get("deselected", []) if "slow" in r.keywords]
+    if deselected:
+        terminalreporter.write_line(
+            f"{len(deselected)} slow tests (whole loops, Ray, MLflow servers, the browser) were not run: "
+            f"{SLOW_TIER}"
+        )

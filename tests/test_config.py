@@ -90,3 +90,11 @@ def test_jobs_print_help():
     )
     assert result.returncode == 0
     assert "--lv-copies" in result.stdout and "Re-noised copies" in result.stdout
+
+
+def test_best_worst_pairs_need_a_known_rule_and_one_reward():
+    assert D3POConfig(pairs="best-worst", group_size=4).pairs == "best-worst"
+    with pytest.raises(ValueError, match="pairs='best'"):
+        D3POConfig(pairs="best")
+    with pytest.raises(ValueError, match="needs one reward"):
+        D3POConfig(pairs="best-worst", reward="brightness,smoothness")

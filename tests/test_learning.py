@@ -3,9 +3,11 @@ noise at every evaluation) against a reversed control, over three seeds (slow ti
 
 import dataclasses
 import math
+import multiprocessing
 import os
 import subprocess
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -29,16 +31,29 @@ def _gain(history: list[dict]) -> tuple[float, float]:
     return history[-1]["eval_gain_mean"], history[-1]["eval_gain_se"]
 
 
+def _train(train, cfg, run_dir: Path) -> list[dict]:
+    return train(cfg, run_dir, log=print)
+
+
 def _check_learns(train, cfg, tmp_path, min_gain_se: float = 3.0):
     """The run raises the fixed evaluation set's reward by `min_gain_se` standard errors of the paired gain,
     and its reversed twin (every preference swapped, or the reward descended) ends 3 standard errors below it.
 
     The two runs are scored on the same images; the standard error of their difference is taken as if the
-    two gains were independent, which overstates it (both are paired against the same base images)."""
-    forward = train(cfg, tmp_path / "forward", log=print)
+    two gains were independent, which overstates it (both are paired against the same base images). They
+    run side by side in two processes of one thread each, and only the base model and the last epoch are
+    evaluated: the evaluation draws on noise of its own, so the training is the same as with an evaluation
+    every epoch, and the same as in one process."""
+    cfg = dataclasses.replace(cfg, eval_every=cfg.epochs, threads=1)
+    reversed_cfg = dataclasses.replace(cfg, reverse_preferences=True)
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        runs = [
+            pool.submit(_train, train, cfg, tmp_path / "forward"),
+            pool.submit(_train, train, reversed_cfg, tmp_path / "reverse"),
+        ]
+        forward, reverse = (run.result() for run in runs)
     gain, se = _gain(forward)
     assert gain > min_gain_se * se, (gain, se)
-    reverse = train(dataclasses.replace(cfg, reverse_preferences=True), tmp_path / "reverse", log=print)
     reverse_gain, reverse_se = _gain(reverse)
     assert gain - reverse_gain > 3 * math.hypot(se, reverse_se), (gain, se, reverse_gain, reverse_se)
 
@@ -65,7 +80,8 @@ def test_draft_default_learns_the_reward_on_the_evaluation_set_and_its_reversed_
 
 
 def test_draft_lv_raises_the_differentiable_reward(tmp_path):
-    history = train_draft(DRaFTConfig(variant="draft-lv", ray=False, track=False), tmp_path, log=print)
+    cfg = DRaFTConfig(variant="draft-lv", ray=False, track=False)
+    history = train_draft(dataclasses.replace(cfg, eval_every=cfg.epochs), tmp_path, log=print)
     gain, se = _gain(history)
     assert gain > 3 * se, (gain, se)
 

@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 from rlft.d3po import pairs_from_rewards
@@ -84,3 +85,16 @@ def test_each_sample_gets_its_groups_prompt():
     assert prompts_of(["a cat", "a dog"], torch.tensor([0, 0, 1, 1])) == ["a cat", "a cat", "a dog", "a dog"]
     chunk = Chunk(start=4, prompts=["a cat", "a dog"], seed=0)
     assert chunk_prompts(chunk, group_size=2) == ["a cat", "a cat", "a dog", "a dog"]
+
+
+def test_best_worst_keeps_one_pair_per_group_its_widest_margin():
+    rewards = torch.tensor([0.2, 0.9, 0.1, 0.5, 3.0, 3.0, NAN, 1.0, 2.0])
+    group = torch.tensor([0, 0, 0, 0, 1, 1, 2, 2, 3])
+    index_w, index_l, ties = pairs_from_rewards(rewards, group, best_worst=True)
+    # group 0: 0.9 (1) over 0.1 (2); group 1 ties; group 2 keeps one finite sample; group 3 has one.
+    assert list(zip(index_w.tolist(), index_l.tolist(), strict=True)) == [(1, 2)] and ties == 1
+
+
+def test_best_worst_refuses_several_rewards():
+    with pytest.raises(ValueError, match="one reward"):
+        pairs_from_rewards(torch.ones(4, 2), torch.zeros(4, dtype=torch.long), best_worst=True)
