@@ -3,7 +3,7 @@ import torch
 
 from rlft.models import build_tiny_pipeline
 
-SLOW_TIER = 'pytest -m slow'
+SLOW_TIER = "pytest -m slow"
 
 
 @pytest.fixture(autouse=True)
