@@ -198,11 +198,13 @@ class D3POConfig(CommonConfig):
     """DDIM denoising steps per sample (10 keeps the tiny default fast; the paper uses 20 on SD 1.5)."""
     pairs_per_epoch: int = 16
     """Groups sampled per epoch, each from one prompt and one shared initial noise."""
-    group_size: int = 2
+    group_size: int = 4
     """Samples per group sharing x_T; which pairs within a group train is set by `pairs`."""
-    pairs: str = "all"
-    """Pairs trained per group: all (every pair with different rewards, the paper's rule) or best-worst (the
-    group's best sample over its worst, one pair per group: the widest margin; needs one reward)."""
+    pairs: str = "best-worst"
+    """Pairs trained per group: best-worst (the group's best sample over its worst, one pair per group: the
+    widest margin; needs one reward) or all (every pair with different rewards, the paper's rule). On the
+    tiny default, best-worst of 4 raised the evaluation reward beyond 3 standard errors on seeds 0-2, every
+    pair of 2 on two of them (see the README)."""
     eta: float = 1.0
     """DDIM stochasticity; must be > 0, since the loss needs each step's log-probability."""
     beta: float = 0.1

@@ -39,7 +39,7 @@ def cluster():
 
 
 def test_a_sampler_killed_mid_epoch_is_restarted_and_no_trajectory_is_lost_or_doubled(cluster):
-    cfg = D3POConfig(pairs_per_epoch=12, num_steps=8, sample_batch=1, threads=1)
+    cfg = D3POConfig(pairs_per_epoch=12, group_size=2, num_steps=8, sample_batch=1, threads=1)
     (sampler,), scorers = start_actors(cfg, sampling_settings(cfg), cfg.reward)
     # Trained (non-base) weights: a restarted sampler that forgot to load them would sample other images.
     _, policy = build_policy(cfg)

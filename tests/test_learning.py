@@ -35,8 +35,8 @@ def _train(train, cfg, run_dir: Path) -> list[dict]:
     return train(cfg, run_dir, log=print)
 
 
-def _check_learns(train, cfg, tmp_path, min_gain_se: float = 3.0):
-    """The run raises the fixed evaluation set's reward by `min_gain_se` standard errors of the paired gain,
+def _check_learns(train, cfg, tmp_path):
+    """The run raises the fixed evaluation set's reward by 3 standard errors of the paired gain,
     and its reversed twin (every preference swapped, or the reward descended) ends 3 standard errors below it.
 
     The two runs are scored on the same images; the standard error of their difference is taken as if the
@@ -53,15 +53,13 @@ def _check_learns(train, cfg, tmp_path, min_gain_se: float = 3.0):
         ]
         forward, reverse = (run.result() for run in runs)
     gain, se = _gain(forward)
-    assert gain > min_gain_se * se, (gain, se)
+    assert gain > 3 * se, (gain, se)
     reverse_gain, reverse_se = _gain(reverse)
     assert gain - reverse_gain > 3 * math.hypot(se, reverse_se), (gain, se, reverse_gain, reverse_se)
 
 
-# Measured (one process, November 2026): seed 0 +0.122 +- 0.014 kB (reversed +0.003), seed 1 +0.061 +- 0.007
-# (reversed -0.085), seed 2 +0.029 +- 0.016 (reversed -0.069). Seed 2 rises by only 1.8 standard errors:
-# it is held to 1, and to 3 against its reversed twin (4.9 measured). See the README and issue 12.
-D3PO_MIN_GAIN_SE = {0: 3.0, 1: 3.0, 2: 1.0}
+# Measured (one process, November 2026), best-worst pairs of groups of 4: seed 0 +0.054 +- 0.009 kB (reversed
+# -0.096), seed 1 +0.303 +- 0.014 (reversed -0.094), seed 2 +0.294 +- 0.014 (reversed -0.132).
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -69,7 +67,7 @@ def test_d3po_default_learns_the_reward_on_the_evaluation_set_and_its_reversed_c
     seed, tmp_path
 ):
     cfg = D3POConfig(seed=seed, ray=False, track=False)
-    _check_learns(train_d3po, cfg, tmp_path, D3PO_MIN_GAIN_SE[seed])
+    _check_learns(train_d3po, cfg, tmp_path)
 
 
 @pytest.mark.parametrize("seed", DRAFT_SEEDS)

@@ -82,9 +82,9 @@ def test_a_sample_whose_reward_is_nan_is_dropped_and_counted_and_the_epoch_goes_
         return rewards
 
     monkeypatch.setitem(REWARDS, "jpeg-compressibility", replace(jpeg, fn=first_is_nan))
-    (metrics,) = train_d3po(D3POConfig(epochs=1, **SMALL), tmp_path, log=print)
+    (metrics,) = train_d3po(D3POConfig(epochs=1, group_size=2, **SMALL), tmp_path, log=print)
     assert metrics["nan_rewards"] == 1 and math.isfinite(metrics["reward_mean"])
-    assert math.isfinite(metrics["loss"]) and metrics["pairs"] == 1  # of 2 groups, one lost its pair
+    assert math.isfinite(metrics["loss"]) and metrics["pairs"] == 1  # of 2 groups of 2, one lost its pair
 
 
 def test_a_failed_run_ends_failed_with_its_error(tmp_path):
