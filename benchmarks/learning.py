@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 
 from rlft.config import D3POConfig, DRaFTConfig
-from rlft.loop import train_d3po, train_draft
+from rlft.local import train_local
 
-ALGORITHMS = {"d3po": (D3POConfig, train_d3po), "draft": (DRaFTConfig, train_draft)}
+ALGORITHMS = {"d3po": D3POConfig, "draft": DRaFTConfig}
 
 
 def parse_variant(text: str) -> dict:
@@ -35,10 +35,10 @@ def parse_variant(text: str) -> dict:
     return fields
 
 
-def run(config_type, train, fields: dict, seed: int, reverse: bool, folder: Path) -> tuple[dict, float]:
+def run(config_type, fields: dict, seed: int, reverse: bool, folder: Path) -> tuple[dict, float]:
     cfg = config_type(**fields, seed=seed, ray=False, track=False, reverse_preferences=reverse)
     start = time.perf_counter()
-    history = train(cfg, folder, log=lambda line: None)
+    history = train_local(cfg, folder, log=lambda line: None)
     return history[-1], time.perf_counter() - start
 
 
@@ -53,7 +53,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    config_type, train = ALGORITHMS[args.algorithm]
+    config_type = ALGORITHMS[args.algorithm]
     print("| variant | seed | gain | reversed gain | difference / SE | time (s) |")
     print("| --- | --- | --- | --- | --- | --- |")
     for variant in args.variant or [""]:
@@ -62,8 +62,8 @@ def main() -> None:
         gains = []
         for seed in args.seeds:
             with tempfile.TemporaryDirectory() as tmp:
-                forward, seconds = run(config_type, train, fields, seed, False, Path(tmp) / "f")
-                reverse, _ = run(config_type, train, fields, seed, True, Path(tmp) / "r")
+                forward, seconds = run(config_type, fields, seed, False, Path(tmp) / "f")
+                reverse, _ = run(config_type, fields, seed, True, Path(tmp) / "r")
             g, se = forward["eval_gain_mean"], forward["eval_gain_se"]
             rg, rse = reverse["eval_gain_mean"], reverse["eval_gain_se"]
             gains.append(g)

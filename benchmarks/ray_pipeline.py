@@ -17,7 +17,7 @@ import ray
 
 from rlft.cluster import start_ray
 from rlft.config import D3POConfig
-from rlft.loop import train_d3po
+from rlft.local import train_local
 from rlft.ray_loop import ray_train
 
 PHASES = ("time_sample_s", "time_score_s", "time_shuffle_s", "time_train_s", "time_sync_s")
@@ -45,7 +45,7 @@ def main() -> None:
     cfg = D3POConfig(epochs=args.epochs, pairs_per_epoch=args.pairs, threads=args.threads, track=False)
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
-        single = train_d3po(cfg, Path(folder) / "single", log=lambda line: None)
+        single = train_local(cfg, Path(folder) / "single", log=lambda line: None)
         single_total = time.perf_counter() - start
 
         start = time.perf_counter()

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from rlft.config import CommonConfig
 from rlft.epoch import Chunk, sample_chunk
-from rlft.loop import build_policy, pick_device
+from rlft.policy import build_policy, pick_device
 from rlft.rewards import get_reward
 
 

@@ -15,8 +15,8 @@ import ray
 from ray._private import ray_constants
 from ray.experimental import internal_kv
 
+from rlft.backend import Log
 from rlft.config import CommonConfig
-from rlft.loop import Log
 
 QUIET = dict(logging_level=logging.ERROR, log_to_driver=False)
 

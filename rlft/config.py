@@ -8,7 +8,7 @@ values for Stable Diffusion 1.5 are noted where they differ.
 import dataclasses
 import os
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 from rlft.models import check_model_name
 from rlft.policy import DEFAULT_LORA_TARGETS
@@ -125,6 +125,15 @@ class CommonConfig:
     """How many times a lost sampler or scorer is restarted, and the train workers are started again from
     the last checkpoint, before the run fails (a node that never comes back fails the run, never hangs it)."""
 
+    def common_sampling(self) -> dict:
+        """The sampling settings every algorithm shares."""
+        return dict(
+            num_steps=self.num_steps,
+            guidance_scale=self.guidance_scale,
+            eta=self.eta,
+            resolution=self.resolution,
+        )
+
     def __post_init__(self) -> None:
         check_model_name(self.model)
         _check(self.epochs >= 1, "epochs", self.epochs, "at least 1")
@@ -217,6 +226,21 @@ class D3POConfig(CommonConfig):
     batch_size: int = 16
     """(pair, timestep) items per optimizer step."""
 
+    algorithm: ClassVar[str] = "d3po"
+
+    def describe(self) -> tuple[str, str]:
+        """(the algorithm's name, an epoch's work) for the job's first line."""
+        return "D3PO", f"{self.pairs_per_epoch} groups of {self.group_size}"
+
+    @property
+    def prompts_per_epoch(self) -> int:
+        """One prompt per group."""
+        return self.pairs_per_epoch
+
+    def sampling_settings(self) -> dict:
+        """`sample_trajectories` arguments (see rlft/epoch.py's `sample_chunk`): every latent and log-prob."""
+        return self.common_sampling() | dict(group_size=self.group_size, with_logprob=True, last_only=False)
+
     @property
     def human(self) -> bool:
         """Training on people's labels (reward human:<folder>): nothing is sampled or scored."""
@@ -288,6 +312,26 @@ class DRaFTConfig(CommonConfig):
         _check(self.steps_per_epoch >= 1, "steps_per_epoch", self.steps_per_epoch, "at least 1")
         _check(self.eta >= 0, "eta", self.eta, ">= 0")
         _check(self.lr > 0, "lr", self.lr, "positive")
+
+    algorithm: ClassVar[str] = "draft"
+
+    def describe(self) -> tuple[str, str]:
+        """(the algorithm's name, an epoch's work) for the job's first line."""
+        name = f"DRaFT ({self.variant}, K={self.steps_with_grad})"
+        return name, f"{self.steps_per_epoch} steps x {self.batch_size} samples"
+
+    @property
+    def prompts_per_epoch(self) -> int:
+        """One prompt per sample of the epoch's optimizer steps."""
+        return self.batch_size * self.steps_per_epoch
+
+    def sampling_settings(self) -> dict:
+        """`sample_trajectories` arguments: DRaFT-K and full DRaFT stop where the gradient starts; DRaFT-LV
+        needs the final sample."""
+        skip_last = 0 if self.variant == "draft-lv" else self.steps_with_grad
+        return self.common_sampling() | dict(
+            group_size=1, with_logprob=False, skip_last=skip_last, last_only=True
+        )
 
     @property
     def steps_with_grad(self) -> int:

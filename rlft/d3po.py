@@ -1,8 +1,9 @@
-"""D3PO training: pairs from a reward's order, (pair, timestep) items, and the learner that applies updates.
+"""D3PO: pairs from a reward's order, (pair, timestep) items, the learner that applies updates, and the epoch.
 
-The learner is a plain class (no Ray): the single-process loop calls it directly, and a Ray Train worker
+The learner is a plain class (no Ray): the single-process backend calls it directly, and a Ray Train worker
 can hold one. Both members of every pair and both halves of classifier-free guidance go through one UNet
-call per batch; the reference is the same UNet with the adapter disabled.
+call per batch; the reference is the same UNet with the adapter disabled. The epoch (`d3po_epoch`) is
+written once against a `Backend` (rlft/backend.py): sample and score, pair, train.
 """
 
 from collections.abc import Callable, Iterable
@@ -11,10 +12,15 @@ import torch
 from diffusers import DDIMScheduler
 from torch import Tensor
 
+from rlft.backend import Algorithm, Backend, GradSync
+from rlft.config import D3POConfig
 from rlft.ddim import ddim_step_with_logprob
+from rlft.epoch import epoch_prompts
 from rlft.losses import d3po_loss
 from rlft.policy import Policy
 from rlft.sampling import guided_eps
+
+NO_PAIRS = {"loss": float("nan"), "preference_accuracy": float("nan"), "grad_norm": 0.0}
 
 
 def dominates(a: Tensor, b: Tensor) -> bool:
@@ -95,6 +101,18 @@ def pair_items(
     return items
 
 
+def d3po_items(
+    samples: dict[str, Tensor], rewards: Tensor, reverse: bool = False, pairs: str = "all"
+) -> tuple[dict[str, Tensor], dict[str, float]]:
+    """(pair, timestep) items from the preferences within each group (`pairs_from_rewards`); rewards (B,) or
+    (B, R) for several rewards; a sample with a NaN reward takes no part. `reverse` swaps every preference
+    (the control run of `--reverse-preferences`); `pairs` is D3POConfig.pairs ("all" or "best-worst")."""
+    signed = -rewards if reverse else rewards
+    index_w, index_l, ties = pairs_from_rewards(signed, samples["group"], best_worst=pairs == "best-worst")
+    items = pair_items(samples["latents"], samples["group"], samples["timesteps"], index_w, index_l)
+    return items, {"pairs": float(len(index_w)), "ties": float(ties)}
+
+
 class D3POLearner:
     """Applies D3PO updates to a `Policy`, one optimizer step per batch of (pair, timestep) items.
 
@@ -152,3 +170,48 @@ class D3POLearner:
         if not history:
             raise ValueError("no training items: every pair tied on the reward")
         return {k: sum(h[k] for h in history) / len(history) for k in history[0]}
+
+
+def make_learner(cfg: D3POConfig, pipe, policy: Policy, grad_sync: GradSync | None = None) -> D3POLearner:
+    pipe.scheduler.set_timesteps(cfg.num_steps, device=pipe.device)  # the steps the items were sampled at
+    return D3POLearner(
+        policy,
+        pipe.scheduler,
+        lr=cfg.lr,
+        beta=cfg.beta,
+        clip=cfg.clip,
+        guidance_scale=cfg.guidance_scale,
+        eta=cfg.eta,
+        max_grad_norm=cfg.max_grad_norm,
+        grad_sync=grad_sync,
+    )
+
+
+def train(learner: D3POLearner, batches, embeds: Tensor, uncond: Tensor, generator, prompts) -> tuple:
+    """The learner's epoch on its batches: (metrics, None); D3PO draws no noise and scores nothing."""
+    return learner.train_epoch(batches, embeds, uncond), None
+
+
+def d3po_epoch(cfg: D3POConfig, backend: Backend):
+    """D3PO's epoch: groups sharing x_T, pairs by the reward's order, per-step DPO on the backend."""
+
+    def one_epoch(epoch: int):
+        prompts = epoch_prompts(cfg, epoch)
+        sampled = backend.sample(epoch, prompts)
+        items, pairing = d3po_items(
+            sampled.samples, sampled.rewards, reverse=cfg.reverse_preferences, pairs=cfg.pairs
+        )
+        if len(items["prompt"]) >= cfg.train_workers:
+            metrics, _, timing = backend.train(epoch, prompts, items)
+        else:  # every pair tied: nothing to learn from this epoch
+            metrics, timing = NO_PAIRS, {}
+
+        def show():
+            return sampled.images()[:: cfg.group_size], prompts  # one image per group
+
+        return metrics | pairing | sampled.timing | timing, sampled.rewards, show
+
+    return one_epoch
+
+
+D3PO = Algorithm("d3po", make_learner, train, d3po_epoch)

@@ -7,6 +7,9 @@
   (x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) noise_i) and denoise each once with gradient; the loss averages the
   n rewards, a lower-variance estimate of the K = 1 gradient.
 A sample whose reward is NaN drops out of the loss (the mean runs over the finite rewards).
+
+The epoch (`draft_epoch`) is written once against a `Backend` (rlft/backend.py): sample (to where the
+gradient starts), train, and for the grid sample a few prompts to the end.
 """
 
 from collections.abc import Callable, Iterable
@@ -16,8 +19,12 @@ from diffusers import DDIMScheduler, StableDiffusionPipeline
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from rlft.backend import Algorithm, Backend, GradSync
+from rlft.config import DRaFTConfig
 from rlft.ddim import ddim_step
+from rlft.epoch import Chunk, epoch_prompts, stream_seed
 from rlft.policy import Policy
+from rlft.rewards import get_reward
 from rlft.sampling import decode, guided_eps
 
 RewardFn = Callable[[Tensor, list[str] | None], Tensor]  # (images, their prompts or None) -> (B,)
@@ -210,3 +217,60 @@ class DRaFTLearner:
             rewards.append(sample_rewards)
         mean = {k: sum(h[k] for h in history) / len(history) for k in history[0]}
         return mean, None if rewards[0] is None else torch.cat(rewards)
+
+
+def draft_items(samples: dict[str, Tensor]) -> dict[str, Tensor]:
+    """One item per sample: the latent the gradient starts from, and its prompt."""
+    return {"latents": samples["latents"][:, -1], "prompt": samples["group"]}
+
+
+def show_chunk(cfg: DRaFTConfig, prompts: list[str], epoch: int) -> Chunk:
+    """DRaFT's grid: fresh samples of the updated policy from a stream of their own (training draws none
+    of it), since DRaFT-K's samples finish inside the learner."""
+    return Chunk(0, prompts[:8], stream_seed(cfg.seed, epoch, "show"))
+
+
+def make_learner(
+    cfg: DRaFTConfig, pipe: StableDiffusionPipeline, policy: Policy, grad_sync: GradSync | None = None
+) -> DRaFTLearner:
+    return DRaFTLearner(
+        pipe,
+        policy,
+        get_reward(cfg.reward, differentiable=True).fn,
+        lr=cfg.lr,
+        num_steps=cfg.num_steps,
+        k=cfg.steps_with_grad,
+        lv_copies=cfg.lv_copies if cfg.variant == "draft-lv" else 0,
+        guidance_scale=cfg.guidance_scale,
+        eta=cfg.eta,
+        max_grad_norm=cfg.max_grad_norm,
+        grad_sync=grad_sync,
+        descend=cfg.reverse_preferences,
+    )
+
+
+def train(learner: DRaFTLearner, batches, embeds: Tensor, uncond: Tensor, generator, prompts) -> tuple:
+    """The learner's epoch: (metrics, the rewards of the samples DRaFT-K finished, or None for DRaFT-LV)."""
+    return learner.train_epoch(batches, embeds, uncond, generator, prompts)
+
+
+def draft_epoch(cfg: DRaFTConfig, backend: Backend):
+    """DRaFT's epoch: sample to where the gradient starts (DRaFT-LV: to the end, and score), then train."""
+    lv = cfg.variant == "draft-lv"
+
+    def one_epoch(epoch: int):
+        prompts = epoch_prompts(cfg, epoch)
+        sampled = backend.sample(epoch, prompts, score=lv)
+        metrics, rewards, timing = backend.train(epoch, prompts, draft_items(sampled.samples))
+        rewards = sampled.rewards if lv else rewards  # DRaFT-K finished its samples inside the learner
+
+        def show():
+            chunk = show_chunk(cfg, prompts, epoch)
+            return backend.sample_images(chunk), chunk.prompts
+
+        return metrics | sampled.timing | timing, rewards, show
+
+    return one_epoch
+
+
+DRAFT = Algorithm("draft", make_learner, train, draft_epoch)

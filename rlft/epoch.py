@@ -2,10 +2,10 @@
 
 An epoch: draw its prompts (`epoch_prompts`); cut them into fixed-size chunks (`plan_chunks`), each sampled
 by `sample_chunk` with its own noise seed, whichever sampler takes it; score the images, dropping samples
-whose reward is NaN; turn the samples into training items (`d3po_items`: one per (pair, timestep);
-`draft_items`: one per sample); feed the items in a seeded random order to a learner. Items carry a
-`prompt` index into the epoch's prompts instead of prompt embeddings, so what crosses between processes
-stays small: the learner encodes the epoch's prompts once.
+whose reward is NaN; turn the samples into training items (rlft/d3po.py's `d3po_items`: one per (pair,
+timestep); rlft/draft.py's `draft_items`: one per sample); feed the items in a seeded random order to a
+learner. Items carry a `prompt` index into the epoch's prompts instead of prompt embeddings, so what
+crosses between processes stays small: the learner encodes the epoch's prompts once.
 
 Every random draw comes from a generator seeded by (run seed, epoch, stream, index). An epoch's numbers
 therefore depend neither on how many samplers share its work nor on whether the run was resumed, and a
@@ -21,10 +21,10 @@ from diffusers import StableDiffusionPipeline
 from torch import Tensor
 
 from rlft.config import D3POConfig, DRaFTConfig
-from rlft.d3po import pair_items, pairs_from_rewards
 from rlft.prompts import draw_prompts
 from rlft.sampling import sample_trajectories
 
+AlgorithmConfig = D3POConfig | DRaFTConfig
 STREAMS = ("prompts", "noise", "shuffle", "train", "show", "eval")
 
 
@@ -40,13 +40,9 @@ def stream_generator(
     return torch.Generator(device).manual_seed(stream_seed(seed, epoch, stream, index))
 
 
-def epoch_prompts(cfg: D3POConfig | DRaFTConfig, epoch: int) -> list[str]:
-    """D3PO: one prompt per group; DRaFT: one per sample of the epoch's optimizer steps."""
-    if isinstance(cfg, D3POConfig):
-        count = cfg.pairs_per_epoch
-    else:
-        count = cfg.batch_size * cfg.steps_per_epoch
-    return draw_prompts(cfg.prompts, count, stream_generator(cfg.seed, epoch, "prompts"))
+def epoch_prompts(cfg: AlgorithmConfig, epoch: int) -> list[str]:
+    """The epoch's prompts (`cfg.prompts_per_epoch` of them), drawn from the epoch's own stream."""
+    return draw_prompts(cfg.prompts, cfg.prompts_per_epoch, stream_generator(cfg.seed, epoch, "prompts"))
 
 
 @dataclass(frozen=True)
@@ -65,16 +61,9 @@ def plan_chunks(prompts: list[str], per_chunk: int, seed: int, epoch: int) -> li
     ]
 
 
-def sampling_settings(cfg: D3POConfig | DRaFTConfig) -> dict:
+def sampling_settings(cfg: AlgorithmConfig) -> dict:
     """`sample_trajectories` arguments for the algorithm, plus `last_only` (keep just the last latent)."""
-    common = dict(
-        num_steps=cfg.num_steps, guidance_scale=cfg.guidance_scale, eta=cfg.eta, resolution=cfg.resolution
-    )
-    if isinstance(cfg, D3POConfig):
-        return common | dict(group_size=cfg.group_size, with_logprob=True, last_only=False)
-    # DRaFT-K and full DRaFT stop where the gradient starts; DRaFT-LV needs the final sample.
-    skip_last = 0 if cfg.variant == "draft-lv" else cfg.steps_with_grad
-    return common | dict(group_size=1, with_logprob=False, skip_last=skip_last, last_only=True)
+    return cfg.sampling_settings()
 
 
 def sample_chunk(pipe: StableDiffusionPipeline, chunk: Chunk, settings: dict) -> dict[str, Tensor]:
@@ -100,18 +89,6 @@ def concat_samples(parts: list[dict[str, Tensor]]) -> dict[str, Tensor]:
     return joined | {"timesteps": parts[0]["timesteps"]}
 
 
-def d3po_items(
-    samples: dict[str, Tensor], rewards: Tensor, reverse: bool = False, pairs: str = "all"
-) -> tuple[dict[str, Tensor], dict[str, float]]:
-    """(pair, timestep) items from the preferences within each group (`pairs_from_rewards`); rewards (B,) or
-    (B, R) for several rewards; a sample with a NaN reward takes no part. `reverse` swaps every preference
-    (the control run of `--reverse-preferences`); `pairs` is D3POConfig.pairs ("all" or "best-worst")."""
-    signed = -rewards if reverse else rewards
-    index_w, index_l, ties = pairs_from_rewards(signed, samples["group"], best_worst=pairs == "best-worst")
-    items = pair_items(samples["latents"], samples["group"], samples["timesteps"], index_w, index_l)
-    return items, {"pairs": float(len(index_w)), "ties": float(ties)}
-
-
 def prompts_of(prompts: list[str], group: Tensor) -> list[str]:
     """Each sample's prompt, for rewards that score an image against it: group (B,) indexes `prompts`."""
     return [prompts[i] for i in group.tolist()]
@@ -122,12 +99,7 @@ def chunk_prompts(chunk: Chunk, group_size: int) -> list[str]:
     return [prompt for prompt in chunk.prompts for _ in range(group_size)]
 
 
-def draft_items(samples: dict[str, Tensor]) -> dict[str, Tensor]:
-    """One item per sample: the latent the gradient starts from, and its prompt."""
-    return {"latents": samples["latents"][:, -1], "prompt": samples["group"]}
-
-
-def item_order(count: int, cfg: D3POConfig | DRaFTConfig, epoch: int) -> Tensor:
+def item_order(count: int, cfg: AlgorithmConfig, epoch: int) -> Tensor:
     """The order the single-process loop trains items in: seeded random, or as made with shuffle off."""
     if not cfg.shuffle:
         return torch.arange(count)

@@ -16,7 +16,7 @@ from rlft.adapters import adapter_digest, adapter_file, adapter_lora_shape, load
 from rlft.batch_folder import MANIFEST, write_batch
 from rlft.config import D3POConfig
 from rlft.epoch import concat_samples, epoch_prompts, plan_chunks, sample_chunk, sampling_settings
-from rlft.loop import build_policy
+from rlft.policy import build_policy
 
 MAX_GROUP_SIZE = 8  # the page's keys 1-8 pick an image
 

@@ -16,15 +16,17 @@ import torch
 from torch import Tensor
 
 from rlft.adapters import adapter_digest, adapter_lora_shape, adapter_state
+from rlft.backend import Log
 from rlft.batch_folder import read_images, read_manifest, read_trajectories
 from rlft.cluster import start_ray
 from rlft.config import HUMAN, D3POConfig
-from rlft.d3po import pair_items
+from rlft.d3po import make_learner, pair_items
 from rlft.epoch import item_order, iterate_batches
 from rlft.label_pairs import majority_pairs
 from rlft.labels import DB_FILE, LabelError, check_label, connect, read_labels
-from rlft.loop import LocalTrained, Log, build_policy, make_d3po_learner, run_epochs
+from rlft.loop import run_epochs
 from rlft.models import BUILTIN_MODELS
+from rlft.policy import LocalTrained, build_policy
 from rlft.ray_loop import RayTrained, train_on_workers
 from rlft.sampling import encode_prompts
 from rlft.tracking import Tracker
@@ -134,7 +136,7 @@ def local_trainer(
     pipe, policy = build_policy(cfg)
     if start is not None:
         policy.load_state_dict(start)
-    learner = make_d3po_learner(cfg, pipe, policy)
+    learner = make_learner(cfg, pipe, policy)
     items = {k: v.to(pipe.device) for k, v in items.items()}
     embeds, uncond = encode_prompts(pipe, prompts)
 

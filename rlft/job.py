@@ -16,7 +16,8 @@ import tyro
 from rlft.cluster import start_ray
 from rlft.config import D3POConfig, DRaFTConfig
 from rlft.human import check_labelled, human_folder, train_human
-from rlft.loop import GRID_FILE, train_d3po, train_draft
+from rlft.local import train_local
+from rlft.loop import GRID_FILE
 from rlft.ray_loop import ray_train
 from rlft.storage import check_reachable
 from rlft.tracking import check_tracking_uri, open_run, tracking_uri
@@ -24,17 +25,13 @@ from rlft.tracking import check_tracking_uri, open_run, tracking_uri
 
 def is_human(cfg: D3POConfig | DRaFTConfig) -> bool:
     """A D3PO run on people's labels (reward human:<folder>): nothing sampled, only trained."""
-    return isinstance(cfg, D3POConfig) and cfg.human
+    return cfg.algorithm == "d3po" and cfg.human
 
 
 def headline(cfg: D3POConfig | DRaFTConfig) -> str:
+    name, work = cfg.describe()
     if is_human(cfg):
-        name, work = "D3PO", f"passes over the labelled pairs of {human_folder(cfg)!r}"
-    elif isinstance(cfg, D3POConfig):
-        name, work = "D3PO", f"{cfg.pairs_per_epoch} groups of {cfg.group_size}"
-    else:
-        name = f"DRaFT ({cfg.variant}, K={cfg.steps_with_grad})"
-        work = f"{cfg.steps_per_epoch} steps x {cfg.batch_size} samples"
+        work = f"passes over the labelled pairs of {human_folder(cfg)!r}"
     actors = ", ".join(f"{n} {kind.replace('_', ' ')[:-1]}(s)" for kind, n in cfg.actor_counts().items() if n)
     where = f"Ray: {actors}" if cfg.ray else "one process"
     return f"{name} | model {cfg.model} | reward {cfg.reward} | {cfg.epochs} epochs x {work} | {where}"
@@ -81,7 +78,7 @@ def run_job(config_type: type[D3POConfig] | type[DRaFTConfig], algorithm: str, d
         elif cfg.ray:
             train = ray_train
         else:
-            train = train_d3po if isinstance(cfg, D3POConfig) else train_draft
+            train = train_local
         with tracker or nullcontext():
             history = train(cfg, run_dir=run_dir, tracker=tracker)
     finally:

@@ -10,6 +10,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
@@ -17,6 +18,11 @@ from diffusers.utils import convert_state_dict_to_diffusers
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from torch import Tensor
+
+from rlft.models import load_pipeline
+
+if TYPE_CHECKING:
+    from rlft.config import CommonConfig
 
 DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 ADAPTER_FILE = "pytorch_lora_weights.safetensors"
@@ -100,3 +106,44 @@ class Policy:
             self.save(folder)
             files = [f for f in Path(folder).rglob("*") if f.is_file()]
             return {str(f.relative_to(folder)): f.read_bytes() for f in files}
+
+
+class LocalTrained:
+    """A policy and its optimizer in this process: what a checkpoint holds (rlft/backend.py's `Trained`)."""
+
+    def __init__(self, policy: Policy, optimizer: torch.optim.Optimizer):
+        self.policy, self.optimizer = policy, optimizer
+
+    def state(self) -> dict:
+        return {"weights": self.policy.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load(self, state: dict) -> None:
+        self.policy.load_state_dict(state["weights"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+    def adapter_files(self) -> dict[str, bytes]:
+        return self.policy.adapter_files()
+
+
+def pick_device(choice: str) -> torch.device:
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' but torch sees no CUDA device")
+    return torch.device("cuda" if choice != "cpu" and torch.cuda.is_available() else "cpu")
+
+
+def build_policy(
+    cfg: "CommonConfig", device: torch.device | None = None
+) -> tuple[StableDiffusionPipeline, Policy]:
+    """The pipeline whose UNet is the trainable policy (sampling through `pipe` uses the current weights)."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    pipe = load_pipeline(cfg.model, seed=cfg.seed, device=device or pick_device(cfg.device))
+    torch.manual_seed(cfg.seed)  # the LoRA A-matrix init
+    policy = Policy(
+        pipe.unet,
+        lora_rank=cfg.lora_rank,
+        lora_alpha=cfg.lora_alpha,
+        lora_targets=cfg.lora_targets,
+        full_finetune=cfg.full_finetune,
+    )
+    return pipe, policy

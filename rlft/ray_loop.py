@@ -16,19 +16,12 @@ import torch
 from torch import Tensor
 
 from rlft.actors import Weights, start_actors
+from rlft.algorithms import algorithm_of
+from rlft.backend import Log, Sampled
 from rlft.config import CommonConfig, D3POConfig, DRaFTConfig
-from rlft.epoch import (
-    chunk_prompts,
-    concat_samples,
-    d3po_items,
-    draft_items,
-    epoch_prompts,
-    plan_chunks,
-    sampling_settings,
-    stream_seed,
-)
+from rlft.epoch import Chunk, chunk_prompts, concat_samples, plan_chunks, sampling_settings, stream_seed
 from rlft.evaluation import eval_chunks, eval_settings
-from rlft.loop import Log, run_epochs, show_chunk
+from rlft.loop import run_epochs
 from rlft.tracking import Tracker
 from rlft.train_workers import TrainWorkers, WorkersRestarted
 
@@ -112,11 +105,50 @@ class RayTrained:
         return replies
 
 
+class RayBackend:
+    """Samplers and scorers (actors) sample and score chunk by chunk; the items go through a Ray Data shuffle
+    to the Ray Train workers; rank 0's new weights reach every sampler through one object reference."""
+
+    def __init__(self, cfg: D3POConfig | DRaFTConfig, trained: RayTrained, samplers, scorers, log: Log):
+        self.cfg, self.trained, self.samplers, self.scorers, self.log = cfg, trained, samplers, scorers, log
+
+    def sample(self, epoch: int, prompts: list[str], score: bool = True) -> Sampled:
+        samples, rewards, images, timing = sample_and_score(
+            self.cfg, epoch, prompts, self.samplers, self.scorers, self.trained.weights, self.log, score
+        )
+        return Sampled(samples, rewards, lambda: torch.cat(ray.get(images)), timing)
+
+    def train(self, epoch: int, prompts: list[str], items: dict[str, Tensor]):
+        metrics, replies, timing = train_on_workers(self.cfg, self.trained, epoch, prompts, items, self.log)
+        rewards = [r.get("rewards") for r in replies]
+        return metrics, None if rewards[0] is None else torch.cat(rewards), timing
+
+    def sample_images(self, chunk: Chunk) -> Tensor:
+        sampler = self.samplers[0].sample.options(num_returns=2)
+        return ray.get(sampler.remote(chunk, self.trained.weights, skip_last=0))[1]
+
+    def evaluate(self) -> tuple[Tensor, Tensor]:
+        """The samplers' current weights on the fixed evaluation set: its chunks over the samplers in turn,
+        each chunk's images to a scorer as soon as sampled."""
+        chunks, settings = eval_chunks(self.cfg), eval_settings(self.cfg)
+        outs = [
+            self.samplers[i % len(self.samplers)]
+            .sample.options(num_returns=2)
+            .remote(chunk, self.trained.weights, **settings)
+            for i, chunk in enumerate(chunks)
+        ]
+        rewards = [
+            self.scorers[i % len(self.scorers)].score.remote(image_ref, chunk.prompts)
+            for i, (chunk, (_, image_ref)) in enumerate(zip(chunks, outs, strict=True))
+        ]
+        images = wait([image_ref for _, image_ref in outs], "evaluating", self.log)
+        return torch.cat(wait(rewards, "scoring the evaluation set", self.log)), torch.cat(images)
+
+
 def ray_train(
     cfg: D3POConfig | DRaFTConfig, run_dir: Path, tracker: Tracker | None = None, log: Log = print
 ) -> list[dict[str, float]]:
-    """Train D3PO or DRaFT (by the config's type) on Ray; the per-epoch metrics, as `run_epochs` gives."""
-    d3po = isinstance(cfg, D3POConfig)
+    """Train the config's algorithm on Ray; the per-epoch metrics, as `run_epochs` gives."""
     start = time.perf_counter()
     log("starting the samplers, scorers and train workers (each loads the model once)")
     samplers, scorers = start_actors(cfg, sampling_settings(cfg), cfg.reward)
@@ -137,36 +169,14 @@ def ray_train(
             f"{cfg.samplers} sampler(s), {cfg.scorers} scorer(s), {cfg.train_workers} train worker(s) "
             f"ready ({time.perf_counter() - start:.1f} s)"
         )
-        one_epoch = (d3po_epoch if d3po else draft_epoch)(cfg, trained, samplers, scorers, log)
-        evaluate = ray_evaluate(cfg, trained, samplers, scorers, log)
-        return run_epochs(cfg, run_dir, trained, one_epoch, tracker, log, evaluate)
+        backend = RayBackend(cfg, trained, samplers, scorers, log)
+        one_epoch = algorithm_of(cfg).epoch(cfg, backend)
+        return run_epochs(cfg, run_dir, trained, one_epoch, tracker, log, backend.evaluate)
     finally:
         if workers is not None:
             workers.stop()
         for actor in samplers + scorers:
             ray.kill(actor)
-
-
-def ray_evaluate(cfg: CommonConfig, trained: RayTrained, samplers, scorers, log: Log):
-    """Scores the samplers' current weights on the fixed evaluation set: its chunks over the samplers in
-    turn, each chunk's images to a scorer as soon as sampled."""
-
-    def evaluate() -> tuple[Tensor, Tensor]:
-        chunks, settings = eval_chunks(cfg), eval_settings(cfg)
-        outs = [
-            samplers[i % len(samplers)]
-            .sample.options(num_returns=2)
-            .remote(chunk, trained.weights, **settings)
-            for i, chunk in enumerate(chunks)
-        ]
-        rewards = [
-            scorers[i % len(scorers)].score.remote(image_ref, chunk.prompts)
-            for i, (chunk, (_, image_ref)) in enumerate(zip(chunks, outs, strict=True))
-        ]
-        images = wait([image_ref for _, image_ref in outs], "evaluating", log)
-        return torch.cat(wait(rewards, "scoring the evaluation set", log)), torch.cat(images)
-
-    return evaluate
 
 
 def sample_and_score(cfg, epoch, prompts, samplers, scorers, weights: Weights, log, score: bool = True):
@@ -207,48 +217,3 @@ def train_on_workers(cfg, trained: RayTrained, epoch, prompts, items, log):
     keys = replies[0]["metrics"]
     metrics = {k: sum(r["metrics"][k] for r in replies) / len(replies) for k in keys}
     return metrics, replies, timing
-
-
-def d3po_epoch(cfg: D3POConfig, trained: RayTrained, samplers, scorers, log: Log):
-    def one_epoch(epoch: int):
-        prompts = epoch_prompts(cfg, epoch)
-        samples, rewards, images, timing = sample_and_score(
-            cfg, epoch, prompts, samplers, scorers, trained.weights, log
-        )
-        items, pairing = d3po_items(samples, rewards, reverse=cfg.reverse_preferences, pairs=cfg.pairs)
-        if len(items["prompt"]) >= cfg.train_workers:
-            metrics, _, more = train_on_workers(cfg, trained, epoch, prompts, items, log)
-        else:  # every pair tied: nothing to learn from this epoch
-            metrics = {"loss": float("nan"), "preference_accuracy": float("nan"), "grad_norm": 0.0}
-            more = {}
-
-        def show():
-            return torch.cat(ray.get(images))[:: cfg.group_size], prompts
-
-        return metrics | pairing | timing | more, rewards, show
-
-    return one_epoch
-
-
-def draft_epoch(cfg: DRaFTConfig, trained: RayTrained, samplers, scorers, log: Log):
-    lv = cfg.variant == "draft-lv"
-
-    def one_epoch(epoch: int):
-        prompts = epoch_prompts(cfg, epoch)
-        samples, rewards, _, timing = sample_and_score(
-            cfg, epoch, prompts, samplers, scorers, trained.weights, log, score=lv
-        )
-        metrics, replies, more = train_on_workers(cfg, trained, epoch, prompts, draft_items(samples), log)
-        if not lv:  # DRaFT-K finished its samples inside the workers
-            rewards = torch.cat([r["rewards"] for r in replies])
-
-        def show():
-            chunk = show_chunk(cfg, prompts, epoch)
-            _, images = ray.get(
-                samplers[0].sample.options(num_returns=2).remote(chunk, trained.weights, skip_last=0)
-            )
-            return images, chunk.prompts
-
-        return metrics | timing | more, rewards, show
-
-    return one_epoch

@@ -37,9 +37,10 @@ from ray.util.queue import Empty, Queue
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from rlft.actors import custom_resource, use_threads
+from rlft.algorithms import algorithm_of
 from rlft.config import D3POConfig, DRaFTConfig
 from rlft.epoch import stream_generator
-from rlft.loop import LocalTrained, build_policy, make_d3po_learner, make_draft_learner
+from rlft.policy import LocalTrained, build_policy
 from rlft.sampling import encode_prompts
 
 
@@ -72,17 +73,15 @@ def worker_loop(config: dict) -> None:
     device = ray.train.torch.get_device() if torch.cuda.is_available() else torch.device("cpu")
     pipe, policy = build_policy(cfg, device)
     sync = average_gradients if world > 1 else None
-    d3po = isinstance(cfg, D3POConfig)
-    learner = (make_d3po_learner if d3po else make_draft_learner)(cfg, pipe, policy, sync)
+    algorithm = algorithm_of(cfg)
+    learner = algorithm.make_learner(cfg, pipe, policy, sync)
     trained = LocalTrained(policy, learner.optimizer)
 
     def train(epoch: int, prompts: list[str], shard) -> dict:
         embeds, uncond = encode_prompts(pipe, prompts)
         batches = shard.iter_torch_batches(batch_size=cfg.batch_size // world, device=device)
-        if d3po:
-            return {"metrics": learner.train_epoch(batches, embeds, uncond)}
         generator = stream_generator(cfg.seed, epoch, "train", rank, device)
-        metrics, rewards = learner.train_epoch(batches, embeds, uncond, generator, prompts)
+        metrics, rewards = algorithm.train(learner, batches, embeds, uncond, generator, prompts)
         return {"metrics": metrics, "rewards": rewards}
 
     commands, replies = config["commands"][rank], config["replies"]

@@ -21,7 +21,8 @@ from rlft.actors import Weights, start_actors
 from rlft.cluster import start_ray
 from rlft.config import D3POConfig
 from rlft.epoch import epoch_prompts, sampling_settings
-from rlft.loop import build_policy, train_d3po
+from rlft.local import train_local
+from rlft.policy import build_policy
 from rlft.ray_loop import ray_train, sample_and_score
 from rlft.tracking import Tracker
 
@@ -79,7 +80,7 @@ def test_a_lost_train_worker_node_restarts_from_the_last_checkpoint_and_nothing_
     cluster, tmp_path
 ):
     cfg = D3POConfig(epochs=3, worker_resource="trainer", max_failures=2, ready_timeout_s=180, **SMALL)
-    reference = train_d3po(D3POConfig(epochs=3, **SMALL), tmp_path / "reference", log=print)
+    reference = train_local(D3POConfig(epochs=3, **SMALL), tmp_path / "reference", log=print)
     trainer_node = cluster.add_node(num_cpus=1, resources={"trainer": 1})
     lines, result = [], {}
 

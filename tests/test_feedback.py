@@ -17,7 +17,7 @@ from rlft.epoch import concat_samples, epoch_prompts, plan_chunks, sample_chunk,
 from rlft.feedback import SampleGroupsConfig, policy_config, sample_groups
 from rlft.human import check_fits, labelled_items
 from rlft.labels import Label, connect, save_label
-from rlft.loop import build_policy
+from rlft.policy import build_policy
 
 SETTINGS = dict(groups=3, group_size=3, num_steps=3, round=2)
 

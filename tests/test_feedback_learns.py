@@ -34,7 +34,8 @@ from rlft.evaluation import eval_metrics
 from rlft.feedback import SampleGroupsConfig, sample_groups
 from rlft.human import train_on_labels
 from rlft.label_server import create_app
-from rlft.loop import build_policy, local_evaluate
+from rlft.local import local_evaluate
+from rlft.policy import build_policy
 
 pytestmark = pytest.mark.slow
 

@@ -15,7 +15,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from rlft.config import D3POConfig, DRaFTConfig
-from rlft.loop import train_d3po, train_draft
+from rlft.local import train_local
 from rlft.models import load_pipeline
 
 pytestmark = pytest.mark.slow
@@ -31,11 +31,11 @@ def _gain(history: list[dict]) -> tuple[float, float]:
     return history[-1]["eval_gain_mean"], history[-1]["eval_gain_se"]
 
 
-def _train(train, cfg, run_dir: Path) -> list[dict]:
-    return train(cfg, run_dir, log=print)
+def _train(cfg, run_dir: Path) -> list[dict]:
+    return train_local(cfg, run_dir, log=print)
 
 
-def _check_learns(train, cfg, tmp_path):
+def _check_learns(cfg, tmp_path):
     """The run raises the fixed evaluation set's reward by 3 standard errors of the paired gain,
     and its reversed twin (every preference swapped, or the reward descended) ends 3 standard errors below it.
 
@@ -48,8 +48,8 @@ def _check_learns(train, cfg, tmp_path):
     reversed_cfg = dataclasses.replace(cfg, reverse_preferences=True)
     with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
         runs = [
-            pool.submit(_train, train, cfg, tmp_path / "forward"),
-            pool.submit(_train, train, reversed_cfg, tmp_path / "reverse"),
+            pool.submit(_train, cfg, tmp_path / "forward"),
+            pool.submit(_train, reversed_cfg, tmp_path / "reverse"),
         ]
         forward, reverse = (run.result() for run in runs)
     gain, se = _gain(forward)
@@ -67,19 +67,19 @@ def test_d3po_default_learns_the_reward_on_the_evaluation_set_and_its_reversed_c
     seed, tmp_path
 ):
     cfg = D3POConfig(seed=seed, ray=False, track=False)
-    _check_learns(train_d3po, cfg, tmp_path)
+    _check_learns(cfg, tmp_path)
 
 
 @pytest.mark.parametrize("seed", DRAFT_SEEDS)
 def test_draft_default_learns_the_reward_on_the_evaluation_set_and_its_reversed_control_does_not(
     seed, tmp_path
 ):
-    _check_learns(train_draft, DRaFTConfig(seed=seed, ray=False, track=False), tmp_path)
+    _check_learns(DRaFTConfig(seed=seed, ray=False, track=False), tmp_path)
 
 
 def test_draft_lv_raises_the_differentiable_reward(tmp_path):
     cfg = DRaFTConfig(variant="draft-lv", ray=False, track=False)
-    history = train_draft(dataclasses.replace(cfg, eval_every=cfg.epochs), tmp_path, log=print)
+    history = train_local(dataclasses.replace(cfg, eval_every=cfg.epochs), tmp_path, log=print)
     gain, se = _gain(history)
     assert gain > 3 * se, (gain, se)
 

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from rlft.d3po import pairs_from_rewards
-from rlft.epoch import Chunk, chunk_prompts, d3po_items, prompts_of, reward_metrics
+from rlft.d3po import d3po_items, pairs_from_rewards
+from rlft.epoch import Chunk, chunk_prompts, prompts_of, reward_metrics
 
 NAN = float("nan")
 

@@ -9,7 +9,7 @@ from mlflow.tracking import MlflowClient
 
 from rlft.cluster import check_resources, start_ray
 from rlft.config import D3POConfig, DRaFTConfig
-from rlft.loop import train_d3po, train_draft
+from rlft.local import train_local
 from rlft.ray_loop import ray_train
 from rlft.tracking import Tracker
 
@@ -32,7 +32,7 @@ def _same(a: list[dict], b: list[dict], keys=("reward_mean", "loss")) -> None:
 
 def test_d3po_on_ray_gives_the_single_process_numbers_and_resumes_where_it_stopped(local_ray, tmp_path):
     cfg = D3POConfig(epochs=3, shuffle=False, **SMALL)
-    reference = train_d3po(cfg, tmp_path / "single", log=print)
+    reference = train_local(cfg, tmp_path / "single", log=print)
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     with Tracker("ray", cfg, {"algorithm": "d3po"}, uri=uri) as tracker:
@@ -53,11 +53,11 @@ def test_draft_on_ray_gives_the_single_process_numbers(local_ray, tmp_path, vari
     cfg = DRaFTConfig(
         epochs=2, variant=variant, shuffle=False, batch_size=2, steps_per_epoch=2, num_steps=3, threads=1
     )
-    _same(train_draft(cfg, tmp_path / "single", log=print), ray_train(cfg, tmp_path / "ray", log=print))
+    _same(train_local(cfg, tmp_path / "single", log=print), ray_train(cfg, tmp_path / "ray", log=print))
 
 
 def test_two_samplers_and_two_train_workers_sample_the_same_first_epoch_and_train(local_ray, tmp_path):
-    one = train_d3po(D3POConfig(epochs=1, **SMALL), tmp_path / "one", log=print)
+    one = train_local(D3POConfig(epochs=1, **SMALL), tmp_path / "one", log=print)
     cfg = D3POConfig(epochs=2, samplers=2, train_workers=2, **SMALL)
     many = ray_train(cfg, tmp_path / "many", log=print)
     # Each chunk carries its own noise seed: the first epoch's samples do not depend on the sampler count.

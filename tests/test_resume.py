@@ -9,8 +9,8 @@ from mlflow.tracking import MlflowClient
 
 from rlft.checkpoint import load_checkpoint, save_checkpoint
 from rlft.config import D3POConfig, DRaFTConfig
-from rlft.loop import LocalTrained, train_d3po, train_draft
-from rlft.policy import Policy
+from rlft.local import train_local
+from rlft.policy import LocalTrained, Policy
 from rlft.rewards import REWARDS
 from rlft.tracking import Tracker, check_tracking_uri
 
@@ -22,14 +22,14 @@ def _tracker(tmp_path, name="run"):
 
 
 def test_a_resumed_run_equals_an_uninterrupted_one_and_logs_each_epoch_once(tmp_path):
-    straight = train_d3po(D3POConfig(epochs=3, **SMALL), tmp_path / "straight", log=print)
+    straight = train_local(D3POConfig(epochs=3, **SMALL), tmp_path / "straight", log=print)
 
     with _tracker(tmp_path) as tracker:
-        train_d3po(D3POConfig(epochs=2, **SMALL), tmp_path / "resumed", tracker, log=print)
+        train_local(D3POConfig(epochs=2, **SMALL), tmp_path / "resumed", tracker, log=print)
     lines = []
     with _tracker(tmp_path) as tracker:  # the same name: the same MLflow run
         assert tracker.resumed
-        resumed = train_d3po(D3POConfig(epochs=3, **SMALL), tmp_path / "resumed", tracker, log=lines.append)
+        resumed = train_local(D3POConfig(epochs=3, **SMALL), tmp_path / "resumed", tracker, log=lines.append)
     # The base model is scored on the evaluation set first (again on resume), then one epoch, then the grid.
     assert lines[0].startswith("evaluation set: 64 images of 'shapes-eval' | base model reward")
     assert lines[1] == f"resuming {tmp_path / 'resumed'} after epoch 1" and lines[2].startswith("epoch   2 |")
@@ -46,9 +46,9 @@ def test_a_resumed_run_equals_an_uninterrupted_one_and_logs_each_epoch_once(tmp_
 
 def test_draft_resumes_too(tmp_path):
     small = dict(batch_size=2, steps_per_epoch=1, num_steps=3, threads=1)
-    straight = train_draft(DRaFTConfig(epochs=2, **small), tmp_path / "a", log=print)
-    train_draft(DRaFTConfig(epochs=1, **small), tmp_path / "b", log=print)
-    resumed = train_draft(DRaFTConfig(epochs=2, **small), tmp_path / "b", log=print)
+    straight = train_local(DRaFTConfig(epochs=2, **small), tmp_path / "a", log=print)
+    train_local(DRaFTConfig(epochs=1, **small), tmp_path / "b", log=print)
+    resumed = train_local(DRaFTConfig(epochs=2, **small), tmp_path / "b", log=print)
     assert [h["reward_mean"] for h in straight] == [h["reward_mean"] for h in resumed]
 
 
@@ -69,7 +69,7 @@ def test_epochs_checkpointed_but_never_logged_are_logged_on_resume(tmp_path, tin
     # A crash right after the checkpoint: epoch 1 never reached MLflow. Resuming logs it, then goes on.
     with _tracker(tmp_path) as tracker:
         tracker.log_epoch(0, history[0])
-        train_d3po(D3POConfig(epochs=2, **SMALL), tmp_path / "run", tracker, log=print)
+        train_local(D3POConfig(epochs=2, **SMALL), tmp_path / "run", tracker, log=print)
     assert tracker.logged_epochs() == [0, 1]
 
 
@@ -82,7 +82,7 @@ def test_a_sample_whose_reward_is_nan_is_dropped_and_counted_and_the_epoch_goes_
         return rewards
 
     monkeypatch.setitem(REWARDS, "jpeg-compressibility", replace(jpeg, fn=first_is_nan))
-    (metrics,) = train_d3po(D3POConfig(epochs=1, group_size=2, **SMALL), tmp_path, log=print)
+    (metrics,) = train_local(D3POConfig(epochs=1, group_size=2, **SMALL), tmp_path, log=print)
     assert metrics["nan_rewards"] == 1 and math.isfinite(metrics["reward_mean"])
     assert math.isfinite(metrics["loss"]) and metrics["pairs"] == 1  # of 2 groups of 2, one lost its pair
 

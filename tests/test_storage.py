@@ -16,7 +16,7 @@ from processes import free_port
 
 from rlft.checkpoint import load_checkpoint, save_checkpoint
 from rlft.config import D3POConfig, DRaFTConfig
-from rlft.loop import train_d3po
+from rlft.local import train_local
 from rlft.storage import MARKER, RunStorage, check_reachable
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -182,7 +182,7 @@ def test_a_run_whose_disk_was_lost_resumes_from_s3_with_the_numbers_of_an_uninte
     second = job(3)
     assert f"resuming {runs / 'lost-disk'} after epoch 1" in second
 
-    train_d3po(D3POConfig(epochs=3, **SMALL), tmp_path / "straight")
+    train_local(D3POConfig(epochs=3, **SMALL), tmp_path / "straight")
     straight = _numbers(capsys.readouterr().out)
     assert len(straight) == 3 and _numbers(first) + _numbers(second) == straight
     storage = RunStorage(uri, "lost-disk")

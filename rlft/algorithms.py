@@ -1,0 +1,12 @@
+"""The algorithms by name: a config's `algorithm` picks its learner and its epoch (rlft/backend.py)."""
+
+from rlft.backend import Algorithm
+from rlft.d3po import D3PO
+from rlft.draft import DRAFT
+
+ALGORITHMS = {algorithm.name: algorithm for algorithm in (D3PO, DRAFT)}
+
+
+def algorithm_of(cfg) -> Algorithm:
+    """The algorithm a config (D3POConfig, DRaFTConfig) trains."""
+    return ALGORITHMS[cfg.algorithm]

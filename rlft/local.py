@@ -1,0 +1,98 @@
+"""The single-process backend: sampling, scoring and training in this process, no Ray.
+
+It is the reference the Ray backend (rlft/ray_loop.py) is held to: the same config and seed give the same
+numbers. `train_local` runs any algorithm's epoch (rlft/algorithms.py) through `run_epochs`, and returns one
+metrics dict per epoch, with names every algorithm shares (reward_mean, reward_std, loss, samples_per_s,
+epoch_time_s, eval_*) plus each algorithm's own.
+"""
+
+import time
+from pathlib import Path
+
+import torch
+from diffusers import StableDiffusionPipeline
+from torch import Tensor
+
+from rlft.algorithms import algorithm_of
+from rlft.backend import EvalFn, Log, Sampled
+from rlft.config import CommonConfig, D3POConfig, DRaFTConfig
+from rlft.epoch import (
+    Chunk,
+    concat_samples,
+    item_order,
+    iterate_batches,
+    plan_chunks,
+    prompts_of,
+    sample_chunk,
+    sampling_settings,
+    stream_generator,
+)
+from rlft.evaluation import eval_chunks, eval_settings
+from rlft.loop import run_epochs
+from rlft.policy import LocalTrained, build_policy
+from rlft.rewards import get_reward
+from rlft.sampling import encode_prompts
+from rlft.tracking import Tracker
+
+
+def local_evaluate(pipe: StableDiffusionPipeline, cfg: CommonConfig) -> EvalFn:
+    """Scores the pipeline's current policy on the fixed evaluation set, in this process."""
+    reward = get_reward(cfg.reward)
+
+    def evaluate() -> tuple[Tensor, Tensor]:
+        samples = [sample_chunk(pipe, chunk, eval_settings(cfg)) for chunk in eval_chunks(cfg)]
+        images = torch.cat([s["images"] for s in samples])
+        prompts = [p for chunk in eval_chunks(cfg) for p in chunk.prompts]
+        with torch.no_grad():
+            return reward.fn(images, prompts).float(), images
+
+    return evaluate
+
+
+class LocalBackend:
+    """Samples with `pipe` (whose UNet is the policy), scores with the config's reward, trains `learner`."""
+
+    def __init__(self, cfg: D3POConfig | DRaFTConfig, pipe: StableDiffusionPipeline, learner, train_fn):
+        self.cfg, self.pipe, self.learner, self.train_fn = cfg, pipe, learner, train_fn
+        self.trained = LocalTrained(learner.policy, learner.optimizer)
+        self.evaluate = local_evaluate(pipe, cfg)
+
+    def sample(self, epoch: int, prompts: list[str], score: bool = True) -> Sampled:
+        start = time.perf_counter()
+        chunks = plan_chunks(prompts, self.cfg.sample_batch, self.cfg.seed, epoch)
+        settings = sampling_settings(self.cfg)
+        samples = concat_samples([sample_chunk(self.pipe, chunk, settings) for chunk in chunks])
+        sampled = time.perf_counter()
+        rewards = None
+        if score:
+            with torch.no_grad():
+                texts = prompts_of(prompts, samples["group"])
+                rewards = get_reward(self.cfg.reward).fn(samples["images"], texts).float()
+        timing = {"time_sample_s": sampled - start, "time_score_s": time.perf_counter() - sampled}
+        return Sampled(samples, rewards, lambda: samples["images"], timing)
+
+    def train(self, epoch: int, prompts: list[str], items: dict[str, Tensor]):
+        start = time.perf_counter()
+        device = self.pipe.device
+        items = {k: v.to(device) for k, v in items.items()}
+        order = item_order(len(items["prompt"]), self.cfg, epoch)
+        batches = iterate_batches(items, self.cfg.batch_size, order)
+        generator = stream_generator(self.cfg.seed, epoch, "train", 0, device)
+        embeds, uncond = encode_prompts(self.pipe, prompts)
+        metrics, rewards = self.train_fn(self.learner, batches, embeds, uncond, generator, prompts)
+        return metrics, rewards, {"time_train_s": time.perf_counter() - start}
+
+    def sample_images(self, chunk: Chunk) -> Tensor:
+        settings = sampling_settings(self.cfg) | {"skip_last": 0}
+        return sample_chunk(self.pipe, chunk, settings)["images"]
+
+
+def train_local(
+    cfg: D3POConfig | DRaFTConfig, run_dir: Path, tracker: Tracker | None = None, log: Log = print
+) -> list[dict[str, float]]:
+    """Train the config's algorithm in this process; the per-epoch metrics, as `run_epochs` gives."""
+    pipe, policy = build_policy(cfg)
+    algorithm = algorithm_of(cfg)
+    backend = LocalBackend(cfg, pipe, algorithm.make_learner(cfg, pipe, policy), algorithm.train)
+    one_epoch = algorithm.epoch(cfg, backend)
+    return run_epochs(cfg, run_dir, backend.trained, one_epoch, tracker, log, backend.evaluate)
