@@ -1,9 +1,14 @@
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 from rlft.models import build_tiny_pipeline
 
 SLOW_TIER = "pytest -m slow"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
@@ -19,6 +24,22 @@ def tiny_pipe():
     for module in (pipe.unet, pipe.vae, pipe.text_encoder):
         module.requires_grad_(False)
     return pipe
+
+
+@pytest.fixture(scope="session")
+def reward_folders(tmp_path_factory) -> Path:
+    """Random reward folders, written once per test run: aesthetic/ (a small CLIP and a random head) and
+    imagereward/ (ImageReward's full shape, 447 M parameters, 1.8 GB on disk)."""
+    out = tmp_path_factory.mktemp("reward_folders")
+    made = subprocess.run(
+        [sys.executable, "benchmarks/random_reward_folders.py", str(out), "--small"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=ROOT,
+    )
+    assert made.returncode == 0, made.stderr
+    return out
 
 
 def pytest_collection_modifyitems(config, items):

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from processes import SMALL_EVAL
 from torchvision.transforms import CenterCrop, Compose, InterpolationMode, Normalize, Resize, ToTensor
 from transformers import CLIPConfig, CLIPModel, CLIPVisionConfig, CLIPVisionModelWithProjection
 
@@ -87,12 +88,10 @@ def _run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_the_draft_job_trains_on_a_random_aesthetic_folder(tmp_path):
-    made = _run("benchmarks/random_reward_folders.py", str(tmp_path), "--small", "--only", "aesthetic")
-    assert made.returncode == 0, made.stderr
-    flags = ["--epochs", "1", "--batch-size", "2", "--steps-per-epoch", "1", "--threads", "1"]
+def test_the_draft_job_trains_on_a_random_aesthetic_folder(tmp_path, reward_folders):
+    flags = ["--epochs", "1", "--batch-size", "2", "--steps-per-epoch", "1", "--threads", "1", *SMALL_EVAL]
     flags += ["--no-ray", "--no-track", "--runs-dir", str(tmp_path / "runs"), "--run-name", "aesthetic"]
-    result = _run("jobs/draft.py", "--reward", f"aesthetic:{tmp_path / 'aesthetic'}", *flags)
+    result = _run("jobs/draft.py", "--reward", f"aesthetic:{reward_folders / 'aesthetic'}", *flags)
     assert result.returncode == 0, result.stderr
     assert "epoch   0 | eval" in result.stdout
     assert (tmp_path / "runs" / "aesthetic" / "adapter").is_dir()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from processes import free_port, start_ray_head, stop_process, wait_http
+from processes import SMALL_EVAL, free_port, start_ray_head, stop_process, wait_http
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,7 +72,7 @@ def test_demand_beyond_the_head_adds_nodes_the_job_succeeds_and_idle_nodes_go(tm
                 "3",
             ),
             *("--samplers", "2", "--sampler-gpus", "1", "--ready-timeout-s", "300", "--no-track"),
-            *("--worker-resource", "trainer"),
+            *("--worker-resource", "trainer", *SMALL_EVAL),
             *("--runs-dir", str(tmp_path / "runs"), "--run-name", "scaled"),
         ]
         submit = [str(BIN / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{dashboard_port}"]

@@ -13,10 +13,12 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+from processes import SMALL_EVAL
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 FLAGS = ["--epochs", "3", "--pairs-per-epoch", "4", "--num-steps", "3", "--batch-size", "4", "--threads", "1"]
+FLAGS += SMALL_EVAL  # a small evaluation set: the test is about resuming
 
 
 def test_a_killed_driver_resumes_after_its_last_finished_epoch_and_logs_each_epoch_once(tmp_path):

@@ -27,7 +27,9 @@ from rlft.ray_loop import ray_train, sample_and_score
 from rlft.tracking import Tracker
 
 pytestmark = pytest.mark.slow
-SMALL = dict(pairs_per_epoch=4, num_steps=3, batch_size=4, threads=1, sample_batch=2, shuffle=False)
+SMALL = dict(
+    eval_images=4, pairs_per_epoch=4, num_steps=3, batch_size=4, threads=1, sample_batch=2, shuffle=False
+)
 
 
 @pytest.fixture(scope="module")

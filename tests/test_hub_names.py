@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from processes import SMALL_EVAL
 
 from rlft import aesthetic
 
@@ -28,6 +29,7 @@ FLAGS = [
     "1",
     "--no-ray",
     "--no-track",
+    *SMALL_EVAL,
 ]
 
 
@@ -41,18 +43,6 @@ def cache_snapshot(hf_home: Path, repo: str, files: dict[str, Path]) -> None:
     snapshot.mkdir(parents=True)
     for name, source in files.items():
         os.link(source, snapshot / name)  # a hard link: the 1.8 GB ImageReward weights are not copied
-
-
-def random_folder(out: Path, which: str) -> Path:
-    made = subprocess.run(
-        [sys.executable, "benchmarks/random_reward_folders.py", str(out), "--only", which, "--small"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=ROOT,
-    )
-    assert made.returncode == 0, made.stderr
-    return out / which
 
 
 def draft_job(reward: str, home: Path, tmp_path: Path) -> subprocess.CompletedProcess:
@@ -70,8 +60,8 @@ def draft_job(reward: str, home: Path, tmp_path: Path) -> subprocess.CompletedPr
     return subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=ROOT, env=env)
 
 
-def test_reward_aesthetic_loads_clip_and_the_head_through_the_hub_cache(tmp_path):
-    folder = random_folder(tmp_path, "aesthetic")
+def test_reward_aesthetic_loads_clip_and_the_head_through_the_hub_cache(tmp_path, reward_folders):
+    folder = reward_folders / "aesthetic"
     home = tmp_path / "home"
     # With nothing cached and no network the hub path fails, saying so: what follows really reads the cache.
     failed = draft_job("aesthetic", home, tmp_path)
@@ -86,8 +76,8 @@ def test_reward_aesthetic_loads_clip_and_the_head_through_the_hub_cache(tmp_path
     assert "reward aesthetic" in result.stdout and "epoch   0 | eval" in result.stdout
 
 
-def test_reward_imagereward_loads_through_the_packages_own_load(tmp_path):
-    folder = random_folder(tmp_path, "imagereward")
+def test_reward_imagereward_loads_through_the_packages_own_load(tmp_path, reward_folders):
+    folder = reward_folders / "imagereward"
     home = tmp_path / "home"
     # The package's `load` fetches ImageReward.pt and med_config.json into ~/.cache/ImageReward, and its BLIP
     # tokenizer fetches bert-base-uncased's vocabulary into the hub cache.

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from processes import SMALL_EVAL
 
 from rlft import imagereward
 from rlft.rewards import get_reward
@@ -79,16 +80,11 @@ def test_a_saved_folder_loads_into_the_package_class_and_scores_the_same(model, 
 
 
 @pytest.mark.slow
-def test_the_draft_job_trains_on_a_random_imagereward_folder(tmp_path):
+def test_the_draft_job_trains_on_a_random_imagereward_folder(tmp_path, reward_folders):
     root = Path(__file__).resolve().parents[1]
-
-    def run(*args):
-        return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=900, cwd=root)
-
-    made = run("benchmarks/random_reward_folders.py", str(tmp_path), "--only", "imagereward")
-    assert made.returncode == 0, made.stderr
-    flags = ["--epochs", "1", "--batch-size", "2", "--steps-per-epoch", "1", "--threads", "1"]
+    flags = ["--epochs", "1", "--batch-size", "2", "--steps-per-epoch", "1", "--threads", "1", *SMALL_EVAL]
     flags += ["--no-ray", "--no-track", "--runs-dir", str(tmp_path / "runs"), "--run-name", "imagereward"]
-    result = run("jobs/draft.py", "--reward", f"imagereward:{tmp_path / 'imagereward'}", *flags)
+    command = [sys.executable, "jobs/draft.py", "--reward", f"imagereward:{reward_folders / 'imagereward'}"]
+    result = subprocess.run([*command, *flags], capture_output=True, text=True, timeout=900, cwd=root)
     assert result.returncode == 0, result.stderr
     assert "epoch   0 | eval" in result.stdout

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
+from processes import SMALL_EVAL
 
 from rlft.config import D3POConfig, DRaFTConfig
 from rlft.local import train_local
@@ -97,6 +98,7 @@ def test_d3po_job_tracks_its_run_and_its_adapter_loads_into_a_stock_pipeline(tmp
         str(tmp_path),
         "--run-name",
         "job",
+        *SMALL_EVAL,
     ]
     env = os.environ | {"MLFLOW_TRACKING_URI": uri, "MLFLOW_EXPERIMENT_NAME": "tests"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
-from processes import free_port, start_process, start_ray_head, stop_process, wait_http
+from processes import SMALL_EVAL, free_port, start_process, start_ray_head, stop_process, wait_http
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,8 +63,12 @@ def cluster(tmp_path_factory):
 @pytest.mark.parametrize(
     "job, flags, own_metric",
     [
-        ("d3po", ["--pairs-per-epoch", "4", "--num-steps", "4"], "preference_accuracy"),
-        ("draft", ["--batch-size", "2", "--steps-per-epoch", "2", "--variant", "draft-lv"], "grad_norm"),
+        ("d3po", ["--pairs-per-epoch", "4", "--num-steps", "4", *SMALL_EVAL], "preference_accuracy"),
+        (
+            "draft",
+            ["--batch-size", "2", "--steps-per-epoch", "2", "--variant", "draft-lv", *SMALL_EVAL],
+            "grad_norm",
+        ),
     ],
 )
 def test_a_submitted_job_succeeds_and_its_run_holds_every_epoch_its_images_and_adapter(

@@ -14,7 +14,7 @@ from rlft.ray_loop import ray_train
 from rlft.tracking import Tracker
 
 pytestmark = pytest.mark.slow
-SMALL = dict(pairs_per_epoch=4, num_steps=3, batch_size=4, threads=1, sample_batch=2)
+SMALL = dict(eval_images=4, pairs_per_epoch=4, num_steps=3, batch_size=4, threads=1, sample_batch=2)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from rlft.policy import LocalTrained, Policy
 from rlft.rewards import REWARDS
 from rlft.tracking import Tracker, check_tracking_uri
 
-SMALL = dict(pairs_per_epoch=2, num_steps=3, batch_size=3, threads=1)
+SMALL = dict(eval_images=4, pairs_per_epoch=2, num_steps=3, batch_size=3, threads=1)
 
 
 def _tracker(tmp_path, name="run"):

@@ -152,7 +152,7 @@ def test_storage_defaults_to_rlft_storage(monkeypatch):
     assert D3POConfig().storage is None
 
 
-SMALL = dict(pairs_per_epoch=2, num_steps=3, batch_size=3, threads=1)
+SMALL = dict(eval_images=4, pairs_per_epoch=2, num_steps=3, batch_size=3, threads=1)
 FLAGS = ["--pairs-per-epoch", "2", "--num-steps", "3", "--batch-size", "3", "--threads", "1"]
 
 
