@@ -31,7 +31,7 @@ def test_a_resumed_run_equals_an_uninterrupted_one_and_logs_each_epoch_once(tmp_
         assert tracker.resumed
         resumed = train_local(D3POConfig(epochs=3, **SMALL), tmp_path / "resumed", tracker, log=lines.append)
     # The base model is scored on the evaluation set first (again on resume), then one epoch, then the grid.
-    assert lines[0].startswith("evaluation set: 64 images of 'shapes-eval' | base model reward")
+    assert lines[0].startswith("evaluation set: 4 images of 'shapes-eval' | base model reward")
     assert lines[1] == f"resuming {tmp_path / 'resumed'} after epoch 1" and lines[2].startswith("epoch   2 |")
     assert len(lines) == 4 and lines[3].startswith("before/after grid")
 
