@@ -17,12 +17,12 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from rlft.d3po import D3POLearner, pair_items
+from rlft.algorithms.d3po import D3POLearner, pair_items
+from rlft.diffusion.models import load_pipeline
+from rlft.diffusion.policy import Policy
+from rlft.diffusion.sampling import sample_trajectories
 from rlft.epoch import iterate_batches
-from rlft.models import load_pipeline
-from rlft.policy import Policy
 from rlft.prompts import PROMPT_SETS
-from rlft.sampling import sample_trajectories
 
 
 def sync(device: torch.device) -> None:

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-from rlft import aesthetic, imagereward
 from rlft.prompts import PROMPT_SETS
+from rlft.rewards import aesthetic, imagereward
 
 VIT_L14 = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16)
 SMALL = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2)

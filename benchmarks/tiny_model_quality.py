@@ -5,8 +5,8 @@ images and the random model's samples, as a markdown table.
     python benchmarks/tiny_model_quality.py --folder /tmp/ckpt   # a pretraining run's folder
 
 Every held-out caption (`shapes-eval`, 224) is sampled from its own fixed noise with eta 0; the judge
-(rlft/world_judge.py) reads back each sample's colour, shape, size and background, and the table gives the
-fraction that match the caption, the colour-alignment reward's mean and the JPEG sizes' spread.
+(rlft/rewards/world_judge.py) reads back each sample's colour, shape, size and background, and the table
+gives the fraction that match the caption, the colour-alignment reward's mean and the JPEG sizes' spread.
 """
 
 import argparse
@@ -15,12 +15,12 @@ import time
 import numpy as np
 import torch
 
-from rlft.models import build_tiny_pipeline, load_tiny_pretrained
+from rlft.diffusion.models import build_tiny_pipeline, load_tiny_pretrained
+from rlft.diffusion.sampling import sample_trajectories
+from rlft.diffusion.world import parse_caption, render
 from rlft.prompts import PROMPT_SETS
-from rlft.rewards import jpeg_size_kb
-from rlft.sampling import sample_trajectories
-from rlft.world import parse_caption, render
-from rlft.world_judge import accuracy, color_alignment
+from rlft.rewards.registry import jpeg_size_kb
+from rlft.rewards.world_judge import accuracy, color_alignment
 
 COLUMNS = ("colour", "shape", "size", "background", "background_colour", "all")
 

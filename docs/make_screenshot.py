@@ -14,8 +14,8 @@ from pathlib import Path
 from playwright.sync_api import sync_playwright
 from werkzeug.serving import make_server
 
-from rlft.feedback import SampleGroupsConfig, sample_groups
-from rlft.label_server import create_app
+from rlft.feedback.label_server import create_app
+from rlft.feedback.sample_groups import SampleGroupsConfig, sample_groups
 
 ARGS = "--headless --no-sandbox --disable-gpu --disable-quic --no-first-run --disable-background-networking"
 ARGS += " --disable-component-update --disable-sync"

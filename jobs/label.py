@@ -9,7 +9,7 @@ import sys
 
 import tyro
 
-from rlft.label_server import LabelConfig, serve
+from rlft.feedback.label_server import LabelConfig, serve
 
 if __name__ == "__main__":
     cfg = tyro.cli(LabelConfig, description=__doc__)

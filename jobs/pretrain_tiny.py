@@ -1,9 +1,10 @@
-"""Pretrain the tiny model on rlft/world.py's captioned shapes and write it where `--model tiny` loads it.
+"""Pretrain the tiny model on rlft/diffusion/world.py's captioned shapes and write it where `--model tiny`
+loads it.
 
 The VAE first, then the UNet with the text encoder; one progress line every --log-every steps. The shipped
-weights (rlft/tiny_model; model.json records the settings, losses and times) are this command's defaults
-with `--threads 1`: 58 minutes on one thread of a 2-core machine that was doing other work too (VAE 17,
-UNet 39). Deterministic on a CPU for a given seed and thread count. More steps sharpen the shapes:
+weights (rlft/diffusion/tiny_model; model.json records the settings, losses and times) are this command's
+defaults with `--threads 1`: 58 minutes on one thread of a 2-core machine that was doing other work too (VAE
+17, UNet 39). Deterministic on a CPU for a given seed and thread count. More steps sharpen the shapes:
 `--settings.unet-steps 6000`, or `--device cuda` with larger batches.
 """
 
@@ -13,13 +14,13 @@ from typing import Literal
 import torch
 import tyro
 
-from rlft.pretrain import PretrainSettings, pretrain
+from rlft.diffusion.pretrain import PretrainSettings, pretrain
 
 
 @dataclass(frozen=True)
 class Args:
     settings: PretrainSettings
-    out: str = "rlft/tiny_model"
+    out: str = "rlft/diffusion/tiny_model"
     """Folder to write unet/vae/text_encoder .safetensors and model.json to."""
     device: Literal["cpu", "cuda"] = "cpu"
     threads: int | None = None

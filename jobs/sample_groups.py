@@ -9,7 +9,7 @@ import sys
 
 import tyro
 
-from rlft.feedback import SampleGroupsConfig, sample_groups
+from rlft.feedback.sample_groups import SampleGroupsConfig, sample_groups
 
 if __name__ == "__main__":
     try:

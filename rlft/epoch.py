@@ -2,10 +2,10 @@
 
 An epoch: draw its prompts (`epoch_prompts`); cut them into fixed-size chunks (`plan_chunks`), each sampled
 by `sample_chunk` with its own noise seed, whichever sampler takes it; score the images, dropping samples
-whose reward is NaN; turn the samples into training items (rlft/d3po.py's `d3po_items`: one per (pair,
-timestep); rlft/draft.py's `draft_items`: one per sample); feed the items in a seeded random order to a
-learner. Items carry a `prompt` index into the epoch's prompts instead of prompt embeddings, so what
-crosses between processes stays small: the learner encodes the epoch's prompts once.
+whose reward is NaN; turn the samples into training items (rlft/algorithms/d3po.py's `d3po_items`: one per
+(pair, timestep); rlft/algorithms/draft.py's `draft_items`: one per sample); feed the items in a seeded
+random order to a learner. Items carry a `prompt` index into the epoch's prompts instead of prompt
+embeddings, so what crosses between processes stays small: the learner encodes the epoch's prompts once.
 
 Every random draw comes from a generator seeded by (run seed, epoch, stream, index). An epoch's numbers
 therefore depend neither on how many samplers share its work nor on whether the run was resumed, and a
@@ -20,9 +20,9 @@ import torch
 from diffusers import StableDiffusionPipeline
 from torch import Tensor
 
-from rlft.config import D3POConfig, DRaFTConfig
+from rlft.diffusion.sampling import sample_trajectories
 from rlft.prompts import draw_prompts
-from rlft.sampling import sample_trajectories
+from rlft.runs.config import D3POConfig, DRaFTConfig
 
 AlgorithmConfig = D3POConfig | DRaFTConfig
 STREAMS = ("prompts", "noise", "shuffle", "train", "show", "eval")

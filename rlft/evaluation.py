@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from rlft.config import CommonConfig
 from rlft.epoch import Chunk, sampling_settings, stream_seed
 from rlft.prompts import load_prompts
+from rlft.runs.config import CommonConfig
 
 EVAL_SEED = 20231122  # D3PO's arXiv date: any fixed number, the same for every run
 

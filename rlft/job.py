@@ -13,14 +13,14 @@ from pathlib import Path
 import ray
 import tyro
 
-from rlft.cluster import start_ray
-from rlft.config import D3POConfig, DRaFTConfig
-from rlft.human import check_labelled, human_folder, train_human
+from rlft.distributed.cluster import start_ray
+from rlft.distributed.ray_loop import ray_train
+from rlft.feedback.human import check_labelled, human_folder, train_human
 from rlft.local import train_local
 from rlft.loop import GRID_FILE
-from rlft.ray_loop import ray_train
-from rlft.storage import check_reachable
-from rlft.tracking import check_tracking_uri, open_run, tracking_uri
+from rlft.runs.config import D3POConfig, DRaFTConfig
+from rlft.runs.storage import check_reachable
+from rlft.runs.tracking import check_tracking_uri, open_run, tracking_uri
 
 
 def is_human(cfg: D3POConfig | DRaFTConfig) -> bool:

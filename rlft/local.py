@@ -1,9 +1,9 @@
 """The single-process backend: sampling, scoring and training in this process, no Ray.
 
-It is the reference the Ray backend (rlft/ray_loop.py) is held to: the same config and seed give the same
-numbers. `train_local` runs any algorithm's epoch (rlft/algorithms.py) through `run_epochs`, and returns one
-metrics dict per epoch, with names every algorithm shares (reward_mean, reward_std, loss, samples_per_s,
-epoch_time_s, eval_*) plus each algorithm's own.
+It is the reference the Ray backend (rlft/distributed/ray_loop.py) is held to: the same config and seed give
+the same numbers. `train_local` runs any algorithm's epoch (rlft/algorithms/registry.py) through
+`run_epochs`, and returns one metrics dict per epoch, with names every algorithm shares (reward_mean,
+reward_std, loss, samples_per_s, epoch_time_s, eval_*) plus each algorithm's own.
 """
 
 import time
@@ -13,9 +13,10 @@ import torch
 from diffusers import StableDiffusionPipeline
 from torch import Tensor
 
-from rlft.algorithms import algorithm_of
-from rlft.backend import EvalFn, Log, Sampled
-from rlft.config import CommonConfig, D3POConfig, DRaFTConfig
+from rlft.algorithms.backend import EvalFn, Log, Sampled
+from rlft.algorithms.registry import algorithm_of
+from rlft.diffusion.policy import LocalTrained, build_policy
+from rlft.diffusion.sampling import encode_prompts
 from rlft.epoch import (
     Chunk,
     concat_samples,
@@ -29,10 +30,9 @@ from rlft.epoch import (
 )
 from rlft.evaluation import eval_chunks, eval_settings
 from rlft.loop import run_epochs
-from rlft.policy import LocalTrained, build_policy
-from rlft.rewards import get_reward
-from rlft.sampling import encode_prompts
-from rlft.tracking import Tracker
+from rlft.rewards.registry import get_reward
+from rlft.runs.config import CommonConfig, D3POConfig, DRaFTConfig
+from rlft.runs.tracking import Tracker
 
 
 def local_evaluate(pipe: StableDiffusionPipeline, cfg: CommonConfig) -> EvalFn:

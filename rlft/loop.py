@@ -1,4 +1,5 @@
-"""The training loop's frame, shared by every algorithm and backend (rlft/local.py, rlft/ray_loop.py).
+"""The training loop's frame, shared by every algorithm and backend (rlft/local.py,
+rlft/distributed/ray_loop.py).
 
 `run_epochs` runs any epoch function: resume from the checkpoint, evaluate the base model on the fixed
 evaluation set, one printed line per epoch, checkpoint, MLflow, the final adapter and before/after grid.
@@ -12,14 +13,14 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from rlft.backend import EpochFn, EvalFn, Log, Trained
-from rlft.checkpoint import load_checkpoint, replace_folder, save_checkpoint, staging_folder, write_files
-from rlft.config import CommonConfig
+from rlft.algorithms.backend import EpochFn, EvalFn, Log, Trained
 from rlft.epoch import reward_metrics
 from rlft.evaluation import before_after_grid, eval_metrics, format_eval, save_grid
-from rlft.rewards import reward_names
-from rlft.storage import RunStorage
-from rlft.tracking import Tracker
+from rlft.rewards.registry import reward_names
+from rlft.runs.checkpoint import load_checkpoint, replace_folder, save_checkpoint, staging_folder, write_files
+from rlft.runs.config import CommonConfig
+from rlft.runs.storage import RunStorage
+from rlft.runs.tracking import Tracker
 
 GRID_FILE = "before_after.png"
 

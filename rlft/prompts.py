@@ -8,9 +8,9 @@ Built-in sets, from DDPO's code (ddpo-pytorch, `ddpo_pytorch/assets`) and paper 
   the prompts DDPO uses to test whether training on simple animals generalises to prompts it never saw.
 - `animal-activities`: "a(n) <animal> <activity>" for the 45 animals and the paper's three activities, DDPO's
   prompt-alignment task; prompt-conditioned rewards (imagereward) have something to judge there.
-- `shapes` and `shapes-eval`: captions of the tiny model's world (rlft/world.py), "a small red circle on a
-  noisy blue background"; `shapes-eval` holds every eighth caption, `shapes` the rest, so the evaluation set
-  (rlft/evaluation.py) judges prompts training never draws.
+- `shapes` and `shapes-eval`: captions of the tiny model's world (rlft/diffusion/world.py), "a small red
+circle on a noisy blue background"; `shapes-eval` holds every eighth caption, `shapes` the rest, so the
+evaluation set (rlft/evaluation.py) judges prompts training never draws.
 A file (`--prompts path/to/prompts.txt`) holds one prompt per line; blank lines and lines starting with # are
 skipped. It is read when the config is checked and again at every epoch.
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from rlft.world import all_scenes
+from rlft.diffusion.world import all_scenes
 
 # ddpo-pytorch's simple_animals.txt, in its order.
 SIMPLE_ANIMALS = (

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlft.models import build_tiny_pipeline
+from rlft.diffusion.models import build_tiny_pipeline
 
 SLOW_TIER = "pytest -m slow"
 ROOT = Path(__file__).resolve().parents[1]

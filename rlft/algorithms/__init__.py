@@ -1,0 +1,3 @@
+"""The algorithms: pure losses with hand-worked tests (`losses`), D3PO and DRaFT (each a learner that runs
+where the weights live, and an epoch written once), the `Backend` interface their epochs use (`backend`),
+and the registry a config's `algorithm` picks from (`registry`). No Ray, MLflow or files here."""

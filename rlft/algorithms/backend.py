@@ -1,0 +1,80 @@
+"""What an algorithm's epoch is written against: a backend that samples, scores, trains and evaluates.
+
+An algorithm (rlft/algorithms/d3po.py, rlft/algorithms/draft.py) writes its epoch once, as a function of its
+config and a `Backend`; the single-process backend (rlft/local.py) and the Ray one
+(rlft/distributed/ray_loop.py) run the same epoch with the same numbers. The learner side of an algorithm
+(`make_learner`, `train`) runs wherever the weights live: in the one process, or in every Ray Train worker.
+Nothing here imports Ray, MLflow or files.
+"""
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+Log = Callable[[str], None]
+# Images to show: a grid (N, 3, H, W) in [0, 1] and its prompts, made only when they are logged.
+ShowFn = Callable[[], tuple[Tensor, list[str]]]
+# One epoch's work, given its number: (the algorithm's own metrics, per-sample rewards (B,), the images
+# to show); rewards and images are None for an epoch that samples nothing (training on people's labels).
+EpochFn = Callable[[int], tuple[dict[str, float], Tensor | None, ShowFn | None]]
+GradSync = Callable[[list[torch.nn.Parameter]], None]
+# Scores the current policy on the fixed evaluation set: (rewards (N,) or (N, R), images (N, 3, H, W)).
+EvalFn = Callable[[], tuple[Tensor, Tensor]]
+
+
+class Trained(Protocol):
+    """Where the trained weights live (this process, or Ray Train workers): what a checkpoint holds."""
+
+    def state(self) -> dict:
+        """{"weights": the trained weights, "optimizer": the optimizer's state dict}."""
+
+    def load(self, state: dict) -> None: ...
+
+    def adapter_files(self) -> dict[str, bytes]: ...
+
+
+@dataclass
+class Sampled:
+    """An epoch's samples (see rlft/epoch.py's `sample_chunk`), their rewards when scored, their images
+    (fetched only when shown) and the seconds each phase took."""
+
+    samples: dict[str, Tensor]
+    rewards: Tensor | None
+    images: Callable[[], Tensor]
+    timing: dict[str, float]
+
+
+class Backend(Protocol):
+    """Where an epoch runs. `train` gives the learner's metrics (averaged over workers), the rewards the
+    learner computed itself (DRaFT-K finishes its samples while training) or None, and its timing."""
+
+    trained: Trained
+
+    def sample(self, epoch: int, prompts: list[str], score: bool = True) -> Sampled: ...
+
+    def train(
+        self, epoch: int, prompts: list[str], items: dict[str, Tensor]
+    ) -> tuple[dict[str, float], Tensor | None, dict[str, float]]: ...
+
+    def sample_images(self, chunk: Any) -> Tensor:
+        """A chunk sampled to the end with the training settings, as images (for grids)."""
+
+    def evaluate(self) -> tuple[Tensor, Tensor]: ...
+
+
+# A learner's epoch, given its batches, the epoch's prompt embeddings, the unconditional embedding, a
+# generator for the learner's own noise and the prompts: (metrics, rewards it computed or None).
+TrainFn = Callable[[Any, Iterable[dict[str, Tensor]], Tensor, Tensor, torch.Generator, list[str]], tuple]
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """One algorithm: its learner (built where the weights live) and its epoch (written once)."""
+
+    name: str
+    make_learner: Callable[..., Any]  # (cfg, pipe, policy, grad_sync) -> learner with an `optimizer`
+    train: TrainFn
+    epoch: Callable[[Any, Backend], EpochFn]  # (cfg, backend) -> one epoch

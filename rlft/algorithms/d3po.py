@@ -1,0 +1,217 @@
+"""D3PO: pairs from a reward's order, (pair, timestep) items, the learner that applies updates, and the epoch.
+
+The learner is a plain class (no Ray): the single-process backend calls it directly, and a Ray Train worker
+can hold one. Both members of every pair and both halves of classifier-free guidance go through one UNet
+call per batch; the reference is the same UNet with the adapter disabled. The epoch (`d3po_epoch`) is
+written once against a `Backend` (rlft/algorithms/backend.py): sample and score, pair, train.
+"""
+
+from collections.abc import Callable, Iterable
+
+import torch
+from diffusers import DDIMScheduler
+from torch import Tensor
+
+from rlft.algorithms.backend import Algorithm, Backend, GradSync
+from rlft.algorithms.losses import d3po_loss
+from rlft.diffusion.ddim import ddim_step_with_logprob
+from rlft.diffusion.policy import Policy
+from rlft.diffusion.sampling import guided_eps
+from rlft.epoch import epoch_prompts
+from rlft.runs.config import D3POConfig
+
+NO_PAIRS = {"loss": float("nan"), "preference_accuracy": float("nan"), "grad_norm": 0.0}
+
+
+def dominates(a: Tensor, b: Tensor) -> bool:
+    """Whether rewards a (R,) are at least as good as b on every reward and better on one (Pareto)."""
+    return bool((a >= b).all() and (a > b).any())
+
+
+def pairs_from_rewards(
+    rewards: Tensor, group: Tensor, best_worst: bool = False
+) -> tuple[Tensor, Tensor, int]:
+    """Every pair of samples in the same group where one is preferred, as (index_w, index_l, ties).
+
+    rewards (B,) or (B, R) for R rewards; group (B,). With several rewards a sample is preferred only when it
+    is at least as good on every reward and better on one, the rule of the official D3PO code (its
+    `compare` in scripts/train_with_rm.py); with one reward that is the larger reward. A pair where neither
+    is preferred (equal, or each better on a different reward) carries no preference and is counted in
+    `ties`; a sample with a NaN on any reward takes part in no pair.
+
+    `best_worst` keeps one pair per group instead, its best sample over its worst (one reward only; the first
+    of equals): with groups of 4 or more, the pairs with the widest reward margins.
+    """
+    rewards = rewards[:, None] if rewards.ndim == 1 else rewards  # (B, R)
+    finite = torch.isfinite(rewards).all(dim=1)
+    if best_worst:
+        return _best_over_worst(rewards, group, finite)
+    index_w, index_l, ties = [], [], 0
+    for g in group.unique():
+        members = ((group == g) & finite).nonzero().flatten().tolist()
+        for a, i in enumerate(members):
+            for j in members[a + 1 :]:
+                if dominates(rewards[i], rewards[j]):
+                    index_w.append(i)
+                    index_l.append(j)
+                elif dominates(rewards[j], rewards[i]):
+                    index_w.append(j)
+                    index_l.append(i)
+                else:
+                    ties += 1
+    return torch.tensor(index_w, dtype=torch.long), torch.tensor(index_l, dtype=torch.long), ties
+
+
+def _best_over_worst(rewards: Tensor, group: Tensor, finite: Tensor) -> tuple[Tensor, Tensor, int]:
+    if rewards.shape[1] != 1:
+        raise ValueError("best-worst pairs need one reward; several rewards have no single best sample")
+    index_w, index_l, ties = [], [], 0
+    for g in group.unique():
+        members = ((group == g) & finite).nonzero().flatten()
+        if len(members) < 2:
+            continue
+        scores = rewards[members, 0]
+        best, worst = members[scores.argmax()].item(), members[scores.argmin()].item()
+        if rewards[best, 0] > rewards[worst, 0]:
+            index_w.append(best)
+            index_l.append(worst)
+        else:
+            ties += 1
+    return torch.tensor(index_w, dtype=torch.long), torch.tensor(index_l, dtype=torch.long), ties
+
+
+def pair_items(
+    latents: Tensor, group: Tensor, timesteps: Tensor, index_w: Tensor, index_l: Tensor
+) -> dict[str, Tensor]:
+    """Flatten P pairs x S steps into P*S training items, one (pair, timestep) each.
+
+    latents (B, S+1, C, h, w) as sampled, group (B,) each sample's prompt index, timesteps (S,).
+    Keys: latents_w/_l (x_t) and next_latents_w/_l (x_{t-1}) (N, C, h, w), timesteps (N,), prompt (N,)
+    (both members of a pair share it). Item n is pair n // S at step n % S.
+    """
+    device, steps = latents.device, timesteps.numel()
+    pair = torch.arange(len(index_w), device=device).repeat_interleave(steps)  # (N,)
+    step = torch.arange(steps, device=device).repeat(len(index_w))  # (N,)
+    index_w, index_l = index_w.to(device), index_l.to(device)
+    items = {"timesteps": timesteps.to(device)[step], "prompt": group.to(device)[index_w][pair]}
+    for suffix, index in (("w", index_w), ("l", index_l)):
+        sample = index[pair]
+        items[f"latents_{suffix}"] = latents[sample, step]
+        items[f"next_latents_{suffix}"] = latents[sample, step + 1]
+    return items
+
+
+def d3po_items(
+    samples: dict[str, Tensor], rewards: Tensor, reverse: bool = False, pairs: str = "all"
+) -> tuple[dict[str, Tensor], dict[str, float]]:
+    """(pair, timestep) items from the preferences within each group (`pairs_from_rewards`); rewards (B,) or
+    (B, R) for several rewards; a sample with a NaN reward takes no part. `reverse` swaps every preference
+    (the control run of `--reverse-preferences`); `pairs` is D3POConfig.pairs ("all" or "best-worst")."""
+    signed = -rewards if reverse else rewards
+    index_w, index_l, ties = pairs_from_rewards(signed, samples["group"], best_worst=pairs == "best-worst")
+    items = pair_items(samples["latents"], samples["group"], samples["timesteps"], index_w, index_l)
+    return items, {"pairs": float(len(index_w)), "ties": float(ties)}
+
+
+class D3POLearner:
+    """Applies D3PO updates to a `Policy`, one optimizer step per batch of (pair, timestep) items.
+
+    `grad_sync`, when set, runs between backward and clipping (data-parallel workers average gradients).
+    """
+
+    def __init__(
+        self,
+        policy: Policy,
+        scheduler: DDIMScheduler,
+        *,
+        lr: float,
+        beta: float,
+        clip: float,
+        guidance_scale: float,
+        eta: float,
+        max_grad_norm: float = 1.0,
+        grad_sync: Callable[[list[torch.nn.Parameter]], None] | None = None,
+    ):
+        self.policy, self.scheduler = policy, scheduler
+        self.beta, self.clip, self.guidance_scale, self.eta = beta, clip, guidance_scale, eta
+        self.max_grad_norm, self.grad_sync = max_grad_norm, grad_sync
+        self.optimizer = torch.optim.AdamW(policy.parameters(), lr=lr, weight_decay=1e-4)
+
+    def _logp(self, unet, batch: dict[str, Tensor], embeds: Tensor, uncond: Tensor) -> Tensor:
+        """log-probs of the w and l steps under `unet`: (2N,), w first."""
+        latents = torch.cat([batch["latents_w"], batch["latents_l"]])  # (2N, C, h, w)
+        timesteps = torch.cat([batch["timesteps"], batch["timesteps"]])
+        embeds = embeds[batch["prompt"]].repeat(2, 1, 1)  # a pair's members share their prompt
+        eps = guided_eps(unet, latents, timesteps, embeds, uncond, self.guidance_scale)
+        prev = torch.cat([batch["next_latents_w"], batch["next_latents_l"]])
+        return ddim_step_with_logprob(
+            self.scheduler, eps, timesteps, latents, eta=self.eta, prev_sample=prev
+        )[1]
+
+    def step(self, batch: dict[str, Tensor], embeds: Tensor, uncond: Tensor) -> dict[str, float]:
+        """One optimizer step on a batch of items (see `pair_items`); embeds (P, L, D) are the prompts'."""
+        with torch.no_grad(), self.policy.reference() as reference:
+            ref_logp_w, ref_logp_l = self._logp(reference, batch, embeds, uncond).chunk(2)
+        logp_w, logp_l = self._logp(self.policy.unet, batch, embeds, uncond).chunk(2)
+        loss, metrics = d3po_loss(logp_w, ref_logp_w, logp_l, ref_logp_l, beta=self.beta, clip=self.clip)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.grad_sync is not None:
+            self.grad_sync(self.policy.parameters())
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+        self.optimizer.step()
+        return metrics | {"grad_norm": grad_norm.item()}
+
+    def train_epoch(
+        self, batches: Iterable[dict[str, Tensor]], embeds: Tensor, uncond: Tensor
+    ) -> dict[str, float]:
+        """One `step` per batch; the metrics averaged over the batches."""
+        history = [self.step(batch, embeds, uncond) for batch in batches]
+        if not history:
+            raise ValueError("no training items: every pair tied on the reward")
+        return {k: sum(h[k] for h in history) / len(history) for k in history[0]}
+
+
+def make_learner(cfg: D3POConfig, pipe, policy: Policy, grad_sync: GradSync | None = None) -> D3POLearner:
+    pipe.scheduler.set_timesteps(cfg.num_steps, device=pipe.device)  # the steps the items were sampled at
+    return D3POLearner(
+        policy,
+        pipe.scheduler,
+        lr=cfg.lr,
+        beta=cfg.beta,
+        clip=cfg.clip,
+        guidance_scale=cfg.guidance_scale,
+        eta=cfg.eta,
+        max_grad_norm=cfg.max_grad_norm,
+        grad_sync=grad_sync,
+    )
+
+
+def train(learner: D3POLearner, batches, embeds: Tensor, uncond: Tensor, generator, prompts) -> tuple:
+    """The learner's epoch on its batches: (metrics, None); D3PO draws no noise and scores nothing."""
+    return learner.train_epoch(batches, embeds, uncond), None
+
+
+def d3po_epoch(cfg: D3POConfig, backend: Backend):
+    """D3PO's epoch: groups sharing x_T, pairs by the reward's order, per-step DPO on the backend."""
+
+    def one_epoch(epoch: int):
+        prompts = epoch_prompts(cfg, epoch)
+        sampled = backend.sample(epoch, prompts)
+        items, pairing = d3po_items(
+            sampled.samples, sampled.rewards, reverse=cfg.reverse_preferences, pairs=cfg.pairs
+        )
+        if len(items["prompt"]) >= cfg.train_workers:
+            metrics, _, timing = backend.train(epoch, prompts, items)
+        else:  # every pair tied: nothing to learn from this epoch
+            metrics, timing = NO_PAIRS, {}
+
+        def show():
+            return sampled.images()[:: cfg.group_size], prompts  # one image per group
+
+        return metrics | pairing | sampled.timing | timing, sampled.rewards, show
+
+    return one_epoch
+
+
+D3PO = Algorithm("d3po", make_learner, train, d3po_epoch)

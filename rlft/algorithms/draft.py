@@ -1,0 +1,276 @@
+"""DRaFT (Clark et al., arXiv 2309.17400): backpropagate a differentiable reward through sampling.
+
+- DRaFT-K: sample without gradient until K steps remain, then run the last K steps with gradient (each UNet
+  call checkpointed), decode, score, backpropagate. The stop-gradient sits on the latent entering the last
+  K steps. K = number of steps is full DRaFT.
+- DRaFT-LV: from a no-grad final sample x_0, make n re-noised copies at the last step's noise level
+  (x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) noise_i) and denoise each once with gradient; the loss averages the
+  n rewards, a lower-variance estimate of the K = 1 gradient.
+A sample whose reward is NaN drops out of the loss (the mean runs over the finite rewards).
+
+The epoch (`draft_epoch`) is written once against a `Backend` (rlft/algorithms/backend.py): sample (to where
+the gradient starts), train, and for the grid sample a few prompts to the end.
+"""
+
+from collections.abc import Callable, Iterable
+
+import torch
+from diffusers import DDIMScheduler, StableDiffusionPipeline
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+from rlft.algorithms.backend import Algorithm, Backend, GradSync
+from rlft.diffusion.ddim import ddim_step
+from rlft.diffusion.policy import Policy
+from rlft.diffusion.sampling import decode, guided_eps
+from rlft.epoch import Chunk, epoch_prompts, stream_seed
+from rlft.rewards.registry import get_reward
+from rlft.runs.config import DRaFTConfig
+
+RewardFn = Callable[[Tensor, list[str] | None], Tensor]  # (images, their prompts or None) -> (B,)
+
+
+def _finite_mean(rewards: Tensor) -> Tensor:
+    """Mean of the finite rewards (a NaN reward drops its sample from the loss)."""
+    finite = torch.isfinite(rewards.detach())
+    return rewards[finite].mean() if finite.any() else rewards.sum() * 0
+
+
+def denoise_with_grad(
+    unet: torch.nn.Module,
+    scheduler: DDIMScheduler,
+    latents: Tensor,
+    timesteps: Tensor,
+    embeds: Tensor,
+    uncond: Tensor,
+    *,
+    guidance_scale: float,
+    eta: float,
+    noises: Tensor | None = None,
+) -> Tensor:
+    """Run the DDIM steps `timesteps` from `latents` with gradient, one checkpoint per UNet call.
+
+    noises: (S, B, C, h, w), the step noise when eta > 0 (fixed noise makes the chain differentiable).
+    """
+    for i, t in enumerate(timesteps):
+        eps = checkpoint(guided_eps, unet, latents, t, embeds, uncond, guidance_scale, use_reentrant=False)
+        noise = noises[i] if noises is not None else torch.zeros_like(latents)
+        latents = ddim_step(scheduler, eps, t, latents, eta=eta, noise=noise)[0]
+    return latents
+
+
+def draft_k_loss(
+    pipe: StableDiffusionPipeline,
+    unet: torch.nn.Module,
+    reward_fn: RewardFn,
+    latents_in: Tensor,
+    timesteps: Tensor,
+    embeds: Tensor,
+    uncond: Tensor,
+    *,
+    guidance_scale: float,
+    eta: float = 0.0,
+    noises: Tensor | None = None,
+    prompts: list[str] | None = None,
+) -> tuple[Tensor, Tensor]:
+    """DRaFT-K loss, -mean reward, from `latents_in` (B, C, h, w) entering the last K = len(timesteps) steps.
+
+    Returns (loss, rewards (B,)). No gradient reaches whatever computed `latents_in`.
+    """
+    x0 = denoise_with_grad(
+        unet,
+        pipe.scheduler,
+        latents_in.detach(),
+        timesteps,
+        embeds,
+        uncond,
+        guidance_scale=guidance_scale,
+        eta=eta,
+        noises=noises,
+    )
+    rewards = reward_fn(decode(pipe, x0), prompts)
+    return -_finite_mean(rewards), rewards.detach()
+
+
+def draft_lv_loss(
+    pipe: StableDiffusionPipeline,
+    unet: torch.nn.Module,
+    reward_fn: RewardFn,
+    x0: Tensor,
+    last_timestep: Tensor,
+    embeds: Tensor,
+    uncond: Tensor,
+    *,
+    guidance_scale: float,
+    copies: int = 2,
+    generator: torch.Generator | None = None,
+    noise: Tensor | None = None,
+    prompts: list[str] | None = None,
+) -> tuple[Tensor, Tensor]:
+    """DRaFT-LV loss from final latents x0 (B, C, h, w): -(1/n) sum_i mean_b r(denoise(renoise_i(x0))).
+
+    noise: (n, B, C, h, w), or drawn from `generator`. Returns (loss, rewards (n, B)).
+    """
+    n, batch = copies, x0.shape[0]
+    if noise is None:
+        noise = torch.randn((n, *x0.shape), generator=generator, device=x0.device, dtype=x0.dtype)
+    t = torch.as_tensor(last_timestep, device=x0.device).reshape(1)
+    noisy = pipe.scheduler.add_noise(x0.detach().repeat(n, 1, 1, 1), noise.flatten(0, 1), t)  # (nB, C, h, w)
+    eps = guided_eps(unet, noisy, t, embeds.repeat(n, 1, 1), uncond, guidance_scale)
+    denoised = ddim_step(pipe.scheduler, eps, t, noisy, eta=0.0)[0]
+    copied = None if prompts is None else prompts * n  # the n copies are stacked copy-major
+    rewards = reward_fn(decode(pipe, denoised), copied).reshape(n, batch)
+    return -_finite_mean(rewards), rewards.detach()
+
+
+class DRaFTLearner:
+    """Applies DRaFT-K (full DRaFT when K = all steps) or DRaFT-LV updates to a `Policy`.
+
+    `descend` minimises the reward instead (a control run); the rewards it reports are still the reward's.
+
+    `grad_sync`, when set, runs between backward and clipping (data-parallel workers average gradients).
+    """
+
+    def __init__(
+        self,
+        pipe: StableDiffusionPipeline,
+        policy: Policy,
+        reward_fn: RewardFn,
+        *,
+        lr: float,
+        num_steps: int,
+        k: int,
+        lv_copies: int = 0,
+        guidance_scale: float,
+        eta: float = 0.0,
+        max_grad_norm: float = 1.0,
+        grad_sync: Callable[[list[torch.nn.Parameter]], None] | None = None,
+        descend: bool = False,
+    ):
+        self.pipe, self.policy = pipe, policy
+        self.reward_fn, self.descend = reward_fn, descend
+        self.num_steps, self.k, self.lv_copies = num_steps, k, lv_copies
+        self.guidance_scale, self.eta, self.max_grad_norm = guidance_scale, eta, max_grad_norm
+        self.grad_sync = grad_sync
+        self.optimizer = torch.optim.AdamW(policy.parameters(), lr=lr, weight_decay=1e-4)
+
+    def step(
+        self,
+        latents: Tensor,
+        embeds: Tensor,
+        uncond: Tensor,
+        generator: torch.Generator,
+        prompts: list[str] | None = None,
+    ) -> tuple[dict[str, float], Tensor | None]:
+        """One optimizer step from sampler output: latents (B, C, h, w) entering the last K steps (DRaFT-K),
+        or final ones (DRaFT-LV); embeds (B, L, D).
+
+        Returns the metrics and, for DRaFT-K, the rewards of the samples it finished (B,); DRaFT-LV's
+        samples were finished (and are scored) by the sampler.
+        """
+        scheduler = self.pipe.scheduler
+        scheduler.set_timesteps(self.num_steps, device=latents.device)
+        common = dict(guidance_scale=self.guidance_scale, prompts=prompts)
+        if self.lv_copies:
+            args = (self.pipe, self.policy.unet, self.reward_fn, latents, scheduler.timesteps[-1])
+            loss, rewards = draft_lv_loss(
+                *args, embeds, uncond, copies=self.lv_copies, generator=generator, **common
+            )
+            sample_rewards = None
+        else:
+            noises = None
+            if self.eta > 0:
+                shape = (self.k, *latents.shape)
+                noises = torch.randn(shape, generator=generator, device=latents.device, dtype=latents.dtype)
+            tail = scheduler.timesteps[self.num_steps - self.k :]
+            args = (self.pipe, self.policy.unet, self.reward_fn, latents, tail)
+            loss, rewards = draft_k_loss(*args, embeds, uncond, eta=self.eta, noises=noises, **common)
+            sample_rewards = rewards.detach().float().cpu()
+        if self.descend:
+            loss = -loss  # the loss is minus the mean reward: its negative descends the reward
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.grad_sync is not None:
+            self.grad_sync(self.policy.parameters())
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+        self.optimizer.step()
+        train_reward = rewards[torch.isfinite(rewards)].mean().item()
+        metrics = {"loss": loss.item(), "grad_norm": grad_norm.item(), "train_reward": train_reward}
+        return metrics, sample_rewards
+
+    def train_epoch(
+        self,
+        batches: Iterable[dict[str, Tensor]],
+        embeds: Tensor,
+        uncond: Tensor,
+        generator: torch.Generator,
+        prompts: list[str] | None = None,
+    ) -> tuple[dict[str, float], Tensor | None]:
+        """One `step` per batch of items {latents, prompt}; (mean metrics, DRaFT-K's sample rewards)."""
+        history, rewards = [], []
+        for batch in batches:
+            texts = None if prompts is None else [prompts[i] for i in batch["prompt"].tolist()]
+            metrics, sample_rewards = self.step(
+                batch["latents"], embeds[batch["prompt"]], uncond, generator, texts
+            )
+            history.append(metrics)
+            rewards.append(sample_rewards)
+        mean = {k: sum(h[k] for h in history) / len(history) for k in history[0]}
+        return mean, None if rewards[0] is None else torch.cat(rewards)
+
+
+def draft_items(samples: dict[str, Tensor]) -> dict[str, Tensor]:
+    """One item per sample: the latent the gradient starts from, and its prompt."""
+    return {"latents": samples["latents"][:, -1], "prompt": samples["group"]}
+
+
+def show_chunk(cfg: DRaFTConfig, prompts: list[str], epoch: int) -> Chunk:
+    """DRaFT's grid: fresh samples of the updated policy from a stream of their own (training draws none
+    of it), since DRaFT-K's samples finish inside the learner."""
+    return Chunk(0, prompts[:8], stream_seed(cfg.seed, epoch, "show"))
+
+
+def make_learner(
+    cfg: DRaFTConfig, pipe: StableDiffusionPipeline, policy: Policy, grad_sync: GradSync | None = None
+) -> DRaFTLearner:
+    return DRaFTLearner(
+        pipe,
+        policy,
+        get_reward(cfg.reward, differentiable=True).fn,
+        lr=cfg.lr,
+        num_steps=cfg.num_steps,
+        k=cfg.steps_with_grad,
+        lv_copies=cfg.lv_copies if cfg.variant == "draft-lv" else 0,
+        guidance_scale=cfg.guidance_scale,
+        eta=cfg.eta,
+        max_grad_norm=cfg.max_grad_norm,
+        grad_sync=grad_sync,
+        descend=cfg.reverse_preferences,
+    )
+
+
+def train(learner: DRaFTLearner, batches, embeds: Tensor, uncond: Tensor, generator, prompts) -> tuple:
+    """The learner's epoch: (metrics, the rewards of the samples DRaFT-K finished, or None for DRaFT-LV)."""
+    return learner.train_epoch(batches, embeds, uncond, generator, prompts)
+
+
+def draft_epoch(cfg: DRaFTConfig, backend: Backend):
+    """DRaFT's epoch: sample to where the gradient starts (DRaFT-LV: to the end, and score), then train."""
+    lv = cfg.variant == "draft-lv"
+
+    def one_epoch(epoch: int):
+        prompts = epoch_prompts(cfg, epoch)
+        sampled = backend.sample(epoch, prompts, score=lv)
+        metrics, rewards, timing = backend.train(epoch, prompts, draft_items(sampled.samples))
+        rewards = sampled.rewards if lv else rewards  # DRaFT-K finished its samples inside the learner
+
+        def show():
+            chunk = show_chunk(cfg, prompts, epoch)
+            return backend.sample_images(chunk), chunk.prompts
+
+        return metrics | sampled.timing | timing, rewards, show
+
+    return one_epoch
+
+
+DRAFT = Algorithm("draft", make_learner, train, draft_epoch)

@@ -1,0 +1,253 @@
+"""Building and loading Stable Diffusion pipelines: a hub id or folder, the offline tiny models, SD 1.5.
+
+"tiny" is pretrained on rlft/diffusion/world.py's captioned shapes (rlft/diffusion/pretrain.py) and ships
+with the package as safetensors; "tiny-random" is the same architecture with random weights (noise in, noise
+out), for tests that need only speed.
+
+Every pipeline comes back with a `DDIMScheduler` (the sampler's log-probabilities need DDIM), the safety
+checker off, all weights frozen and the progress bar off. Names are checked before anything is built.
+"""
+
+import json
+import re
+import tempfile
+from importlib.resources import files
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+BUILTIN_MODELS = ("tiny", "tiny-random", "sd15-random")
+# The pretrained tiny model's weights, inside the package (written by jobs/pretrain_tiny.py).
+TINY_MODEL_FOLDER = files("rlft.diffusion") / "tiny_model"
+# Stable Diffusion 1.x's noise schedule, which every pipeline built here uses (and the tiny model learned).
+TINY_SCHEDULER = dict(
+    beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000
+)
+# Hub ids are "owner/name" with letters, digits, '-', '_' and '.' (huggingface_hub's own rule).
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
+
+# The prompts the tiny tokenizer is trained on; any other prompt still tokenizes (down to bytes).
+TINY_TOKENIZER_TEXT = (
+    "a photo of a cat dog horse monkey rabbit zebra spider bird sheep deer cow goat lion frog chicken duck "
+    "goose bee pig turkey fly llama camel bat gorilla hedgehog kangaroo an the painting picture of in on with"
+)
+
+
+def check_model_name(name: str) -> str:
+    """The kind of model `name` is ("tiny", "tiny-random", "sd15-random", "tiny-folder" (a folder written by
+    jobs/pretrain_tiny.py), "folder" or "hub"), or a ValueError saying why."""
+    if name in BUILTIN_MODELS:
+        return name
+    if not name.strip():
+        raise ValueError(
+            "model name is empty: use 'tiny', 'tiny-random', 'sd15-random', a pipeline folder or a hub id"
+        )
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if (path / "model.json").is_file() and (path / "unet.safetensors").is_file():
+            return "tiny-folder"  # written by jobs/pretrain_tiny.py
+        if not (path / "model_index.json").is_file():
+            raise ValueError(
+                f"model folder {name!r} has no model_index.json: not a diffusers pipeline folder"
+            )
+        return "folder"
+    # A path-like name, or more than one '/' (a hub id has exactly one), can only be a missing folder.
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise ValueError(f"model folder {name!r} does not exist")
+    if not _HUB_ID.match(name) or ".." in name or name.endswith(".git"):
+        raise ValueError(
+            f"model {name!r} is not allowed: use 'tiny', 'tiny-random', 'sd15-random', an existing pipeline "
+            "folder, "
+            "or a hub id like 'stable-diffusion-v1-5/stable-diffusion-v1-5'"
+        )
+    return "hub"
+
+
+def load_pipeline(
+    name_or_path: str,
+    *,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> StableDiffusionPipeline:
+    """A frozen `StableDiffusionPipeline` with a DDIM scheduler, on `device` in `dtype`.
+
+    "tiny" loads the pretrained tiny model shipped with the package; "tiny-random" builds its architecture
+    with random weights from `seed` (DESIGN.md, "The tiny model"); "sd15-random" builds the Stable Diffusion
+    1.5 architecture with random weights, for speed and memory work; anything else is a hub id or a local
+    folder, loaded with diffusers' `from_pretrained`.
+    """
+    kind = check_model_name(name_or_path)
+    if kind == "tiny":
+        pipe = load_tiny_pretrained()
+    elif kind == "tiny-folder":
+        pipe = load_tiny_pretrained(name_or_path)
+    elif kind == "tiny-random":
+        pipe = build_tiny_pipeline(seed)
+    elif kind == "sd15-random":
+        pipe = build_sd15_random_pipeline(seed)
+    else:
+        pipe = StableDiffusionPipeline.from_pretrained(
+            name_or_path, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False
+        )
+        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    # Casting only when asked: diffusers warns on any dtype cast of a built model.
+    pipe = pipe.to(device) if dtype == torch.float32 else pipe.to(device=device, dtype=dtype)
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+        module.requires_grad_(False)
+        module.eval()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _assemble(unet, vae, text_encoder, tokenizer) -> StableDiffusionPipeline:
+    """A pipeline from built parts, with Stable Diffusion 1.x's noise schedule and no safety checker."""
+    scheduler = DDIMScheduler(**TINY_SCHEDULER, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def build_tiny_tokenizer(text: str = TINY_TOKENIZER_TEXT) -> CLIPTokenizer:
+    """A CLIP tokenizer for the words of `text`, built offline and identically every time.
+
+    The vocabulary holds every byte symbol (CLIP's byte-to-unicode table, plain and word-final), so any
+    prompt tokenizes; each listed word adds left-to-right merges, so most become one token. (BPE trained
+    with `tokenizers` breaks ties between equally frequent pairs differently from run to run: not used.)
+    """
+    from transformers.models.clip.tokenization_clip import bytes_to_unicode
+
+    symbols = list(bytes_to_unicode().values())
+    vocab = symbols + [s + "</w>" for s in symbols]
+    merges: list[str] = []
+    for word in sorted(set(text.split())):
+        parts = [*word[:-1], word[-1] + "</w>"]
+        while len(parts) > 1:
+            merge, merged = f"{parts[0]} {parts[1]}", parts[0] + parts[1]
+            if merged not in vocab:
+                merges.append(merge)
+                vocab.append(merged)
+            parts = [merged, *parts[2:]]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(vocab)}))
+        # CLIPTokenizer skips the first line of merges.txt (a version header).
+        (Path(folder) / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+        return CLIPTokenizer(
+            str(Path(folder) / "vocab.json"), str(Path(folder) / "merges.txt"), model_max_length=77
+        )
+
+
+def tiny_parts(
+    vocab_size: int, seed: int = 0, scaling_factor: float = 0.18215
+) -> tuple[UNet2DConditionModel, AutoencoderKL, CLIPTextModel]:
+    """The tiny architecture, random weights from `seed`: a 1 M-parameter UNet over 16x16x4 latents, a
+    two-block VAE for 32x32 images and a two-layer CLIP text encoder of width 32."""
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=16,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=4,
+        norm_num_groups=8,
+    )
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKL(
+        block_out_channels=(32, 64),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=32,
+        scaling_factor=scaling_factor,
+    )
+    torch.manual_seed(seed + 2)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=vocab_size,
+            hidden_size=32,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            max_position_embeddings=77,
+            bos_token_id=vocab_size - 2,  # build_tiny_tokenizer's last two tokens
+            eos_token_id=vocab_size - 1,
+            pad_token_id=vocab_size - 1,
+        )
+    )
+    return unet, vae, text_encoder
+
+
+def build_tiny_pipeline(seed: int = 0) -> StableDiffusionPipeline:
+    """The tiny architecture with random weights from `seed` ("tiny-random"): 32x32 images of noise.
+
+    32x32 rather than 16x16: a 16x16 JPEG is mostly header (its size varies by a few bytes between samples),
+    too little signal for the compressibility reward to train on in minutes (measured; see the README).
+    """
+    tokenizer = build_tiny_tokenizer()
+    return _assemble(*tiny_parts(len(tokenizer), seed), tokenizer)
+
+
+def load_tiny_pretrained(folder: str | Path | None = None) -> StableDiffusionPipeline:
+    """The pretrained tiny model ("tiny"): `tiny_parts` filled with the weights in `folder` (default: the
+    package's own, rlft/diffusion/tiny_model), every tensor checked by name and shape."""
+    from safetensors.torch import load_file
+
+    from rlft.diffusion.world import caption_vocabulary
+
+    folder = Path(folder) if folder is not None else Path(str(TINY_MODEL_FOLDER))
+    record = folder / "model.json"
+    if not record.is_file():
+        raise ValueError(f"model 'tiny': {record} is missing; make it with jobs/pretrain_tiny.py")
+    scaling_factor = json.loads(record.read_text())["scaling_factor"]
+    tokenizer = build_tiny_tokenizer(caption_vocabulary())
+    parts = tiny_parts(len(tokenizer), 0, scaling_factor)
+    for name, module in zip(("unet", "vae", "text_encoder"), parts, strict=True):
+        module.load_state_dict(load_file(str(folder / f"{name}.safetensors")), strict=True)
+    return _assemble(*parts, tokenizer)
+
+
+def build_sd15_random_pipeline(seed: int = 0) -> StableDiffusionPipeline:
+    """Stable Diffusion 1.5's architecture (860 M-parameter UNet, 512x512 images) with random weights.
+
+    For GPU speed and memory measurements only: nothing is downloaded, so the tokenizer is the tiny one
+    (ids still index the real 49408-entry embedding table).
+    """
+    tokenizer = build_tiny_tokenizer()
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        layers_per_block=2,
+        sample_size=512,
+    )
+    torch.manual_seed(seed + 2)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=49408,
+            hidden_size=768,
+            intermediate_size=3072,
+            num_attention_heads=12,
+            num_hidden_layers=12,
+            max_position_embeddings=77,
+            hidden_act="quick_gelu",
+            projection_dim=768,
+        )
+    )
+    return _assemble(unet, vae, text_encoder, tokenizer)

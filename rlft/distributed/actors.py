@@ -1,0 +1,91 @@
+"""Ray actors: samplers (the pipeline and the current LoRA) and scorers (a reward), each built once per run.
+
+A sampler returns a chunk's samples and, as a second object, its images, so that a scorer fetches only the
+images and the driver only the latents. Weights arrive as `Weights`: a version number and one object-store
+reference the driver owns, so they outlive the train worker that made them.
+
+Faults: an actor that dies (its process killed, its node lost) is restarted up to `max_failures` times and
+its unfinished calls are retried there. A restarted sampler starts from the base weights, so every `sample`
+call carries the weights it must use: a sampler loads them when their version is not the one it holds. A
+chunk's noise comes from its own seed, so a retried chunk gives the same samples: none lost, none doubled.
+"""
+
+import os
+from dataclasses import dataclass
+
+import ray
+import torch
+from torch import Tensor
+
+from rlft.diffusion.policy import build_policy, pick_device
+from rlft.epoch import Chunk, sample_chunk
+from rlft.rewards.registry import get_reward
+from rlft.runs.config import CommonConfig
+
+
+def use_threads(cfg: CommonConfig) -> None:
+    """Ray starts a 1-CPU actor with one torch thread; on a CPU, sampling and training want every core."""
+    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class Weights:
+    """The trained weights' version and [a reference to {name: tensor}] (in a list, so Ray hands the
+    reference over instead of fetching it for every call)."""
+
+    version: int
+    ref: list
+
+
+class Sampler:
+    def __init__(self, cfg: CommonConfig, settings: dict):
+        use_threads(cfg)
+        self.pipe, self.policy = build_policy(cfg, pick_device(cfg.device))
+        for module in (self.pipe.unet, self.pipe.vae, self.pipe.text_encoder):
+            module.requires_grad_(False)
+        self.settings = settings
+        self.version: int | None = None  # None: the base weights, as built
+
+    def load_weights(self, weights: Weights) -> None:
+        if weights.version != self.version:
+            state = ray.get(weights.ref[0])
+            self.policy.load_state_dict({k: v.to(self.pipe.device) for k, v in state.items()})
+            self.version = weights.version
+
+    def sample(self, chunk: Chunk, weights: Weights, **overrides) -> tuple[dict[str, Tensor], Tensor | None]:
+        """(the chunk's samples without images, its images or None when the last steps were left undone)."""
+        self.load_weights(weights)
+        samples = sample_chunk(self.pipe, chunk, self.settings | overrides)
+        return samples, samples.pop("images", None)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+class Scorer:
+    def __init__(self, reward: str):
+        self.reward_fn = get_reward(reward).fn
+
+    def score(self, images: Tensor, prompts: list[str] | None = None) -> Tensor:
+        """Rewards (B,), or (B, R) for several; `prompts`: each image's prompt (B strings)."""
+        with torch.no_grad():
+            return self.reward_fn(images, prompts).float().cpu()
+
+
+def start_actors(cfg: CommonConfig, settings: dict, reward: str) -> tuple[list, list]:
+    """cfg.samplers samplers and cfg.scorers scorers with the resources the config asks for."""
+    retries = dict(max_restarts=cfg.max_failures, max_task_retries=cfg.max_failures)
+    sampler = ray.remote(Sampler).options(
+        num_cpus=cfg.actor_cpus,
+        num_gpus=cfg.sampler_gpus,
+        resources=custom_resource(cfg.sampler_resource),
+        **retries,
+    )
+    scorer = ray.remote(Scorer).options(num_cpus=cfg.actor_cpus, num_gpus=cfg.scorer_gpus, **retries)
+    samplers = [sampler.remote(cfg, settings) for _ in range(cfg.samplers)]
+    scorers = [scorer.remote(reward) for _ in range(cfg.scorers)]
+    return samplers, scorers
+
+
+def custom_resource(resource: str | None) -> dict[str, float]:
+    return {resource: 1.0} if resource else {}

@@ -1,0 +1,124 @@
+"""MLflow tracking: one run per job, found again by its name when a job resumes.
+
+Only the driver logs (workers return metrics). The store is MLflow's own `MLFLOW_TRACKING_URI` (and
+experiment `MLFLOW_EXPERIMENT_NAME`); with neither set, a local sqlite file that `mlflow ui` opens with
+`mlflow ui --backend-store-uri sqlite:///mlflow.db`. MLflow 3.17 refuses plain `file://` stores by default.
+"""
+
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from types import TracebackType
+
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+from torch import Tensor
+
+from rlft.runs.config import D3POConfig, DRaFTConfig
+
+DEFAULT_EXPERIMENT = "rlft"
+
+
+def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI, or a sqlite store `mlflow.db` in the working directory."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('mlflow.db').resolve()}"
+
+
+def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
+    """Raise ValueError naming the URI when the store cannot be reached; touches nothing."""
+    if uri.startswith("sqlite:///"):
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise ValueError(
+                f"MLFLOW_TRACKING_URI {uri!r}: folder {str(folder)!r} is missing or not writable"
+            )
+    elif uri.startswith(("http://", "https://")):
+        try:
+            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s).close()
+        except (urllib.error.URLError, OSError) as error:
+            raise ValueError(f"MLFLOW_TRACKING_URI {uri!r} is unreachable: {error}") from None
+    elif uri.startswith("file:") or ("://" not in uri and uri != "databricks"):
+        raise ValueError(
+            f"MLFLOW_TRACKING_URI {uri!r}: file stores are refused by MLflow 3.17+; "
+            "use sqlite:///path/mlflow.db or an http(s) server"
+        )
+
+
+def _flatten(config: object) -> dict[str, str]:
+    values = asdict(config) if is_dataclass(config) else dict(config)
+    return {k: json.dumps(v) if isinstance(v, list | tuple | dict) else str(v) for k, v in values.items()}
+
+
+class Tracker:
+    """An MLflow run: created on first use of `run_name`, resumed (same run id) when the name exists.
+
+    Use as a context manager: the run ends FINISHED, or FAILED with the error as a tag.
+    """
+
+    def __init__(self, run_name: str, config: object, tags: dict[str, str], uri: str | None = None):
+        self.uri, self.run_name = uri or tracking_uri(), run_name
+        check_tracking_uri(self.uri)
+        self.client = MlflowClient(self.uri)
+        experiment = os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
+        found = self.client.get_experiment_by_name(experiment)
+        experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
+        runs = self.client.search_runs(
+            [experiment_id], filter_string=f"tags.mlflow.runName = '{run_name}'", max_results=1
+        )
+        self.resumed = bool(runs)
+        if runs:
+            self.run_id = runs[0].info.run_id
+            self.client.update_run(self.run_id, status="RUNNING")
+        else:
+            run = self.client.create_run(experiment_id, run_name=run_name, tags=tags)
+            self.run_id = run.info.run_id
+            params = [Param(k, v[:6000]) for k, v in _flatten(config).items()]
+            self.client.log_batch(self.run_id, params=params)
+
+    def logged_epochs(self, key: str = "epoch_time_s") -> list[int]:
+        """The epochs (steps) that already have `key` logged (by default a metric every epoch has)."""
+        return [m.step for m in self.client.get_metric_history(self.run_id, key)]
+
+    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, epoch) for k, v in metrics.items()]
+        self.client.log_batch(self.run_id, metrics=batch)
+
+    def log_images(self, epoch: int, images: Tensor, prompts: list[str]) -> None:
+        """A grid of images (B, 3, H, W) in [0, 1] with its prompts, under images/epoch_NNNN."""
+        from torchvision.utils import make_grid
+
+        grid = make_grid(images.detach().float().cpu(), nrow=min(8, len(images)), padding=1)
+        array = (grid.permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype("uint8")
+        self.client.log_image(self.run_id, array, f"images/epoch_{epoch:04d}.png")
+        self.client.log_text(self.run_id, "\n".join(prompts), f"images/epoch_{epoch:04d}_prompts.txt")
+
+    def log_file(self, path: str | Path, artifact_path: str = "") -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path or None)
+
+    def log_folder(self, folder: str | Path, artifact_path: str) -> None:
+        self.client.log_artifacts(self.run_id, str(folder), artifact_path)
+
+    def __enter__(self) -> "Tracker":
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if error is not None:
+            self.client.set_tag(self.run_id, "error", f"{kind.__name__}: {error}"[:5000])
+        self.client.set_terminated(self.run_id, status="FAILED" if error is not None else "FINISHED")
+
+
+def open_run(cfg: D3POConfig | DRaFTConfig, algorithm: str) -> tuple[Path, Tracker | None]:
+    """The run's folder (runs_dir/run_name; default name: algorithm and start time) and its tracker."""
+    run_name = cfg.run_name or f"{algorithm}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = Path(cfg.runs_dir) / run_name
+    if not cfg.track:
+        return run_dir, None
+    tags = {"algorithm": algorithm, "reward": cfg.reward, "model": cfg.model}
+    return run_dir, Tracker(run_name, cfg, tags)

@@ -1,0 +1,50 @@
+import math
+
+import pytest
+import torch
+
+from rlft.algorithms.losses import d3po_loss
+
+
+def test_d3po_loss_by_hand():
+    # Pair 1: log r_w = -1.00 - (-1.05) = 0.05 (inside [log 0.9, log 1.1] = [-0.10536, 0.09531]);
+    #         log r_l = -1.00 - (-0.80) = -0.20, clamped to log 0.9 = -0.10536.
+    #         margin = 0.1 * (0.05 + 0.10536) = 0.015536; loss = log(1 + exp(-0.015536)) = 0.685409.
+    # Pair 2: log r_w = 0.30 -> clamped to log 1.1 = 0.09531; log r_l = 0.02.
+    #         margin = 0.1 * (0.09531 - 0.02) = 0.007531; loss = log(1 + exp(-0.007531)) = 0.689389.
+    logp_w, ref_w = torch.tensor([-1.00, 0.10]), torch.tensor([-1.05, -0.20])
+    logp_l, ref_l = torch.tensor([-1.00, 0.52]), torch.tensor([-0.80, 0.50])
+    loss, metrics = d3po_loss(logp_w, ref_w, logp_l, ref_l, beta=0.1, clip=0.1)
+    assert loss.item() == pytest.approx((0.685409 + 0.689389) / 2, abs=1e-6)
+    assert metrics["preference_accuracy"] == 1.0  # 0.05 > -0.20 and 0.30 > 0.02
+    assert metrics["clamped_fraction"] == 0.5  # -0.20 and 0.30 of the four ratios
+    # The implicit reward margin is taken before clamping: 0.1 * ((0.05 + 0.20) + (0.30 - 0.02)) / 2.
+    assert metrics["reward_margin"] == pytest.approx(0.1 * (0.25 + 0.28) / 2, abs=1e-6)
+    assert metrics["log_ratio_w"] == pytest.approx((0.05 + 0.30) / 2, abs=1e-6)
+    assert metrics["log_ratio_l"] == pytest.approx((-0.20 + 0.02) / 2, abs=1e-6)
+
+
+def test_equal_policy_and_reference_give_log_two():
+    x = torch.randn(5)
+    loss, metrics = d3po_loss(x, x, x, x, beta=0.1, clip=0.1)
+    assert loss.item() == pytest.approx(math.log(2))
+    assert metrics["preference_accuracy"] == 0.0
+
+
+def test_clamped_ratios_give_no_gradient():
+    logp_w = torch.tensor([1.0], requires_grad=True)  # log r_w = 1 >> log 1.1
+    logp_l = torch.tensor([0.0], requires_grad=True)  # log r_l = 0, inside
+    loss, _ = d3po_loss(logp_w, torch.zeros(1), logp_l, torch.zeros(1), beta=1.0, clip=0.1)
+    loss.backward()
+    assert logp_w.grad.item() == 0.0
+    assert logp_l.grad.item() > 0  # lowering the rejected step's probability lowers the loss
+
+
+def test_gradient_raises_preferred_and_lowers_rejected():
+    logp_w = torch.zeros(3, requires_grad=True)
+    logp_l = torch.zeros(3, requires_grad=True)
+    loss, _ = d3po_loss(logp_w, torch.zeros(3), logp_l, torch.zeros(3), beta=0.1, clip=0.1)
+    loss.backward()
+    # d loss / d logp_w = -beta * sigmoid(0) / N = -0.1 * 0.5 / 3
+    torch.testing.assert_close(logp_w.grad, torch.full((3,), -0.1 * 0.5 / 3))
+    torch.testing.assert_close(logp_l.grad, torch.full((3,), 0.1 * 0.5 / 3))

@@ -1,0 +1,69 @@
+import pytest
+import torch
+from diffusers import DDIMScheduler
+
+from rlft.diffusion.ddim import ddim_step, ddim_step_with_logprob
+
+
+@pytest.fixture
+def scheduler():
+    s = DDIMScheduler(
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    s.set_timesteps(10)
+    return s
+
+
+def test_log_prob_is_the_gaussian_density_averaged_over_pixels(scheduler):
+    g = torch.Generator().manual_seed(0)
+    sample, eps = torch.randn(3, 4, 8, 8, generator=g), torch.randn(3, 4, 8, 8, generator=g)
+    t = scheduler.timesteps[4]
+    prev, log_prob = ddim_step_with_logprob(scheduler, eps, t, sample, eta=1.0, generator=g)
+    _, mean, std = ddim_step(scheduler, eps, t, sample, eta=1.0, prev_sample=prev)
+    expected = torch.distributions.Normal(mean, std).log_prob(prev).mean(dim=(1, 2, 3))
+    torch.testing.assert_close(log_prob, expected)
+    assert log_prob.shape == (3,)
+
+
+def test_step_matches_diffusers_for_the_same_generator(scheduler):
+    sample, eps = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    for eta in (0.0, 1.0):
+        t = scheduler.timesteps[3]
+        upstream = scheduler.step(
+            eps, t, sample, eta=eta, generator=torch.Generator().manual_seed(5)
+        ).prev_sample
+        ours = ddim_step(scheduler, eps, t, sample, eta=eta, generator=torch.Generator().manual_seed(5))[0]
+        torch.testing.assert_close(ours, upstream)
+
+
+def test_per_sample_timesteps_equal_separate_steps(scheduler):
+    sample, eps, prev = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8)
+    steps = scheduler.timesteps[[0, 5, 9]]  # includes the final step, whose alpha_prev is final_alpha_cumprod
+    _, batched = ddim_step_with_logprob(scheduler, eps, steps, sample, eta=0.7, prev_sample=prev)
+    for i, t in enumerate(steps):
+        _, single = ddim_step_with_logprob(
+            scheduler, eps[i : i + 1], t, sample[i : i + 1], eta=0.7, prev_sample=prev[i : i + 1]
+        )
+        torch.testing.assert_close(batched[i : i + 1], single)
+
+
+def test_log_prob_needs_positive_eta(scheduler):
+    x = torch.zeros(1, 4, 8, 8)
+    with pytest.raises(ValueError, match="eta must be > 0"):
+        ddim_step_with_logprob(scheduler, x, scheduler.timesteps[0], x, eta=0.0)
+
+
+def test_gradient_flows_through_the_mean_only(scheduler):
+    eps = torch.randn(1, 4, 8, 8, requires_grad=True)
+    prev = torch.randn(1, 4, 8, 8, requires_grad=True)
+    _, log_prob = ddim_step_with_logprob(
+        scheduler, eps, scheduler.timesteps[2], torch.randn(1, 4, 8, 8), eta=1.0, prev_sample=prev
+    )
+    log_prob.sum().backward()
+    assert eps.grad is not None and eps.grad.abs().sum() > 0
+    assert prev.grad is None

@@ -1,0 +1,122 @@
+"""The jobs as users run them: `ray job submit` to a `ray start --head` cluster, tracked by a real
+`mlflow server` (slow tier). Only the processes these tests start are stopped, by process group: `ray stop`
+would kill every Ray process on the machine."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+from processes import SMALL_EVAL, free_port, start_process, start_ray_head, stop_process, wait_http
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """(dashboard address, MLflow URI, environment) of a loopback Ray head and an MLflow server."""
+    folder = tmp_path_factory.mktemp("cluster")
+    # Ray's socket paths live under its temp dir and must stay under 108 bytes: a short folder in /tmp.
+    ray_temp = Path(tempfile.mkdtemp(prefix="rlft-ray-", dir="/tmp"))
+    env = os.environ | {"PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token"}
+    env.pop("RAY_ADDRESS", None)
+    mlflow_port, gcs_port, dashboard_port = free_port(), free_port(), free_port()
+    mlflow = start_process(
+        [
+            str(BIN / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{folder / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(folder / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(mlflow_port),
+            "--workers",
+            "1",
+        ],
+        env,
+        folder / "mlflow.log",
+    )
+    head = start_ray_head(
+        BIN / "ray", gcs_port, dashboard_port, ray_temp, env, folder / "ray.log", "--num-cpus=6"
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{mlflow_port}/health", 120)
+        wait_http(f"http://127.0.0.1:{dashboard_port}/api/version", 120)
+        yield f"http://127.0.0.1:{dashboard_port}", f"http://127.0.0.1:{mlflow_port}", env
+    finally:
+        stop_process(head)
+        stop_process(mlflow)
+        shutil.rmtree(ray_temp, ignore_errors=True)
+
+
+@pytest.mark.parametrize(
+    "job, flags, own_metric",
+    [
+        ("d3po", ["--pairs-per-epoch", "4", "--num-steps", "4", *SMALL_EVAL], "preference_accuracy"),
+        (
+            "draft",
+            ["--batch-size", "2", "--steps-per-epoch", "2", "--variant", "draft-lv", *SMALL_EVAL],
+            "grad_norm",
+        ),
+    ],
+)
+def test_a_submitted_job_succeeds_and_its_run_holds_every_epoch_its_images_and_adapter(
+    cluster, job, flags, own_metric, tmp_path
+):
+    address, mlflow_uri, env = cluster
+    env = env | {"MLFLOW_TRACKING_URI": mlflow_uri, "MLFLOW_EXPERIMENT_NAME": "cluster-tests"}
+    runtime_env = {"env_vars": {"MLFLOW_TRACKING_URI": mlflow_uri, "MLFLOW_EXPERIMENT_NAME": "cluster-tests"}}
+    command = [
+        str(BIN / "ray"),
+        "job",
+        "submit",
+        "--address",
+        address,
+        "--working-dir",
+        str(ROOT),
+        "--runtime-env-json",
+        json.dumps(runtime_env),
+        "--",
+        "python",
+        f"jobs/{job}.py",
+        "--epochs",
+        "2",
+        "--runs-dir",
+        str(tmp_path),
+        "--run-name",
+        f"submitted-{job}",
+        *flags,
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env, cwd=ROOT)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "epoch   1 | eval" in result.stdout, result.stdout[-3000:]
+    job_id = re.search(r"raysubmit_\w+", result.stdout).group(0)
+    status = subprocess.run(
+        [str(BIN / "ray"), "job", "status", "--address", address, job_id],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert f"Job '{job_id}' succeeded" in status.stdout, status.stdout + status.stderr  # SUCCEEDED
+
+    client = MlflowClient(mlflow_uri)
+    experiment = client.get_experiment_by_name("cluster-tests").experiment_id
+    (run,) = client.search_runs([experiment], filter_string=f"tags.mlflow.runName = 'submitted-{job}'")
+    assert run.info.status == "FINISHED" and run.data.tags["algorithm"] == job
+    for key in ("reward_mean", "reward_std", "loss", "samples_per_s", "epoch_time_s", own_metric):
+        assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [0, 1], key
+    images = {a.path for a in client.list_artifacts(run.info.run_id, "images")}
+    assert {"images/epoch_0000.png", "images/epoch_0001.png"} <= images
+    assert client.list_artifacts(run.info.run_id, "adapter")[0].path.endswith(".safetensors")

@@ -1,0 +1,100 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rlft.runs.config import D3POConfig, DRaFTConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize(
+    "config, kwargs, message",
+    [
+        (D3POConfig, {"eta": 0.0}, "eta=0.0 is not allowed: > 0"),
+        (D3POConfig, {"group_size": 1}, "group_size=1 is not allowed: at least 2"),
+        (D3POConfig, {"reward": "aesthetics"}, "reward 'aesthetics' is unknown"),
+        (D3POConfig, {"model": "./nowhere"}, "model folder './nowhere' does not exist"),
+        (D3POConfig, {"clip": 1.5}, "clip=1.5 is not allowed: in \\(0, 1\\)"),
+        (DRaFTConfig, {"k": 0}, "k=0 is not allowed: in 1..20"),
+        (DRaFTConfig, {"k": 21}, "k=21 is not allowed: in 1..20"),
+        (DRaFTConfig, {"reward": "jpeg-compressibility"}, "not differentiable"),
+        (DRaFTConfig, {"resolution": 20}, "resolution=20 is not allowed: a multiple of 8"),
+        (D3POConfig, {"reward": "human:", "ray": False}, "reward='human:' is not allowed"),
+        (DRaFTConfig, {"reward": "human:some/batch", "ray": False}, "reward='human:some/batch' is not"),
+    ],
+)
+def test_bad_values_name_the_field(config, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        config(**kwargs)
+
+
+def test_draft_variants_set_how_many_steps_carry_gradient():
+    assert DRaFTConfig(k=3).steps_with_grad == 3
+    assert DRaFTConfig(variant="draft-lv").steps_with_grad == 1
+    assert DRaFTConfig(variant="full", num_steps=7).steps_with_grad == 7
+
+
+@pytest.mark.parametrize(
+    "job, flags, field",
+    [
+        ("d3po.py", ["--eta", "0"], "eta"),
+        ("draft.py", ["--k", "50"], "k=50"),
+        ("d3po.py", ["--model", "no/such/./folder/x"], "model"),
+        ("d3po.py", ["--run-name", "a/b"], "run_name"),
+        ("draft.py", ["--tracking-uri-is-not-a-flag"], "Unrecognized"),
+        ("d3po.py", ["--batch-size", "15", "--train-workers", "2"], "batch_size=15"),
+        # Checked against the (local) Ray cluster once it is up, before any actor or MLflow run exists.
+        ("d3po.py", ["--worker-gpus", "1"], "worker_gpus=1.0 is not allowed: no node"),
+        ("draft.py", ["--samplers", "2", "--no-ray"], "ray=False is not allowed"),
+        # A human-labelled batch folder is read and checked before MLflow starts.
+        ("d3po.py", ["--reward", "human:no/such/batch"], "'no/such/batch' holds no"),
+    ],
+)
+def test_jobs_refuse_bad_flags_before_building_anything(job, flags, field, tmp_path):
+    env = os.environ | {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "jobs" / job), *flags, "--runs-dir", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert result.returncode != 0
+    assert field in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "o").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_an_unreachable_tracking_server_is_named_before_anything_starts(tmp_path):
+    env = os.environ | {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}  # the discard port: nothing listens
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "jobs" / "d3po.py"), "--runs-dir", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "MLFLOW_TRACKING_URI 'http://127.0.0.1:9' is unreachable" in result.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_jobs_print_help():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "jobs" / "draft.py"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0
+    assert "--lv-copies" in result.stdout and "Re-noised copies" in result.stdout
+
+
+def test_best_worst_pairs_need_a_known_rule_and_one_reward():
+    assert D3POConfig(pairs="best-worst", group_size=4).pairs == "best-worst"
+    with pytest.raises(ValueError, match="pairs='best'"):
+        D3POConfig(pairs="best")
+    with pytest.raises(ValueError, match="needs one reward"):
+        D3POConfig(pairs="best-worst", reward="brightness,smoothness")
