@@ -5,9 +5,11 @@ from pathlib import Path
 
 import pytest
 
+from rlft.job import run_job
 from rlft.runs.config import D3POConfig, DRaFTConfig
 
 ROOT = Path(__file__).resolve().parents[2]
+JOBS = {"d3po.py": D3POConfig, "draft.py": DRaFTConfig}
 
 
 @pytest.mark.parametrize(
@@ -53,31 +55,38 @@ def test_draft_variants_set_how_many_steps_carry_gradient():
         ("d3po.py", ["--reward", "human:no/such/batch"], "'no/such/batch' holds no"),
     ],
 )
-def test_jobs_refuse_bad_flags_before_building_anything(job, flags, field, tmp_path):
+def test_jobs_refuse_bad_flags_before_building_anything(job, flags, field, tmp_path, monkeypatch, capsys):
+    # In this process (the imports are paid once); test_a_refusal_exits_with_one_line runs a job file.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setattr(sys, "argv", [job, *flags, "--runs-dir", str(tmp_path / "o")])
+    with pytest.raises(SystemExit) as exited:
+        run_job(JOBS[job], job.removesuffix(".py"), "")
+    stderr = capsys.readouterr().err
+    assert exited.value.code not in (0, None)
+    assert field in f"{exited.value.code}{stderr}" and "Traceback" not in stderr
+    assert not (tmp_path / "o").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_job_file_refuses_a_bad_flag_without_a_traceback(tmp_path):
     env = os.environ | {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     result = subprocess.run(
-        [sys.executable, str(ROOT / "jobs" / job), *flags, "--runs-dir", str(tmp_path / "o")],
+        [sys.executable, str(ROOT / "jobs" / "d3po.py"), "--eta", "0", "--runs-dir", str(tmp_path / "o")],
         capture_output=True,
         text=True,
         timeout=120,
         env=env,
     )
     assert result.returncode != 0
-    assert field in result.stderr and "Traceback" not in result.stderr
+    assert "eta=0.0 is not allowed" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "o").exists() and not (tmp_path / "mlflow.db").exists()
 
 
-def test_an_unreachable_tracking_server_is_named_before_anything_starts(tmp_path):
-    env = os.environ | {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}  # the discard port: nothing listens
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "jobs" / "d3po.py"), "--runs-dir", str(tmp_path / "o")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
-    assert result.returncode != 0 and "Traceback" not in result.stderr
-    assert "MLFLOW_TRACKING_URI 'http://127.0.0.1:9' is unreachable" in result.stderr
+def test_an_unreachable_tracking_server_is_named_before_anything_starts(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # the discard port: nothing listens
+    monkeypatch.setattr(sys, "argv", ["d3po.py", "--runs-dir", str(tmp_path / "o")])
+    with pytest.raises(SystemExit) as exited:
+        run_job(D3POConfig, "d3po", "")
+    assert "MLFLOW_TRACKING_URI 'http://127.0.0.1:9' is unreachable" in str(exited.value.code)
     assert not (tmp_path / "o").exists()
 
 
