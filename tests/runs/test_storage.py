@@ -12,7 +12,7 @@ import pyarrow.fs as pafs
 import pytest
 import torch
 from moto.server import ThreadedMotoServer
-from processes import free_port
+from processes import SMALL_EVAL, free_port
 
 from rlft.local import train_local
 from rlft.runs.checkpoint import load_checkpoint, save_checkpoint
@@ -153,7 +153,7 @@ def test_storage_defaults_to_rlft_storage(monkeypatch):
 
 
 SMALL = dict(eval_images=4, pairs_per_epoch=2, num_steps=3, batch_size=3, threads=1)
-FLAGS = ["--pairs-per-epoch", "2", "--num-steps", "3", "--batch-size", "3", "--threads", "1"]
+FLAGS = ["--pairs-per-epoch", "2", "--num-steps", "3", "--batch-size", "3", "--threads", "1", *SMALL_EVAL]
 
 
 def _numbers(output: str) -> list[str]:
