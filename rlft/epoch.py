@@ -61,11 +61,6 @@ def plan_chunks(prompts: list[str], per_chunk: int, seed: int, epoch: int) -> li
     ]
 
 
-def sampling_settings(cfg: AlgorithmConfig) -> dict:
-    """`sample_trajectories` arguments for the algorithm, plus `last_only` (keep just the last latent)."""
-    return cfg.sampling_settings()
-
-
 def sample_chunk(pipe: StableDiffusionPipeline, chunk: Chunk, settings: dict) -> dict[str, Tensor]:
     """Sample a chunk; CPU tensors: latents (B, S+1 or 1, C, h, w), timesteps (S,), group (B,) indexing
     the epoch's prompts, images (B, 3, H, W) when every step ran."""

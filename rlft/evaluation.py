@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from rlft.epoch import Chunk, sampling_settings, stream_seed
+from rlft.epoch import Chunk, stream_seed
 from rlft.prompts import load_prompts
 from rlft.runs.config import CommonConfig
 
@@ -37,9 +37,7 @@ def eval_chunks(cfg: CommonConfig) -> list[Chunk]:
 
 def eval_settings(cfg: CommonConfig) -> dict:
     """Sampling as the policy samples in training (steps, guidance, eta), one image per prompt, every step."""
-    keep = ("num_steps", "guidance_scale", "eta", "resolution")
-    common = {k: v for k, v in sampling_settings(cfg).items() if k in keep}
-    return common | dict(group_size=1, with_logprob=False, skip_last=0, last_only=True)
+    return cfg.common_sampling() | dict(group_size=1, with_logprob=False, skip_last=0, last_only=True)
 
 
 def _mean_se(values: Tensor) -> tuple[float, float]:

@@ -25,7 +25,6 @@ from rlft.epoch import (
     plan_chunks,
     prompts_of,
     sample_chunk,
-    sampling_settings,
     stream_generator,
 )
 from rlft.evaluation import eval_chunks, eval_settings
@@ -54,20 +53,21 @@ class LocalBackend:
 
     def __init__(self, cfg: D3POConfig | DRaFTConfig, pipe: StableDiffusionPipeline, learner, train_fn):
         self.cfg, self.pipe, self.learner, self.train_fn = cfg, pipe, learner, train_fn
+        self.reward = get_reward(cfg.reward)
         self.trained = LocalTrained(learner.policy, learner.optimizer)
         self.evaluate = local_evaluate(pipe, cfg)
 
     def sample(self, epoch: int, prompts: list[str], score: bool = True) -> Sampled:
         start = time.perf_counter()
         chunks = plan_chunks(prompts, self.cfg.sample_batch, self.cfg.seed, epoch)
-        settings = sampling_settings(self.cfg)
+        settings = self.cfg.sampling_settings()
         samples = concat_samples([sample_chunk(self.pipe, chunk, settings) for chunk in chunks])
         sampled = time.perf_counter()
         rewards = None
         if score:
             with torch.no_grad():
                 texts = prompts_of(prompts, samples["group"])
-                rewards = get_reward(self.cfg.reward).fn(samples["images"], texts).float()
+                rewards = self.reward.fn(samples["images"], texts).float()
         timing = {"time_sample_s": sampled - start, "time_score_s": time.perf_counter() - sampled}
         return Sampled(samples, rewards, lambda: samples["images"], timing)
 
@@ -83,7 +83,7 @@ class LocalBackend:
         return metrics, rewards, {"time_train_s": time.perf_counter() - start}
 
     def sample_images(self, chunk: Chunk) -> Tensor:
-        settings = sampling_settings(self.cfg) | {"skip_last": 0}
+        settings = self.cfg.sampling_settings() | {"skip_last": 0}
         return sample_chunk(self.pipe, chunk, settings)["images"]
 
 

@@ -19,7 +19,7 @@ from rlft.algorithms.backend import Log, Sampled
 from rlft.algorithms.registry import algorithm_of
 from rlft.distributed.actors import Weights, start_actors
 from rlft.distributed.train_workers import TrainWorkers, WorkersRestarted
-from rlft.epoch import Chunk, chunk_prompts, concat_samples, plan_chunks, sampling_settings, stream_seed
+from rlft.epoch import Chunk, chunk_prompts, concat_samples, plan_chunks, stream_seed
 from rlft.evaluation import eval_chunks, eval_settings
 from rlft.loop import run_epochs
 from rlft.runs.config import CommonConfig, D3POConfig, DRaFTConfig
@@ -151,7 +151,7 @@ def ray_train(
     """Train the config's algorithm on Ray; the per-epoch metrics, as `run_epochs` gives."""
     start = time.perf_counter()
     log("starting the samplers, scorers and train workers (each loads the model once)")
-    samplers, scorers = start_actors(cfg, sampling_settings(cfg), cfg.reward)
+    samplers, scorers = start_actors(cfg, cfg.sampling_settings(), cfg.reward)
     workers = None
     try:
         workers = TrainWorkers(cfg, Path(run_dir) / "ray", Path(run_dir).name)
@@ -187,7 +187,7 @@ def sample_and_score(cfg, epoch, prompts, samplers, scorers, weights: Weights, l
         for i, chunk in enumerate(chunks)
     ]
     images = [image_ref for _, image_ref in outs]
-    group_size = sampling_settings(cfg)["group_size"]  # each image's prompt, for prompt-conditioned rewards
+    group_size = cfg.sampling_settings()["group_size"]  # each image's prompt, for prompt-conditioned rewards
     to_score = enumerate(zip(chunks, images, strict=True)) if score else []
     rewards = [
         scorers[i % len(scorers)].score.remote(ref, chunk_prompts(c, group_size)) for i, (c, ref) in to_score

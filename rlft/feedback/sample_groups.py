@@ -14,7 +14,7 @@ from typing import Literal
 
 from rlft.diffusion.adapters import adapter_digest, adapter_file, adapter_lora_shape, load_adapter
 from rlft.diffusion.policy import build_policy
-from rlft.epoch import concat_samples, epoch_prompts, plan_chunks, sample_chunk, sampling_settings
+from rlft.epoch import concat_samples, epoch_prompts, plan_chunks, sample_chunk
 from rlft.feedback.batch_folder import MANIFEST, write_batch
 from rlft.runs.config import D3POConfig
 
@@ -107,7 +107,7 @@ def sample_groups(cfg: SampleGroupsConfig, log: Callable[[str], None] = print) -
     if cfg.adapter:
         load_adapter(policy, cfg.adapter)
     prompts = epoch_prompts(d3po, cfg.round)
-    settings = sampling_settings(d3po)
+    settings = d3po.sampling_settings()
     chunks = plan_chunks(prompts, cfg.sample_batch, cfg.seed, cfg.round)
     samples = concat_samples([sample_chunk(pipe, chunk, settings) for chunk in chunks])
     info = {

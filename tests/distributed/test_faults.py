@@ -21,7 +21,7 @@ from rlft.diffusion.policy import build_policy
 from rlft.distributed.actors import Weights, start_actors
 from rlft.distributed.cluster import start_ray
 from rlft.distributed.ray_loop import ray_train, sample_and_score
-from rlft.epoch import epoch_prompts, sampling_settings
+from rlft.epoch import epoch_prompts
 from rlft.local import train_local
 from rlft.runs.config import D3POConfig
 from rlft.runs.tracking import Tracker
@@ -43,7 +43,7 @@ def cluster():
 
 def test_a_sampler_killed_mid_epoch_is_restarted_and_no_trajectory_is_lost_or_doubled(cluster):
     cfg = D3POConfig(pairs_per_epoch=12, group_size=2, num_steps=8, sample_batch=1, threads=1)
-    (sampler,), scorers = start_actors(cfg, sampling_settings(cfg), cfg.reward)
+    (sampler,), scorers = start_actors(cfg, cfg.sampling_settings(), cfg.reward)
     # Trained (non-base) weights: a restarted sampler that forgot to load them would sample other images.
     _, policy = build_policy(cfg)
     state = {k: v + 0.05 * torch.randn_like(v) for k, v in policy.state_dict().items()}

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from rlft.algorithms.d3po import pair_items
 from rlft.diffusion.policy import build_policy
-from rlft.epoch import concat_samples, epoch_prompts, plan_chunks, sample_chunk, sampling_settings
+from rlft.epoch import concat_samples, epoch_prompts, plan_chunks, sample_chunk
 from rlft.feedback import batch_folder
 from rlft.feedback.batch_folder import MANIFEST, TRAJECTORIES, read_manifest
 from rlft.feedback.human import check_fits, labelled_items
@@ -75,7 +75,7 @@ def test_a_round_repeats_the_d3po_jobs_epoch_of_the_same_number(batch):
     pipe, _ = build_policy(d3po)
     prompts = epoch_prompts(d3po, epoch=2)
     chunks = plan_chunks(prompts, d3po.sample_batch, d3po.seed, 2)
-    expected = concat_samples([sample_chunk(pipe, c, sampling_settings(d3po)) for c in chunks])
+    expected = concat_samples([sample_chunk(pipe, c, d3po.sampling_settings()) for c in chunks])
     assert read_manifest(batch)[0]["prompts"] == prompts
     assert torch.equal(load_file(batch / TRAJECTORIES)["latents"], expected["latents"])
 
