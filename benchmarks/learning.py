@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
+from rlft.configs import D3POConfig, DRaFTConfig
 from rlft.local import train_local
-from rlft.runs.config import D3POConfig, DRaFTConfig
 
 ALGORITHMS = {"d3po": D3POConfig, "draft": DRaFTConfig}
 

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import ray
 
+from rlft.configs import D3POConfig
 from rlft.distributed.cluster import start_ray
 from rlft.distributed.ray_loop import ray_train
 from rlft.local import train_local
-from rlft.runs.config import D3POConfig
 
 PHASES = ("time_sample_s", "time_score_s", "time_shuffle_s", "time_train_s", "time_sync_s")
 

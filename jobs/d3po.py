@@ -10,8 +10,8 @@ checkpoints every epoch under runs/<run-name> and logs to MLflow; the same --run
 adapter ends in runs/<run-name>/adapter, in diffusers' LoRA format.
 """
 
+from rlft.configs import D3POConfig
 from rlft.job import run_job
-from rlft.runs.config import D3POConfig
 
 if __name__ == "__main__":
     run_job(D3POConfig, "d3po", __doc__)

@@ -8,8 +8,8 @@ with a before/after grid. Each run checkpoints every epoch under
 runs/<run-name> and logs to MLflow; the same --run-name again resumes it.
 """
 
+from rlft.configs import DRaFTConfig
 from rlft.job import run_job
-from rlft.runs.config import DRaFTConfig
 
 if __name__ == "__main__":
     run_job(DRaFTConfig, "draft", __doc__)

@@ -20,9 +20,9 @@ import torch
 from diffusers import StableDiffusionPipeline
 from torch import Tensor
 
+from rlft.configs import D3POConfig, DRaFTConfig
 from rlft.diffusion.sampling import sample_trajectories
 from rlft.prompts import draw_prompts
-from rlft.runs.config import D3POConfig, DRaFTConfig
 
 AlgorithmConfig = D3POConfig | DRaFTConfig
 STREAMS = ("prompts", "noise", "shuffle", "train", "show", "eval")

@@ -14,19 +14,19 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from rlft.configs import SamplingConfig
 from rlft.epoch import Chunk, stream_seed
 from rlft.prompts import load_prompts
-from rlft.runs.config import CommonConfig
 
 EVAL_SEED = 20231122  # D3PO's arXiv date: any fixed number, the same for every run
 
 
-def eval_prompts(cfg: CommonConfig) -> list[str]:
+def eval_prompts(cfg: SamplingConfig) -> list[str]:
     prompts = load_prompts(cfg.eval_prompts)
     return [prompts[i % len(prompts)] for i in range(cfg.eval_images)]
 
 
-def eval_chunks(cfg: CommonConfig) -> list[Chunk]:
+def eval_chunks(cfg: SamplingConfig) -> list[Chunk]:
     """The evaluation set cut into sampler chunks, each with its fixed noise seed."""
     prompts, size = eval_prompts(cfg), cfg.sample_batch
     return [
@@ -35,7 +35,7 @@ def eval_chunks(cfg: CommonConfig) -> list[Chunk]:
     ]
 
 
-def eval_settings(cfg: CommonConfig) -> dict:
+def eval_settings(cfg: SamplingConfig) -> dict:
     """Sampling as the policy samples in training (steps, guidance, eta), one image per prompt, every step."""
     return cfg.common_sampling() | dict(group_size=1, with_logprob=False, skip_last=0, last_only=True)
 

@@ -1,43 +1,43 @@
-"""What `jobs/d3po.py` and `jobs/draft.py` do: read the flags, check everything, then train and report.
+"""What the jobs do (`jobs/d3po.py`, `jobs/draft.py`, `jobs/d3po_labels.py`): read the flags, check
+everything, open the run, train, report.
 
-Every check that can fail (the config, the tracking store, the Ray cluster's resources) runs before an
-actor starts or an MLflow run is created, and a failure exits with one line naming the bad field.
+Every check that can fail (the config, the tracking store, the storage, a labelled batch, the Ray cluster's
+resources) runs before an actor starts or an MLflow run is created, and a failure exits with one line naming
+the bad field.
 """
 
 import logging
 import sys
+import time
+from collections.abc import Callable
 from contextlib import nullcontext
-from functools import partial
 from pathlib import Path
 
 import ray
 import tyro
 
+from rlft.configs import RunConfig, SamplingConfig
 from rlft.distributed.cluster import start_ray
 from rlft.distributed.ray_loop import ray_train
-from rlft.feedback.human import check_labelled, human_folder, train_human
+from rlft.feedback.human import check_labelled, train_human
+from rlft.feedback.labels_config import D3POLabelsConfig
 from rlft.local import train_local
 from rlft.loop import GRID_FILE
-from rlft.runs.config import D3POConfig, DRaFTConfig
 from rlft.runs.storage import check_reachable
-from rlft.runs.tracking import check_tracking_uri, open_run, tracking_uri
+from rlft.runs.tracking import Tracker, check_tracking_uri, tracking_uri
+
+History = list[dict[str, float]]
 
 
-def is_human(cfg: D3POConfig | DRaFTConfig) -> bool:
-    """A D3PO run on people's labels (reward human:<folder>): nothing sampled, only trained."""
-    return cfg.algorithm == "d3po" and cfg.human
-
-
-def headline(cfg: D3POConfig | DRaFTConfig) -> str:
+def headline(cfg: RunConfig) -> str:
     name, work = cfg.describe()
-    if is_human(cfg):
-        work = f"passes over the labelled pairs of {human_folder(cfg)!r}"
+    signal = " ".join(cfg.trained_on())
     actors = ", ".join(f"{n} {kind.replace('_', ' ')[:-1]}(s)" for kind, n in cfg.actor_counts().items() if n)
     where = f"Ray: {actors}" if cfg.ray else "one process"
-    return f"{name} | model {cfg.model} | reward {cfg.reward} | {cfg.epochs} epochs x {work} | {where}"
+    return f"{name} | model {cfg.model} | {signal} | {cfg.epochs} epochs x {work} | {where}"
 
 
-def summary(history: list[dict[str, float]], run_dir: Path) -> str:
+def summary(history: History, run_dir: Path) -> str:
     """The last line: the fixed evaluation set's reward before and after training (what shows learning),
     the paired gain in standard errors, and where the before/after grid and the adapter are."""
     rewards = [h["reward_mean"] for h in history]
@@ -53,7 +53,55 @@ def summary(history: list[dict[str, float]], run_dir: Path) -> str:
     )
 
 
-def run_job(config_type: type[D3POConfig] | type[DRaFTConfig], algorithm: str, description: str) -> None:
+def labels_summary(history: History, run_dir: Path) -> str:
+    """The last line of a run on people's labels: no rewards, the labels are the signal."""
+    first, last = history[0], history[-1]
+    return (
+        f"labels: {last['pairs']:.0f} pairs ({last['ties']:.0f} ties) | loss: first {first['loss']:.4f}, "
+        f"last {last['loss']:.4f} | accuracy: first {first['preference_accuracy']:.2f}, last "
+        f"{last['preference_accuracy']:.2f} | adapter in {run_dir}/adapter"
+    )
+
+
+def open_run(cfg: RunConfig, algorithm: str) -> tuple[Path, Tracker | None]:
+    """The run's folder (runs_dir/run_name; default name: algorithm and start time) and its tracker, which
+    logs every field of cfg (a run on labels: with the batch's settings resolved, as trained)."""
+    run_name = cfg.run_name or f"{algorithm}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = Path(cfg.runs_dir) / run_name
+    if not cfg.track:
+        return run_dir, None
+    tags = {"algorithm": algorithm, "model": cfg.model} | dict([cfg.trained_on()])
+    return run_dir, Tracker(run_name, cfg, tags)
+
+
+def run_job(config_type: type[SamplingConfig], algorithm: str, description: str) -> None:
+    """jobs/d3po.py and jobs/draft.py: sample, score and train on Ray (or in this process with --no-ray)."""
+
+    def train(cfg: SamplingConfig, checked: None, **kwargs) -> History:
+        return (ray_train if cfg.ray else train_local)(cfg, **kwargs)
+
+    run(config_type, algorithm, description, lambda cfg: None, train, summary)
+
+
+def run_labels_job(description: str) -> None:
+    """jobs/d3po_labels.py: D3PO on a labelled batch; the batch is read and checked before Ray starts."""
+
+    def train(cfg: D3POLabelsConfig, checked: tuple, **kwargs) -> History:
+        return train_human(cfg, checked=checked, **kwargs)
+
+    run(D3POLabelsConfig, "d3po-labels", description, check_labelled, train, labels_summary)
+
+
+def run(
+    config_type: type[RunConfig],
+    algorithm: str,
+    description: str,
+    check: Callable[[RunConfig], object],
+    train: Callable[..., History],
+    report: Callable[[History, Path], str],
+) -> None:
+    """Parse and check, open the run, train (`train(cfg, checked, run_dir=, tracker=)`, where `checked` is
+    what `check(cfg)` gave), print `report`. A ValueError before training exits with its one line."""
     started_ray = False
     for name in ("mlflow", "alembic"):  # their start-up INFO lines are noise in a run's output
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -63,8 +111,7 @@ def run_job(config_type: type[D3POConfig] | type[DRaFTConfig], algorithm: str, d
             check_tracking_uri(tracking_uri())
         if cfg.storage:
             check_reachable(cfg.storage)
-        # A bad batch folder is named before MLflow starts; the batch read here is the one trained on.
-        checked = check_labelled(cfg, human_folder(cfg)) if is_human(cfg) else None
+        checked = check(cfg)
         print(headline(cfg), flush=True)
         started_ray = cfg.ray and start_ray(cfg)
         run_dir, tracker = open_run(cfg, algorithm)
@@ -73,25 +120,11 @@ def run_job(config_type: type[D3POConfig] | type[DRaFTConfig], algorithm: str, d
             ray.shutdown()
         sys.exit(f"error: {error}")
     try:
-        if checked is not None:
-            train = partial(train_human, folder=human_folder(cfg), checked=checked)
-        elif cfg.ray:
-            train = ray_train
-        else:
-            train = train_local
         with tracker or nullcontext():
-            history = train(cfg, run_dir=run_dir, tracker=tracker)
+            history = train(cfg, checked, run_dir=run_dir, tracker=tracker)
     finally:
         if started_ray:
             ray.shutdown()
-    if is_human(cfg):  # no rewards: the labels are the signal
-        first, last = history[0], history[-1]
-        print(
-            f"labels: {last['pairs']:.0f} pairs ({last['ties']:.0f} ties) | loss: first {first['loss']:.4f}, "
-            f"last {last['loss']:.4f} | accuracy: first {first['preference_accuracy']:.2f}, last "
-            f"{last['preference_accuracy']:.2f} | adapter in {run_dir}/adapter"
-        )
-    else:
-        print(summary(history, run_dir))
+    print(report(history, run_dir))
     if tracker:
         print(f"MLflow run {tracker.run_id} ({tracker.run_name}) in {tracker.uri}")

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from rlft.algorithms.backend import EvalFn, Log, Sampled
 from rlft.algorithms.registry import algorithm_of
+from rlft.configs import D3POConfig, DRaFTConfig, SamplingConfig
 from rlft.diffusion.policy import LocalTrained, build_policy
 from rlft.diffusion.sampling import encode_prompts
 from rlft.epoch import (
@@ -30,11 +31,10 @@ from rlft.epoch import (
 from rlft.evaluation import eval_chunks, eval_settings
 from rlft.loop import run_epochs
 from rlft.rewards.registry import get_reward
-from rlft.runs.config import CommonConfig, D3POConfig, DRaFTConfig
 from rlft.runs.tracking import Tracker
 
 
-def local_evaluate(pipe: StableDiffusionPipeline, cfg: CommonConfig) -> EvalFn:
+def local_evaluate(pipe: StableDiffusionPipeline, cfg: SamplingConfig) -> EvalFn:
     """Scores the pipeline's current policy on the fixed evaluation set, in this process."""
     reward = get_reward(cfg.reward)
 

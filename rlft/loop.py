@@ -14,11 +14,11 @@ import torch
 from torch import Tensor
 
 from rlft.algorithms.backend import EpochFn, EvalFn, Log, Trained
+from rlft.configs import RunConfig
 from rlft.epoch import reward_metrics
 from rlft.evaluation import before_after_grid, eval_metrics, format_eval, save_grid
 from rlft.rewards.registry import reward_names
 from rlft.runs.checkpoint import load_checkpoint, replace_folder, save_checkpoint, staging_folder, write_files
-from rlft.runs.config import CommonConfig
 from rlft.runs.storage import RunStorage
 from rlft.runs.tracking import Tracker
 
@@ -55,7 +55,7 @@ def format_epoch(epoch: int, m: dict[str, float]) -> str:
 
 
 def run_epochs(
-    cfg: CommonConfig,
+    cfg: RunConfig,
     run_dir: Path,
     trained: Trained,
     one_epoch: EpochFn,

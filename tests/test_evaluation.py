@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
+from rlft.configs import D3POConfig, DRaFTConfig
 from rlft.evaluation import before_after_grid, eval_chunks, eval_metrics, eval_prompts, eval_settings
 from rlft.prompts import PROMPT_SETS
-from rlft.runs.config import D3POConfig, DRaFTConfig
 
 
 def test_the_set_is_the_same_for_every_seed_and_algorithm_and_held_out_from_training():

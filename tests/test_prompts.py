@@ -3,9 +3,9 @@ import re
 import pytest
 import torch
 
+from rlft.configs import D3POConfig, DRaFTConfig
 from rlft.diffusion.world import BACKGROUNDS, COLOURS
 from rlft.prompts import PROMPT_SETS, draw_prompts, load_prompts
-from rlft.runs.config import D3POConfig, DRaFTConfig
 
 
 def test_built_in_sets_hold_the_papers_prompts():

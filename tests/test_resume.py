@@ -7,11 +7,11 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from rlft.configs import D3POConfig, DRaFTConfig
 from rlft.diffusion.policy import LocalTrained, Policy
 from rlft.local import train_local
 from rlft.rewards.registry import REWARDS
 from rlft.runs.checkpoint import load_checkpoint, save_checkpoint
-from rlft.runs.config import D3POConfig, DRaFTConfig
 from rlft.runs.tracking import Tracker, check_tracking_uri
 
 SMALL = dict(eval_images=4, pairs_per_epoch=2, num_steps=3, batch_size=3, threads=1)

@@ -14,11 +14,11 @@ from torch import Tensor
 
 from rlft.algorithms.backend import Algorithm, Backend, GradSync
 from rlft.algorithms.losses import d3po_loss
+from rlft.configs import D3POConfig
 from rlft.diffusion.ddim import ddim_step_with_logprob
 from rlft.diffusion.policy import Policy
 from rlft.diffusion.sampling import guided_eps
 from rlft.epoch import epoch_prompts
-from rlft.runs.config import D3POConfig
 
 NO_PAIRS = {"loss": float("nan"), "preference_accuracy": float("nan"), "grad_norm": 0.0}
 

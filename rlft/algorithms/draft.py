@@ -20,12 +20,12 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from rlft.algorithms.backend import Algorithm, Backend, GradSync
+from rlft.configs import DRaFTConfig
 from rlft.diffusion.ddim import ddim_step
 from rlft.diffusion.policy import Policy
 from rlft.diffusion.sampling import decode, guided_eps
 from rlft.epoch import Chunk, epoch_prompts, stream_seed
 from rlft.rewards.registry import get_reward
-from rlft.runs.config import DRaFTConfig
 
 RewardFn = Callable[[Tensor, list[str] | None], Tensor]  # (images, their prompts or None) -> (B,)
 

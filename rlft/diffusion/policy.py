@@ -22,7 +22,7 @@ from torch import Tensor
 from rlft.diffusion.models import load_pipeline
 
 if TYPE_CHECKING:
-    from rlft.runs.config import CommonConfig
+    from rlft.configs import RunConfig
 
 DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 ADAPTER_FILE = "pytorch_lora_weights.safetensors"
@@ -133,7 +133,7 @@ def pick_device(choice: str) -> torch.device:
 
 
 def build_policy(
-    cfg: "CommonConfig", device: torch.device | None = None
+    cfg: "RunConfig", device: torch.device | None = None
 ) -> tuple[StableDiffusionPipeline, Policy]:
     """The pipeline whose UNet is the trainable policy (sampling through `pipe` uses the current weights)."""
     if cfg.threads:

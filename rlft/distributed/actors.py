@@ -17,13 +17,13 @@ import ray
 import torch
 from torch import Tensor
 
+from rlft.configs import RunConfig, SamplingConfig
 from rlft.diffusion.policy import build_policy, pick_device
 from rlft.epoch import Chunk, sample_chunk
 from rlft.rewards.registry import get_reward
-from rlft.runs.config import CommonConfig
 
 
-def use_threads(cfg: CommonConfig) -> None:
+def use_threads(cfg: RunConfig) -> None:
     """Ray starts a 1-CPU actor with one torch thread; on a CPU, sampling and training want every core."""
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
 
@@ -38,7 +38,7 @@ class Weights:
 
 
 class Sampler:
-    def __init__(self, cfg: CommonConfig, settings: dict):
+    def __init__(self, cfg: SamplingConfig, settings: dict):
         use_threads(cfg)
         self.pipe, self.policy = build_policy(cfg, pick_device(cfg.device))
         for module in (self.pipe.unet, self.pipe.vae, self.pipe.text_encoder):
@@ -72,7 +72,7 @@ class Scorer:
             return self.reward_fn(images, prompts).float().cpu()
 
 
-def start_actors(cfg: CommonConfig, settings: dict, reward: str) -> tuple[list, list]:
+def start_actors(cfg: SamplingConfig, settings: dict, reward: str) -> tuple[list, list]:
     """cfg.samplers samplers and cfg.scorers scorers with the resources the config asks for."""
     retries = dict(max_restarts=cfg.max_failures, max_task_retries=cfg.max_failures)
     sampler = ray.remote(Sampler).options(

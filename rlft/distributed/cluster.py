@@ -16,12 +16,12 @@ from ray._private import ray_constants
 from ray.experimental import internal_kv
 
 from rlft.algorithms.backend import Log
-from rlft.runs.config import CommonConfig
+from rlft.configs import RunConfig
 
 QUIET = dict(logging_level=logging.ERROR, log_to_driver=False)
 
 
-def start_ray(cfg: CommonConfig, log: Log = print) -> bool:
+def start_ray(cfg: RunConfig, log: Log = print) -> bool:
     """Join cfg.ray_address, RAY_ADDRESS or a cluster `ray start` made here, else start a local Ray (True).
 
     Then check that the cluster can hold the actors and workers the config asks for; a ValueError names the
@@ -78,10 +78,14 @@ GROUPS = {  # the field that counts each kind of actor: the field with its GPUs 
 }
 
 
-def demand(cfg: CommonConfig) -> dict[str, float]:
+# The field naming the custom resource each kind of actor also asks for, if it has one.
+CUSTOM = {"samplers": "sampler_resource", "scorers": None, "train_workers": "worker_resource"}
+
+
+def demand(cfg: RunConfig) -> dict[str, float]:
     counts = cfg.actor_counts()
     cpus = sum(counts.values()) * cfg.actor_cpus
-    gpus = sum(counts[count] * getattr(cfg, gpus) for count, gpus in GROUPS.items())
+    gpus = sum(counts[count] * getattr(cfg, gpus) for count, gpus in GROUPS.items() if counts[count])
     return {"CPU": cpus, "GPU": gpus}
 
 
@@ -103,24 +107,24 @@ def autoscaler_node_types() -> list[dict[str, float]] | None:
     return [] if any(not name.startswith("node_") for name in names.values()) else None
 
 
-def check_resources(cfg: CommonConfig, total: dict[str, float] | None, nodes: list[dict[str, float]]) -> None:
+def check_resources(cfg: RunConfig, total: dict[str, float] | None, nodes: list[dict[str, float]]) -> None:
     """ValueError naming the field when the cluster can never hold what the config asks for.
 
     nodes: the resources of each node (of an autoscaling cluster: each node and each node type it may add);
     total: the cluster's resources, or None when an autoscaler may add more.
     """
-    custom = {"samplers": cfg.sampler_resource, "scorers": None, "train_workers": cfg.worker_resource}
     counts = cfg.actor_counts()
     for count, gpus in GROUPS.items():
         if not counts[count]:  # none started (a run on people's labels samples nothing)
             continue
         shape = {"CPU": cfg.actor_cpus, "GPU": getattr(cfg, gpus)}
-        if custom[count] and not any(node.get(custom[count], 0) >= 1 for node in nodes):
-            field = "sampler_resource" if count == "samplers" else "worker_resource"
+        field = CUSTOM[count]
+        custom = getattr(cfg, field) if field else None
+        if custom and not any(node.get(custom, 0) >= 1 for node in nodes):
             raise ValueError(
-                f"{field}={custom[count]!r} is not allowed: no node of this cluster offers that resource"
+                f"{field}={custom!r} is not allowed: no node of this cluster offers that resource"
             )
-        shape |= {custom[count]: 1.0} if custom[count] else {}
+        shape |= {custom: 1.0} if custom else {}
         if not any(all(node.get(k, 0) >= v for k, v in shape.items()) for node in nodes):
             field = gpus if shape["GPU"] > max((n.get("GPU", 0) for n in nodes), default=0) else "actor_cpus"
             raise ValueError(

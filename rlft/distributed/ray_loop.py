@@ -17,16 +17,16 @@ from torch import Tensor
 
 from rlft.algorithms.backend import Log, Sampled
 from rlft.algorithms.registry import algorithm_of
+from rlft.configs import D3POConfig, DRaFTConfig, RunConfig
 from rlft.distributed.actors import Weights, start_actors
 from rlft.distributed.train_workers import TrainWorkers, WorkersRestarted
 from rlft.epoch import Chunk, chunk_prompts, concat_samples, plan_chunks, stream_seed
 from rlft.evaluation import eval_chunks, eval_settings
 from rlft.loop import run_epochs
-from rlft.runs.config import CommonConfig, D3POConfig, DRaFTConfig
 from rlft.runs.tracking import Tracker
 
 
-def dataset_shards(items: dict[str, Tensor], cfg: CommonConfig, epoch: int) -> list:
+def dataset_shards(items: dict[str, Tensor], cfg: RunConfig, epoch: int) -> list:
     """The items as a Ray Dataset, globally shuffled with the epoch's seed, in equal shares per worker.
 
     Few blocks: with Ray's default block count a 300-row shuffle took 17 s here, with one per worker 0.2 s.

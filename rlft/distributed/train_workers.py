@@ -37,11 +37,11 @@ from ray.util.queue import Empty, Queue
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from rlft.algorithms.registry import algorithm_of
+from rlft.configs import D3POConfig, DRaFTConfig
 from rlft.diffusion.policy import LocalTrained, build_policy
 from rlft.diffusion.sampling import encode_prompts
 from rlft.distributed.actors import custom_resource, use_threads
 from rlft.epoch import stream_generator
-from rlft.runs.config import D3POConfig, DRaFTConfig
 
 
 def average_gradients(params: list[torch.nn.Parameter]) -> None:

@@ -6,7 +6,6 @@ majority pairs and saves an adapter, and the next round samples from that adapte
 base model (the adapter switched off), as in the D3PO job.
 """
 
-import dataclasses
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,8 +16,7 @@ from torch import Tensor
 
 from rlft.algorithms.backend import Log
 from rlft.algorithms.d3po import make_learner, pair_items
-from rlft.diffusion.adapters import adapter_digest, adapter_lora_shape, adapter_state
-from rlft.diffusion.models import BUILTIN_MODELS
+from rlft.diffusion.adapters import adapter_digest, adapter_state
 from rlft.diffusion.policy import LocalTrained, build_policy
 from rlft.diffusion.sampling import encode_prompts
 from rlft.distributed.cluster import start_ray
@@ -28,8 +26,8 @@ from rlft.epoch import item_order, iterate_batches
 from rlft.feedback.batch_folder import read_images, read_manifest, read_trajectories
 from rlft.feedback.label_pairs import majority_pairs
 from rlft.feedback.labels import DB_FILE, LabelError, check_label, connect, read_labels
+from rlft.feedback.labels_config import D3POLabelsConfig
 from rlft.loop import run_epochs
-from rlft.runs.config import HUMAN, D3POConfig
 from rlft.runs.tracking import Tracker
 
 
@@ -81,21 +79,6 @@ def labelled_items(folder: str | Path) -> tuple[dict[str, Tensor], dict]:
     }
 
 
-def check_fits(cfg: D3POConfig, manifest: dict, folder: str | Path) -> None:
-    """Training recomputes each step's log-probability, so it needs the batch's model and sampling."""
-    sampled = manifest["settings"] | {"model": manifest["model"]}
-    fields = ["model", "num_steps", "guidance_scale", "eta"]
-    if cfg.model in BUILTIN_MODELS:  # their weights come from the seed
-        sampled["seed"] = manifest["seed"]
-        fields.append("seed")
-    for field in fields:
-        if getattr(cfg, field) != sampled[field]:
-            raise ValueError(
-                f"{field}={getattr(cfg, field)!r} does not match the labelled batch {str(folder)!r}, "
-                f"sampled with {field}={sampled[field]!r}"
-            )
-
-
 def start_adapter(manifest: dict, folder: str | Path) -> str | None:
     """The adapter the batch was sampled from (training continues it), checked unchanged since sampling."""
     adapter = manifest.get("adapter")
@@ -104,33 +87,23 @@ def start_adapter(manifest: dict, folder: str | Path) -> str | None:
     return adapter
 
 
-def human_folder(cfg: D3POConfig) -> str:
-    """The labelled batch folder of a `human:<folder>` reward."""
-    return cfg.reward.removeprefix(HUMAN)
-
-
-def check_labelled(cfg: D3POConfig, folder: str | Path) -> tuple[D3POConfig, dict[str, Tensor], dict]:
-    """(cfg, samples, labels) for training on the folder's labels, or a ValueError naming the folder.
-
-    cfg takes the LoRA shape of the adapter the batch was sampled from, when there was one."""
-    samples, labels = labelled_items(folder)
-    check_fits(cfg, labels["manifest"], folder)
+def check_labelled(cfg: D3POLabelsConfig) -> tuple[dict[str, Tensor], dict]:
+    """(samples, labels) of the batch cfg trains on, or a ValueError naming the folder."""
+    samples, labels = labelled_items(cfg.batch)
     if not labels["pairs"]:
-        raise ValueError(f"{str(folder)!r}: the labels give no preference pairs ({labels['ties']} ties)")
+        raise ValueError(f"{cfg.batch!r}: the labels give no preference pairs ({labels['ties']} ties)")
     items = labels["pairs"] * cfg.num_steps  # one per (pair, step)
     if cfg.ray and items < cfg.train_workers:
         raise ValueError(
-            f"train_workers={cfg.train_workers} is not allowed: {str(folder)!r} gives {items} training items"
+            f"train_workers={cfg.train_workers} is not allowed: {cfg.batch!r} gives {items} training items"
         )
-    adapter = start_adapter(labels["manifest"], folder)
-    if adapter is not None:  # continuing an adapter: its LoRA shape, whatever cfg's default
-        cfg = dataclasses.replace(cfg, **adapter_lora_shape(adapter))
-    return cfg, samples, labels
+    start_adapter(labels["manifest"], cfg.batch)
+    return samples, labels
 
 
 @contextmanager
 def local_trainer(
-    cfg: D3POConfig, run_dir: Path, items: dict, prompts: list[str], start: dict | None, log: Log
+    cfg: D3POLabelsConfig, run_dir: Path, items: dict, prompts: list[str], start: dict | None, log: Log
 ):
     """(trained, train_epoch) in this process: the policy, with the start adapter's weights if any."""
     pipe, policy = build_policy(cfg)
@@ -149,7 +122,7 @@ def local_trainer(
 
 @contextmanager
 def ray_trainer(
-    cfg: D3POConfig, run_dir: Path, items: dict, prompts: list[str], start: dict | None, log: Log
+    cfg: D3POLabelsConfig, run_dir: Path, items: dict, prompts: list[str], start: dict | None, log: Log
 ):
     """(trained, train_epoch) on Ray Train workers, fed the items through a Ray Data shuffle as the D3PO job
     feeds its sampled pairs; no sampler or scorer starts. The workers stop when the block ends."""
@@ -172,20 +145,19 @@ def ray_trainer(
 
 
 def train_human(
-    cfg: D3POConfig,
-    folder: str | Path,
+    cfg: D3POLabelsConfig,
     run_dir: str | Path,
     tracker: Tracker | None = None,
     log: Log = print,
-    checked: tuple[D3POConfig, dict, dict] | None = None,
+    checked: tuple[dict, dict] | None = None,
 ) -> list[dict[str, float]]:
-    """D3PO on the folder's majority pairs for cfg.epochs passes, on Ray Train workers (cfg.ray; Ray must be
-    running) or in this process. Each pass is an epoch of `run_epochs`: checkpointed, resumed after the last
-    finished one when started again on the same run_dir, logged to `tracker`. Writes run_dir/adapter and
+    """D3PO on the majority pairs of cfg.batch for cfg.epochs passes, on Ray Train workers (cfg.ray; Ray must
+    be running) or in this process. Each pass is an epoch of `run_epochs`: checkpointed, resumed after the
+    last finished one when started again on the same run_dir, logged to `tracker`. Writes run_dir/adapter and
     returns one metrics dict per pass (loss, preference_accuracy, grad_norm, pairs, ties, items_per_s,
-    epoch_time_s). `checked`: what `check_labelled(cfg, folder)` gave, when the caller has it already (the
-    job checks the batch before Ray starts), so the batch is read once."""
-    cfg, samples, labels = checked or check_labelled(cfg, folder)
+    epoch_time_s). `checked`: what `check_labelled(cfg)` gave, when the caller has it already (the job
+    checks the batch before Ray starts), so the batch is read once."""
+    samples, labels = checked or check_labelled(cfg)
     adapter = labels["manifest"].get("adapter")
     items = pair_items(
         samples["latents"], samples["group"], samples["timesteps"], labels["index_w"], labels["index_l"]
@@ -208,14 +180,14 @@ def train_human(
         return run_epochs(cfg, Path(run_dir), trained, one_epoch, tracker, log)
 
 
-def train_on_labels(cfg: D3POConfig, folder: str | Path, log: Log = print) -> Path:
-    """One human-feedback round: D3PO on the folder's majority pairs for cfg.epochs passes (on Ray when
-    cfg.ray: joined or started here as the jobs do); returns the adapter folder (runs_dir/run_name/adapter),
-    which `jobs/sample_groups.py --adapter` samples from."""
-    run_dir = Path(cfg.runs_dir) / (cfg.run_name or f"human-{Path(folder).resolve().name}")
+def train_on_labels(cfg: D3POLabelsConfig, log: Log = print) -> Path:
+    """One human-feedback round: D3PO on the majority pairs of cfg.batch for cfg.epochs passes (on Ray when
+    cfg.ray: joined or started here as the jobs do), with no tracking; returns the adapter folder
+    (runs_dir/run_name/adapter), which `jobs/sample_groups.py --adapter` samples from."""
+    run_dir = Path(cfg.runs_dir) / (cfg.run_name or f"human-{Path(cfg.batch).resolve().name}")
     started = cfg.ray and start_ray(cfg, log)
     try:
-        train_human(cfg, folder, run_dir, log=log)
+        train_human(cfg, run_dir, log=log)
     finally:
         if started:
             ray.shutdown()

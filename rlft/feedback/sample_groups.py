@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from rlft.configs import D3POConfig
 from rlft.diffusion.adapters import adapter_digest, adapter_file, adapter_lora_shape, load_adapter
 from rlft.diffusion.policy import build_policy
 from rlft.epoch import concat_samples, epoch_prompts, plan_chunks, sample_chunk
 from rlft.feedback.batch_folder import MANIFEST, write_batch
-from rlft.runs.config import D3POConfig
 
 MAX_GROUP_SIZE = 8  # the page's keys 1-8 pick an image
 

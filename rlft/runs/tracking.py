@@ -18,8 +18,6 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from torch import Tensor
 
-from rlft.runs.config import D3POConfig, DRaFTConfig
-
 DEFAULT_EXPERIMENT = "rlft"
 
 
@@ -112,13 +110,3 @@ class Tracker:
         if error is not None:
             self.client.set_tag(self.run_id, "error", f"{kind.__name__}: {error}"[:5000])
         self.client.set_terminated(self.run_id, status="FAILED" if error is not None else "FINISHED")
-
-
-def open_run(cfg: D3POConfig | DRaFTConfig, algorithm: str) -> tuple[Path, Tracker | None]:
-    """The run's folder (runs_dir/run_name; default name: algorithm and start time) and its tracker."""
-    run_name = cfg.run_name or f"{algorithm}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = Path(cfg.runs_dir) / run_name
-    if not cfg.track:
-        return run_dir, None
-    tags = {"algorithm": algorithm, "reward": cfg.reward, "model": cfg.model}
-    return run_dir, Tracker(run_name, cfg, tags)

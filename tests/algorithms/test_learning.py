@@ -15,9 +15,9 @@ import torch
 from mlflow.tracking import MlflowClient
 from processes import SMALL_EVAL
 
+from rlft.configs import D3POConfig, DRaFTConfig
 from rlft.diffusion.models import load_pipeline
 from rlft.local import train_local
-from rlft.runs.config import D3POConfig, DRaFTConfig
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]

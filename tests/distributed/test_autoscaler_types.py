@@ -6,9 +6,9 @@ from types import SimpleNamespace
 
 import pytest
 
+from rlft.configs import D3POConfig, RunConfig
 from rlft.distributed import cluster
 from rlft.distributed.cluster import autoscaler_node_types, check_resources
-from rlft.runs.config import D3POConfig
 
 HEAD = {"CPU": 4.0}
 GPU_NODE_TYPE = {"CPU": 4.0, "GPU": 1.0}
@@ -57,6 +57,7 @@ def test_a_run_on_peoples_labels_asks_only_for_its_train_workers():
     nodes = [HEAD]  # no GPU anywhere: samplers asking for one could never start
     with pytest.raises(ValueError, match=r"sampler_gpus=1 is not allowed"):
         check_resources(D3POConfig(sampler_gpus=1), {"CPU": 4.0}, nodes)
-    check_resources(D3POConfig(reward="human:batch", sampler_gpus=1), {"CPU": 4.0}, nodes)  # none start
+    # RunConfig: the fields of a run that samples nothing (jobs/d3po_labels.py's config adds the batch's).
+    check_resources(RunConfig(), {"CPU": 4.0}, nodes)
     with pytest.raises(ValueError, match=r"train_workers=5 are not allowed together: they need 5 CPUs"):
-        check_resources(D3POConfig(reward="human:batch", train_workers=5, batch_size=5), {"CPU": 4.0}, nodes)
+        check_resources(RunConfig(train_workers=5), {"CPU": 4.0}, nodes)

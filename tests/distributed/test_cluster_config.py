@@ -7,7 +7,7 @@ import pytest
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-from rlft.runs.config import D3POConfig
+from rlft.configs import D3POConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -17,13 +17,13 @@ import torch
 from mlflow.tracking import MlflowClient
 from ray.cluster_utils import Cluster
 
+from rlft.configs import D3POConfig
 from rlft.diffusion.policy import build_policy
 from rlft.distributed.actors import Weights, start_actors
 from rlft.distributed.cluster import start_ray
 from rlft.distributed.ray_loop import ray_train, sample_and_score
 from rlft.epoch import epoch_prompts
 from rlft.local import train_local
-from rlft.runs.config import D3POConfig
 from rlft.runs.tracking import Tracker
 
 pytestmark = pytest.mark.slow

@@ -7,10 +7,10 @@ import ray
 import torch
 from mlflow.tracking import MlflowClient
 
+from rlft.configs import D3POConfig, DRaFTConfig
 from rlft.distributed.cluster import check_resources, start_ray
 from rlft.distributed.ray_loop import ray_train
 from rlft.local import train_local
-from rlft.runs.config import D3POConfig, DRaFTConfig
 from rlft.runs.tracking import Tracker
 
 pytestmark = pytest.mark.slow

@@ -14,10 +14,10 @@ from rlft.diffusion.policy import build_policy
 from rlft.epoch import concat_samples, epoch_prompts, plan_chunks, sample_chunk
 from rlft.feedback import batch_folder
 from rlft.feedback.batch_folder import MANIFEST, TRAJECTORIES, read_manifest
-from rlft.feedback.human import check_fits, labelled_items
+from rlft.feedback.human import labelled_items
 from rlft.feedback.labels import Label, connect, save_label
+from rlft.feedback.labels_config import D3POLabelsConfig
 from rlft.feedback.sample_groups import SampleGroupsConfig, policy_config, sample_groups
-from rlft.runs.config import D3POConfig
 
 SETTINGS = dict(groups=3, group_size=3, num_steps=3, round=2)
 
@@ -118,6 +118,12 @@ def test_sampling_from_an_adapter_changes_the_images_but_not_the_shared_noise(ba
     assert (
         manifest["adapter"] == str((tmp_path / "adapter").resolve()) and len(manifest["adapter_sha256"]) == 64
     )
+    # Training on this batch continues the adapter: its LoRA shape, and no other, whatever the defaults.
+    assert D3POLabelsConfig(batch=str(tuned)).lora_rank == 2
+    with pytest.raises(ValueError, match=r"lora_rank=4 is not allowed: 2, the shape of .*adapter"):
+        D3POLabelsConfig(batch=str(tuned), lora_rank=4)
+    with pytest.raises(ValueError, match=r"full_finetune=True is not allowed: False: .* continues adapter"):
+        D3POLabelsConfig(batch=str(tuned), full_finetune=True)
 
 
 def test_a_missing_adapter_is_refused_naming_the_folder(tmp_path):
@@ -175,13 +181,17 @@ def test_labelled_items_refuses_labels_made_for_another_manifest(batch):
         labelled_items(batch)
 
 
-def test_training_settings_must_match_the_batchs_sampling(batch):
+def test_the_labels_config_takes_the_batchs_sampling_and_refuses_what_would_not_match(batch, tmp_path):
     manifest, _ = read_manifest(batch)
-    check_fits(D3POConfig(num_steps=3), manifest, batch)
-    with pytest.raises(ValueError, match=f"num_steps=10 does not match the labelled batch '{batch}'"):
-        check_fits(D3POConfig(num_steps=10), manifest, batch)
-    with pytest.raises(ValueError, match="seed=1"):
-        check_fits(D3POConfig(num_steps=3, seed=1), manifest, batch)
+    cfg = D3POLabelsConfig(batch=str(batch), ray=False)  # training recomputes the sampler's log-probabilities
+    settings = {k: manifest["settings"][k] for k in ("num_steps", "guidance_scale", "eta")}
+    assert {k: getattr(cfg, k) for k in settings} == settings and settings["num_steps"] == 3
+    assert (cfg.model, cfg.seed) == (manifest["model"], manifest["seed"])
+    assert (cfg.lora_rank, cfg.lora_alpha, cfg.full_finetune) == (4, None, False)  # no start adapter
+    with pytest.raises(ValueError, match=r"seed=1 is not allowed: 0, the seed .* was sampled with"):
+        D3POLabelsConfig(batch=str(batch), seed=1)  # the tiny model's weights come from the seed
+    with pytest.raises(ValueError, match=r"batch='.*nowhere' is not allowed: .*holds no manifest.json"):
+        D3POLabelsConfig(batch=str(tmp_path / "nowhere"))
 
 
 @pytest.mark.slow

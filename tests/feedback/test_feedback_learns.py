@@ -28,14 +28,15 @@ from PIL import Image
 from torch import Tensor
 from werkzeug.serving import make_server
 
+from rlft.configs import D3POConfig
 from rlft.diffusion.adapters import load_adapter
 from rlft.diffusion.policy import build_policy
 from rlft.evaluation import eval_metrics
 from rlft.feedback.human import train_on_labels
 from rlft.feedback.label_server import create_app
+from rlft.feedback.labels_config import D3POLabelsConfig
 from rlft.feedback.sample_groups import SampleGroupsConfig, sample_groups
 from rlft.local import local_evaluate
-from rlft.runs.config import D3POConfig
 
 pytestmark = pytest.mark.slow
 
@@ -44,9 +45,9 @@ pytestmark = pytest.mark.slow
 # control.
 SEED, STEPS = 0, 5
 SAMPLING = dict(groups=32, group_size=4, num_steps=STEPS, seed=SEED, threads=1)
-TRAINING = dict(
-    reward="brightness", num_steps=STEPS, seed=SEED, epochs=2, lr=1e-2, ray=False, threads=1, track=False
-)
+TRAINING = dict(epochs=2, lr=1e-2, ray=False, threads=1, track=False)
+# The evaluation: the fixed evaluation set, sampled as the batch was, scored by brightness.
+EVALUATION = dict(reward="brightness", num_steps=STEPS, seed=SEED, ray=False, threads=1, track=False)
 
 
 def brightness(image: Tensor, prompt: str) -> float:
@@ -109,10 +110,12 @@ def test_d3po_on_a_persons_brightest_and_darkest_labels_brightens_held_out_promp
     control = shutil.copytree(batch, tmp_path / "darker")  # the same images for a person of opposite taste
     assert label_over_http(batch, "ann", brightness) == SAMPLING["groups"]
     assert label_over_http(control, "ann", darkness) == SAMPLING["groups"]
-    cfg = D3POConfig(runs_dir=str(tmp_path / "runs"), **TRAINING)
-    adapters = [train_on_labels(cfg, folder) for folder in (batch, control)]
+    runs = str(tmp_path / "runs")
+    adapters = [
+        train_on_labels(D3POLabelsConfig(batch=str(f), runs_dir=runs, **TRAINING)) for f in (batch, control)
+    ]
 
-    base, brighter, darker = evaluate_adapters(cfg, adapters)
+    base, brighter, darker = evaluate_adapters(D3POConfig(**EVALUATION), adapters)
     gain, against_control = eval_metrics(brighter, base), eval_metrics(brighter, darker)
     print(f"brightness: base {base.mean():.4f}, brighter {brighter.mean():.4f}, darker {darker.mean():.4f}")
     for name, m in (("base", gain), ("the darker adapter", against_control)):

@@ -17,12 +17,22 @@ from rlft.distributed.cluster import start_ray
 from rlft.feedback.batch_folder import read_manifest
 from rlft.feedback.human import train_human, train_on_labels
 from rlft.feedback.labels import Label, connect, save_label
+from rlft.feedback.labels_config import D3POLabelsConfig
 from rlft.feedback.sample_groups import SampleGroupsConfig, sample_groups
-from rlft.runs.config import D3POConfig
 from rlft.runs.tracking import Tracker
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLING = dict(groups=4, group_size=2, num_steps=3)
+
+
+@pytest.fixture(scope="module")
+def first(tmp_path_factory) -> Path:
+    """Round 0, sampled and labelled once for every test here (training reads it and writes elsewhere)."""
+    batch = sample_groups(
+        SampleGroupsConfig(out=str(tmp_path_factory.mktemp("round0")), **SAMPLING), log=print
+    )
+    assert label_over_http(batch, "ann") == 4
+    return batch
 
 
 def label_over_http(folder, annotator: str) -> int:
@@ -31,16 +41,14 @@ def label_over_http(folder, annotator: str) -> int:
 
 
 @pytest.mark.slow
-def test_a_full_round_sample_label_train_then_sample_from_the_new_adapter(tmp_path):
-    first = sample_groups(SampleGroupsConfig(out=str(tmp_path / "round0"), **SAMPLING), log=print)
-    assert label_over_http(first, "ann") == 4
+def test_a_full_round_sample_label_train_then_sample_from_the_new_adapter(first, tmp_path):
     runs = str(tmp_path / "runs")
     shared = str(tmp_path / "shared")  # storage every node shares: the adapter goes there too
-    train = D3POConfig(
-        num_steps=3, epochs=2, batch_size=4, runs_dir=runs, run_name="r0", storage=shared, ray=False
+    train = D3POLabelsConfig(
+        batch=str(first), epochs=2, batch_size=4, runs_dir=runs, run_name="r0", storage=shared, ray=False
     )
     lines = []
-    adapter = train_on_labels(train, first, log=lines.append)
+    adapter = train_on_labels(train, log=lines.append)
     assert lines[0].startswith("4 pairs (0 ties) from 1 annotator(s)")
     # One line per epoch (a pass over the 4 pairs x 3 steps), with no reward: nothing was sampled. (Whether
     # the loss falls is not asserted: on 4 pairs of the random tiny model it moves by about 1e-3 per pass,
@@ -68,29 +76,19 @@ def test_a_full_round_sample_label_train_then_sample_from_the_new_adapter(tmp_pa
     conn = connect(second)
     save_label(conn, Label("ann", 0, best="g0000-0", worst="g0000-1"), sha)
     conn.close()
-    still = D3POConfig(num_steps=3, epochs=1, lr=1e-12, runs_dir=runs, run_name="r1", ray=False)
-    again = train_on_labels(still, second)
+    still = D3POLabelsConfig(batch=str(second), epochs=1, lr=1e-12, runs_dir=runs, run_name="r1", ray=False)
+    assert still.lora_rank == 4 and still.num_steps == 3  # the adapter's shape and the batch's steps
+    again = train_on_labels(still)
     assert_same_adapter(adapter, again)
 
 
 @pytest.mark.slow
-def test_the_d3po_job_trains_on_a_labelled_batch(tmp_path):
-    batch = sample_groups(SampleGroupsConfig(out=str(tmp_path / "round0"), **SAMPLING), log=print)
-    assert label_over_http(batch, "ann") == 4
+def test_the_labels_job_trains_on_a_labelled_batch_and_logs_what_it_trained(first, tmp_path):
     env = os.environ | {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
-    flags = [  # on Ray (the default): one train worker, no sampler or scorer
-        "--reward",
-        f"human:{batch}",
-        "--epochs",
-        "2",
-        "--num-steps",
-        "3",
-        "--batch-size",
-        "4",
-    ]
+    flags = ["--batch", str(first), "--epochs", "2", "--batch-size", "4"]  # on Ray: one train worker
     flags += ["--runs-dir", str(tmp_path / "runs"), "--run-name", "h0", "--threads", "2"]
     result = subprocess.run(
-        [sys.executable, str(ROOT / "jobs" / "d3po.py"), *flags],
+        [sys.executable, str(ROOT / "jobs" / "d3po_labels.py"), *flags],
         capture_output=True,
         text=True,
         timeout=600,
@@ -98,7 +96,8 @@ def test_the_d3po_job_trains_on_a_labelled_batch(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert "Ray: 1 train worker(s)" in lines[0]
+    assert lines[0].startswith(f"D3PO on people's labels | model tiny | batch {first} | 2 epochs")
+    assert lines[0].endswith("Ray: 1 train worker(s)")
     assert [line.split("|")[0].strip() for line in lines if line.startswith("epoch")] == [
         "epoch   0",
         "epoch   1",
@@ -111,22 +110,32 @@ def test_the_d3po_job_trains_on_a_labelled_batch(tmp_path):
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
     assert [m.step for m in client.get_metric_history(run_id, "loss")] == [0, 1]
     assert not client.get_metric_history(run_id, "reward_mean")
+    # MLflow holds what was trained: the batch's steps, the LoRA shape, and no reward or sampling fields.
+    params = client.get_run(run_id).data.params
+    assert (params["batch"], params["num_steps"], params["lora_rank"], params["epochs"]) == (
+        str(first),
+        "3",
+        "4",
+        "2",
+    )
+    assert not {"reward", "prompts", "samplers", "eval_images", "pairs_per_epoch"} & params.keys()
+    assert client.get_run(run_id).data.tags["algorithm"] == "d3po-labels"
 
 
 @pytest.mark.slow
-def test_on_ray_labels_train_as_in_one_process_a_run_resumes_and_the_start_adapter_is_continued(tmp_path):
-    first = sample_groups(SampleGroupsConfig(out=str(tmp_path / "round0"), **SAMPLING), log=print)
-    assert label_over_http(first, "ann") == 4
-    same = dict(num_steps=3, batch_size=4, shuffle=False, threads=1)
-    single = train_human(D3POConfig(epochs=2, ray=False, **same), first, tmp_path / "single", log=print)
-    start_ray(D3POConfig(reward=f"human:{first}"))  # asks for one train worker, no sampler or scorer
+def test_on_ray_labels_train_as_in_one_process_a_run_resumes_and_the_start_adapter_is_continued(
+    first, tmp_path
+):
+    same = dict(batch=str(first), batch_size=4, shuffle=False, threads=1)
+    single = train_human(D3POLabelsConfig(epochs=2, ray=False, **same), tmp_path / "single", log=print)
+    start_ray(D3POLabelsConfig(**same))  # asks for one train worker, no sampler or scorer
     try:
         run, uri = tmp_path / "ray", f"sqlite:///{tmp_path / 'mlflow.db'}"
         with Tracker("ray", same, {}, uri=uri) as tracker:  # stopped after epoch 0 ...
-            train_human(D3POConfig(epochs=1, **same), first, run, tracker, log=print)
+            train_human(D3POLabelsConfig(epochs=1, **same), run, tracker, log=print)
         lines = []
         with Tracker("ray", same, {}, uri=uri) as tracker:  # ... and started again
-            resumed = train_human(D3POConfig(epochs=2, **same), first, run, tracker, log=lines.append)
+            resumed = train_human(D3POLabelsConfig(epochs=2, **same), run, tracker, log=lines.append)
         assert f"resuming {run} after epoch 0" in lines
         history = MlflowClient(uri).get_metric_history(tracker.run_id, "loss")
         assert [m.step for m in history] == [0, 1]  # each pass logged once
@@ -145,7 +154,8 @@ def test_on_ray_labels_train_as_in_one_process_a_run_resumes_and_the_start_adapt
         conn = connect(second)
         save_label(conn, Label("ann", 0, best="g0000-0", worst="g0000-1"), sha)
         conn.close()
-        train_human(D3POConfig(epochs=1, lr=1e-12, **same), second, tmp_path / "ray1", log=print)
+        again = D3POLabelsConfig(epochs=1, lr=1e-12, **same | {"batch": str(second)})
+        train_human(again, tmp_path / "ray1", log=print)
         assert_same_adapter(adapter, tmp_path / "ray1" / "adapter")
     finally:
         ray.shutdown()

@@ -10,8 +10,8 @@ import pytest
 
 from rlft.diffusion.policy import ADAPTER_FILE
 from rlft.feedback.human import labelled_items, train_on_labels
+from rlft.feedback.labels_config import D3POLabelsConfig
 from rlft.feedback.sample_groups import SampleGroupsConfig, sample_groups
-from rlft.runs.config import D3POConfig
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -117,7 +117,9 @@ def test_labelling_a_batch_with_clicks_and_keys_survives_a_restart(tmp_path):
 
     # One training round on them: the 9 pairs x 2 steps, one pass, an adapter to sample the next round from.
     lines = []
-    cfg = D3POConfig(num_steps=2, epochs=1, batch_size=6, ray=False, runs_dir=str(tmp_path / "runs"))
-    adapter = train_on_labels(cfg, folder, log=lines.append)
+    cfg = D3POLabelsConfig(
+        batch=str(folder), epochs=1, batch_size=6, ray=False, runs_dir=str(tmp_path / "runs")
+    )
+    adapter = train_on_labels(cfg, log=lines.append)
     assert lines[0].startswith("9 pairs (0 ties) from 1 annotator(s)") and lines[1].startswith("epoch   0")
     assert (adapter / ADAPTER_FILE).is_file()

@@ -5,11 +5,15 @@ from pathlib import Path
 
 import pytest
 
-from rlft.job import run_job
-from rlft.runs.config import D3POConfig, DRaFTConfig
+from rlft.configs import D3POConfig, DRaFTConfig
+from rlft.job import run_job, run_labels_job
 
 ROOT = Path(__file__).resolve().parents[2]
-JOBS = {"d3po.py": D3POConfig, "draft.py": DRaFTConfig}
+JOBS = {  # what each job file runs
+    "d3po.py": lambda: run_job(D3POConfig, "d3po", ""),
+    "draft.py": lambda: run_job(DRaFTConfig, "draft", ""),
+    "d3po_labels.py": lambda: run_labels_job(""),
+}
 
 
 @pytest.mark.parametrize(
@@ -51,8 +55,12 @@ def test_draft_variants_set_how_many_steps_carry_gradient():
         # Checked against the (local) Ray cluster once it is up, before any actor or MLflow run exists.
         ("d3po.py", ["--worker-gpus", "1"], "worker_gpus=1.0 is not allowed: no node"),
         ("draft.py", ["--samplers", "2", "--no-ray"], "ray=False is not allowed"),
-        # A human-labelled batch folder is read and checked before MLflow starts.
-        ("d3po.py", ["--reward", "human:no/such/batch"], "'no/such/batch' holds no"),
+        # A labelled batch folder is read and checked before Ray or MLflow starts.
+        ("d3po_labels.py", ["--batch", "no/such/batch"], "batch='no/such/batch' is not allowed"),
+        ("d3po_labels.py", [], "--batch"),  # required
+        ("d3po_labels.py", ["--batch", "b", "--reward", "brightness"], "Unrecognized"),  # no reward here
+        # People's labels train with the labels job, named by the refusal.
+        ("d3po.py", ["--reward", "human:b"], "jobs/d3po_labels.py --batch b"),
     ],
 )
 def test_jobs_refuse_bad_flags_before_building_anything(job, flags, field, tmp_path, monkeypatch, capsys):
@@ -60,7 +68,7 @@ def test_jobs_refuse_bad_flags_before_building_anything(job, flags, field, tmp_p
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setattr(sys, "argv", [job, *flags, "--runs-dir", str(tmp_path / "o")])
     with pytest.raises(SystemExit) as exited:
-        run_job(JOBS[job], job.removesuffix(".py"), "")
+        JOBS[job]()
     stderr = capsys.readouterr().err
     assert exited.value.code not in (0, None)
     assert field in f"{exited.value.code}{stderr}" and "Traceback" not in stderr

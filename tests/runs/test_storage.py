@@ -14,9 +14,9 @@ import torch
 from moto.server import ThreadedMotoServer
 from processes import SMALL_EVAL, free_port
 
+from rlft.configs import D3POConfig, DRaFTConfig
 from rlft.local import train_local
 from rlft.runs.checkpoint import load_checkpoint, save_checkpoint
-from rlft.runs.config import D3POConfig, DRaFTConfig
 from rlft.runs.storage import MARKER, RunStorage, check_reachable
 
 ROOT = Path(__file__).resolve().parents[2]

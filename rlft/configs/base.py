@@ -1,0 +1,203 @@
+"""The fields every job shares. `RunConfig`: what any training run has (the model, the LoRA, where the run
+is kept and tracked, the Ray train workers). `SamplingConfig`: a run that also samples and scores (prompts,
+the fixed evaluation set, sampler and scorer actors), the base of D3PO's and DRaFT's configs.
+
+A bad value raises ValueError naming the field and what is allowed, before any model is built.
+"""
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from typing import Literal
+
+from rlft.diffusion.models import check_model_name
+from rlft.diffusion.policy import DEFAULT_LORA_TARGETS
+from rlft.prompts import load_prompts
+from rlft.runs.storage import ALLOWED, storage_problem
+
+
+def check(ok: bool, field: str, value: object, allowed: str) -> None:
+    if not ok:
+        raise ValueError(f"{field}={value!r} is not allowed: {allowed}")
+
+
+def check_divides(batch_size: int, workers: int) -> None:
+    allowed = f"a multiple of train_workers ({workers}): each worker takes an equal share of a batch"
+    check(batch_size % workers == 0, "batch_size", batch_size, allowed)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: str = "tiny"
+    """'tiny' (the pretrained tiny model shipped in the package, offline, 32x32), 'tiny-random' (the same
+    shapes, random weights), 'sd15-random' (SD 1.5 shape, random weights), a hub id or a folder."""
+    epochs: int = 8
+    """Training rounds."""
+    seed: int = 0
+    """Seeds the tiny model's weights, the LoRA init, the noise and the shuffles."""
+    lora_rank: int = 4
+    """LoRA rank on the UNet attention projections."""
+    lora_alpha: float | None = None
+    """LoRA alpha (scale alpha/rank); default: equal to the rank."""
+    lora_targets: tuple[str, ...] = DEFAULT_LORA_TARGETS
+    """UNet module names (suffixes) that get LoRA layers: the attention projections by default."""
+    full_finetune: bool = False
+    """Train every UNet weight instead of a LoRA adapter (the reference is then a frozen copy)."""
+    max_grad_norm: float = 1.0
+    """Gradients are clipped to this global norm."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where to run: 'auto' picks CUDA when torch sees it."""
+    threads: int | None = None
+    """CPU threads for torch; default: torch's own choice here, every core in Ray actors and workers (Ray
+    would give a 1-CPU actor one thread)."""
+    run_name: str | None = None
+    """Names the run's folder (runs_dir/run_name) and its MLflow run; the same name again resumes the run.
+    Default: the algorithm and the start time."""
+    runs_dir: str = "runs"
+    """Folder holding one subfolder per run: its checkpoint and final adapter."""
+    storage: str | None = dataclasses.field(default_factory=lambda: os.environ.get("RLFT_STORAGE") or None)
+    """Storage every node shares (s3://bucket/prefix, gs://bucket/prefix, or a mounted folder): each epoch's
+    checkpoint and the final adapter are also copied to <storage>/<run_name>/, and a run whose own folder
+    lacks the newest checkpoint (a new head node, a lost disk) resumes from there; give --run-name to
+    resume. Default: the RLFT_STORAGE environment variable (cluster.yaml sets it), else none; --storage None
+    turns it off."""
+    track: bool = True
+    """Log to MLflow (MLFLOW_TRACKING_URI and MLFLOW_EXPERIMENT_NAME; default: sqlite mlflow.db here)."""
+    shuffle: bool = True
+    """Train on the epoch's items in a seeded random order (a Ray Data global shuffle under Ray);
+    --no-shuffle keeps the order they were made in."""
+    ray: bool = True
+    """Run on Ray: Ray Train workers fed through a Ray Data shuffle (and, where the job samples, sampler and
+    scorer actors). --no-ray runs the same epochs in this one process (same numbers with one of each actor
+    and --no-shuffle)."""
+    ray_address: str | None = None
+    """Ray cluster to join; default: RAY_ADDRESS, else a cluster started on this machine by `ray start`,
+    else a new local Ray for this job."""
+    train_workers: int = 1
+    """Ray Train workers (data parallel: each takes an equal share of the items; gradients are averaged)."""
+    worker_gpus: float = 0.0
+    """GPUs per train worker (0: CPU workers)."""
+    actor_cpus: float = 1.0
+    """CPUs each actor and train worker asks Ray for."""
+    worker_resource: str | None = None
+    """A custom Ray resource each train worker also asks one unit of, to keep workers on the node types that
+    offer it (cluster.yaml's `resources`); default: none."""
+    ready_timeout_s: float = 900.0
+    """Seconds to wait for the actors and train workers to start, or to start again after a node is lost,
+    before the run fails (an autoscaler needs minutes to add a GPU node)."""
+    max_failures: int = 3
+    """How many times a lost actor is restarted, and the train workers are started again from the last
+    checkpoint, before the run fails (a node that never comes back fails the run, never hangs it)."""
+
+    def actor_counts(self) -> dict[str, int]:
+        """How many of each kind of actor a Ray run starts (the fields that count them)."""
+        return {"samplers": 0, "scorers": 0, "train_workers": self.train_workers}
+
+    def __post_init__(self) -> None:
+        check_model_name(self.model)
+        check(self.epochs >= 1, "epochs", self.epochs, "at least 1")
+        check(self.lora_rank >= 1, "lora_rank", self.lora_rank, "at least 1")
+        check(len(self.lora_targets) > 0, "lora_targets", self.lora_targets, "at least one module name")
+        check(self.lora_alpha is None or self.lora_alpha > 0, "lora_alpha", self.lora_alpha, "positive")
+        check(self.max_grad_norm > 0, "max_grad_norm", self.max_grad_norm, "positive")
+        check(self.threads is None or self.threads >= 1, "threads", self.threads, "at least 1")
+        for field, count in self.actor_counts().items():
+            if hasattr(self, field):  # a field of this job's (a job on people's labels samples nothing)
+                check(count >= 1, field, count, "at least 1")
+        for field in ("sampler_gpus", "scorer_gpus", "worker_gpus"):
+            if hasattr(self, field):
+                value = getattr(self, field)
+                whole_or_fraction = 0 <= value <= 1 or value == int(value)
+                check(whole_or_fraction, field, value, "0, a fraction of one GPU, or a whole number")
+        check(self.actor_cpus > 0, "actor_cpus", self.actor_cpus, "positive")
+        check(self.max_failures >= 0, "max_failures", self.max_failures, "0 or more")
+        check(self.ready_timeout_s > 0, "ready_timeout_s", self.ready_timeout_s, "positive")
+        for field in ("sampler_resource", "worker_resource"):
+            value = getattr(self, field, None)
+            ok = value is None or (value.strip() == value != "" and value not in ("CPU", "GPU", "memory"))
+            check(ok, field, value, "a custom resource name (CPUs and GPUs have fields of their own)")
+        kinds = [kind for kind, count in self.actor_counts().items() if count > 1]
+        check(self.ray or not kinds, "ray", self.ray, f"True when {' or '.join(kinds)} is above 1")
+        check(
+            self.run_name is None
+            or (self.run_name.strip() and "/" not in self.run_name and "'" not in self.run_name),
+            "run_name",
+            self.run_name,
+            "a non-empty name without '/' or quotes",
+        )
+        problem = None if self.storage is None else storage_problem(self.storage)
+        check(not problem, "storage", self.storage, f"{problem}; expected {ALLOWED}")
+
+
+@dataclass(frozen=True)
+class SamplingConfig(RunConfig):
+    prompts: str = "shapes"
+    """Prompts: a built-in set (shapes, the tiny model's world; animals, simple-animals, unseen-animals,
+    everyday-objects, animal-activities; see rlft/prompts.py) or a path to a text file, one prompt per line
+    (blank lines and # lines skipped)."""
+    eval_prompts: str = "shapes-eval"
+    """Prompts of the fixed evaluation set (a built-in set or a file, as --prompts), taken in order; the
+    default holds captions that --prompts shapes never draws."""
+    eval_images: int = 64
+    """Images in the fixed evaluation set: one per evaluation prompt (cycling), each with fixed noise."""
+    eval_every: int = 1
+    """Score the policy on the fixed evaluation set every this many epochs (and at the last); 0: never."""
+    reverse_preferences: bool = False
+    """Train toward the reward's opposite (D3PO: every preference swapped; DRaFT: the reward descended) while
+    logging the true reward: the control that shows learning comes from the reward, not from drift."""
+    num_steps: int = 20
+    """DDIM denoising steps per sample."""
+    guidance_scale: float = 5.0
+    """Classifier-free guidance weight (1 turns guidance off)."""
+    resolution: int | None = None
+    """Image side in pixels; default: the model's own (32 for tiny, 512 for SD 1.5)."""
+    image_every: int = 2
+    """Log an image grid with its prompts every this many epochs (and at the last)."""
+    sample_batch: int = 8
+    """Prompts per sampler call (D3PO: groups); an epoch's prompts are cut into chunks of this size."""
+    samplers: int = 1
+    """Sampler actors; each holds the pipeline and the current LoRA, and takes chunks in turn."""
+    sampler_gpus: float = 0.0
+    """GPUs per sampler (a fraction shares a GPU; 0: a CPU actor)."""
+    scorers: int = 1
+    """Scorer actors turning images into rewards."""
+    scorer_gpus: float = 0.0
+    """GPUs per scorer (a fraction shares a GPU; 0: a CPU actor)."""
+    sampler_resource: str | None = None
+    """A custom Ray resource each sampler also asks one unit of, to keep samplers on the node types that
+    offer it (cluster.yaml's `resources`); default: none."""
+
+    def trained_on(self) -> tuple[str, str]:
+        """(what the run learns from, which): the reward, for the job's first line and MLflow's tags."""
+        return "reward", self.reward
+
+    def common_sampling(self) -> dict:
+        """The sampling settings every algorithm shares."""
+        return dict(
+            num_steps=self.num_steps,
+            guidance_scale=self.guidance_scale,
+            eta=self.eta,
+            resolution=self.resolution,
+        )
+
+    def actor_counts(self) -> dict[str, int]:
+        return {"samplers": self.samplers, "scorers": self.scorers, "train_workers": self.train_workers}
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        load_prompts(self.prompts)  # a ValueError naming the set or file and what was expected
+        check(self.num_steps >= 1, "num_steps", self.num_steps, "at least 1")
+        check(self.guidance_scale >= 1, "guidance_scale", self.guidance_scale, "at least 1")
+        check(
+            self.resolution is None or (self.resolution >= 8 and self.resolution % 8 == 0),
+            "resolution",
+            self.resolution,
+            "a multiple of 8, at least 8",
+        )
+        check(self.image_every >= 1, "image_every", self.image_every, "at least 1")
+        load_prompts(self.eval_prompts)
+        check(
+            self.eval_images >= 2, "eval_images", self.eval_images, "at least 2 (a standard error needs two)"
+        )
+        check(self.eval_every >= 0, "eval_every", self.eval_every, "0 (never) or more")
+        check(self.sample_batch >= 1, "sample_batch", self.sample_batch, "at least 1")
