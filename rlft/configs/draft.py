@@ -5,7 +5,6 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from rlft.configs.base import SamplingConfig, check, check_divides
-from rlft.configs.d3po import HUMAN
 from rlft.rewards.registry import get_reward
 
 
@@ -33,7 +32,7 @@ class DRaFTConfig(SamplingConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check(
-            not self.reward.startswith(HUMAN),
+            not self.reward.startswith("human:"),
             "reward",
             self.reward,
             "DRaFT needs a differentiable reward; train on people's labels with jobs/d3po_labels.py",

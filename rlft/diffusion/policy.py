@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
@@ -20,9 +20,6 @@ from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from torch import Tensor
 
 from rlft.diffusion.models import load_pipeline
-
-if TYPE_CHECKING:
-    from rlft.configs import RunConfig
 
 DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 ADAPTER_FILE = "pytorch_lora_weights.safetensors"
@@ -132,8 +129,21 @@ def pick_device(choice: str) -> torch.device:
     return torch.device("cuda" if choice != "cpu" and torch.cuda.is_available() else "cpu")
 
 
+class PolicySettings(Protocol):
+    """What `build_policy` reads of a config (rlft/configs/base.py's `RunConfig` has every one)."""
+
+    model: str
+    seed: int
+    device: str
+    threads: int | None
+    lora_rank: int
+    lora_alpha: float | None
+    lora_targets: tuple[str, ...]
+    full_finetune: bool
+
+
 def build_policy(
-    cfg: "RunConfig", device: torch.device | None = None
+    cfg: PolicySettings, device: torch.device | None = None
 ) -> tuple[StableDiffusionPipeline, Policy]:
     """The pipeline whose UNet is the trainable policy (sampling through `pipe` uses the current weights)."""
     if cfg.threads:
