@@ -53,8 +53,9 @@ def _a(noun: str) -> str:
 
 
 # Every eighth caption is held out; a fixed shuffle first, so the held-out ones mix every attribute.
+_SCENES = all_scenes()  # built once: indexing a fresh list per caption took 7 s at every import
 _CAPTIONS = [
-    all_scenes()[i].caption for i in torch.randperm(1792, generator=torch.Generator().manual_seed(0))
+    _SCENES[i].caption for i in torch.randperm(len(_SCENES), generator=torch.Generator().manual_seed(0))
 ]
 
 PROMPT_SETS: dict[str, tuple[str, ...]] = {
