@@ -6,7 +6,11 @@ resources) runs before an actor starts or an MLflow run is created, and a failur
 the bad field.
 """
 
+import contextlib
+import io
+import itertools
 import logging
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -22,11 +26,38 @@ from rlft.distributed.ray_loop import ray_train
 from rlft.feedback.human import check_labelled, train_human
 from rlft.feedback.labels_config import D3POLabelsConfig
 from rlft.local import train_local
-from rlft.loop import GRID_FILE
+from rlft.loop import GRID_FILE, TrainingDiverged
 from rlft.runs.storage import check_reachable
 from rlft.runs.tracking import Tracker, check_tracking_uri, tracking_uri
 
 History = list[dict[str, float]]
+
+
+def parse_flags(config_type: type[RunConfig], description: str) -> RunConfig:
+    """The config from the command line. A flag tyro cannot parse (unknown, missing, not a number) raises
+    ValueError with one line instead of tyro's box; --help prints in full."""
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            return tyro.cli(config_type, description=description)
+    except SystemExit as exited:
+        if exited.code in (0, None):  # --help
+            raise
+        raise ValueError(one_line(captured.getvalue())) from None
+
+
+def one_line(box: str) -> str:
+    """tyro's error box as one line: its first sentence, with the flags it lists when it ends in ':'."""
+    rows = [row.strip().strip("│").strip() for row in box.splitlines()]
+    rows = [row for row in rows if row and not row.startswith(("╭", "╰"))]
+    body = list(itertools.takewhile(lambda row: not set(row) <= {"─"}, rows))
+    if not body:
+        return box.strip() or "the flags could not be read"
+    if body[0].endswith(":"):  # "Missing from jobs/x.py:" and the flags, each with its help
+        line = body[0] + " " + ", ".join(row for row in body[1:] if row.startswith("--"))
+    else:  # one message, wrapped to the box's width
+        line = re.sub(r"^Error parsing \w+Config: ", "", " ".join(body))
+    return f"{line} (--help lists every flag)"
 
 
 def headline(cfg: RunConfig) -> str:
@@ -106,7 +137,7 @@ def run(
     for name in ("mlflow", "alembic"):  # their start-up INFO lines are noise in a run's output
         logging.getLogger(name).setLevel(logging.WARNING)
     try:
-        cfg = tyro.cli(config_type, description=description)
+        cfg = parse_flags(config_type, description)
         if cfg.track:
             check_tracking_uri(tracking_uri())
         if cfg.storage:
@@ -120,8 +151,10 @@ def run(
             ray.shutdown()
         sys.exit(f"error: {error}")
     try:
-        with tracker or nullcontext():
+        with tracker or nullcontext():  # an error ends the MLflow run FAILED, with the error as a tag
             history = train(cfg, checked, run_dir=run_dir, tracker=tracker)
+    except TrainingDiverged as error:
+        sys.exit(f"error: {error}")
     finally:
         if started_ray:
             ray.shutdown()

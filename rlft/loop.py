@@ -7,6 +7,7 @@ Started again on the same `run_dir`, a run goes on after the last finished epoch
 uninterrupted run gives, and logs no epoch to MLflow twice.
 """
 
+import math
 import time
 from pathlib import Path
 
@@ -91,6 +92,7 @@ def run_epochs(
         start = time.perf_counter()
         own, rewards, show = one_epoch(epoch)
         elapsed = time.perf_counter() - start
+        check_finite(epoch, own, epoch - 1)
         if rewards is None:
             metrics = own | {"epoch_time_s": elapsed}
         else:
@@ -123,6 +125,27 @@ def run_epochs(
         if tracker is not None:
             tracker.log_file(grid, "")
     return history
+
+
+class TrainingDiverged(RuntimeError):
+    """An epoch's loss or gradient was not finite: the run stopped before saving anything of that epoch."""
+
+
+def check_finite(epoch: int, metrics: dict[str, float], last_saved: int) -> None:
+    """Stop the run when the epoch's loss or gradient norm is nan or inf: the weights it leaves are not saved,
+    so the last checkpoint and adapter stay as they were."""
+    bad = {k: metrics[k] for k in ("loss", "grad_norm") if k in metrics and not math.isfinite(metrics[k])}
+    if bad:
+        found = ", ".join(f"{k} = {v}" for k, v in bad.items())
+        kept = (
+            f"the checkpoint of epoch {last_saved} is kept"
+            if last_saved >= 0
+            else "no checkpoint was written"
+        )
+        raise TrainingDiverged(
+            f"epoch {epoch}: {found}; the run stopped before saving this epoch ({kept}). "
+            "A smaller --lr or --max-grad-norm usually helps; the same --run-name resumes from what was kept"
+        )
 
 
 def format_base(rewards: Tensor) -> str:

@@ -10,7 +10,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-# Job flags that keep a job test's evaluation small: four held-out images instead of 64.
+# Job flags that keep a job test's evaluation small: four held-out images instead of 32.
 SMALL_EVAL = ["--eval-images", "4"]
 
 

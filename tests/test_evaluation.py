@@ -13,9 +13,9 @@ from rlft.prompts import PROMPT_SETS
 def test_the_set_is_the_same_for_every_seed_and_algorithm_and_held_out_from_training():
     a, b = eval_chunks(D3POConfig(seed=0)), eval_chunks(DRaFTConfig(seed=7))
     assert [(c.prompts, c.seed) for c in a] == [(c.prompts, c.seed) for c in b]
-    assert len({c.seed for c in a}) == len(a) == 8  # 64 images in chunks of 8, each its own noise
+    assert len({c.seed for c in a}) == len(a) == 4  # 32 images in chunks of 8, each its own noise
     prompts = eval_prompts(D3POConfig())
-    assert len(prompts) == 64 and not set(prompts) & set(PROMPT_SETS["shapes"])
+    assert len(prompts) == 32 and not set(prompts) & set(PROMPT_SETS["shapes"])
     assert eval_prompts(D3POConfig(eval_images=300))[224] == prompts[0]  # 224 held-out captions, cycled
 
 

@@ -7,9 +7,11 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from rlft.algorithms.d3po import D3POLearner
 from rlft.configs import D3POConfig, DRaFTConfig
 from rlft.diffusion.policy import LocalTrained, Policy
 from rlft.local import train_local
+from rlft.loop import TrainingDiverged
 from rlft.rewards.registry import REWARDS
 from rlft.runs.checkpoint import load_checkpoint, save_checkpoint
 from rlft.runs.tracking import Tracker, check_tracking_uri
@@ -85,6 +87,26 @@ def test_a_sample_whose_reward_is_nan_is_dropped_and_counted_and_the_epoch_goes_
     (metrics,) = train_local(D3POConfig(epochs=1, group_size=2, **SMALL), tmp_path, log=print)
     assert metrics["nan_rewards"] == 1 and math.isfinite(metrics["reward_mean"])
     assert math.isfinite(metrics["loss"]) and metrics["pairs"] == 1  # of 2 groups of 2, one lost its pair
+
+
+def test_a_non_finite_loss_stops_the_run_before_that_epoch_is_saved(tmp_path, monkeypatch):
+    train_local(D3POConfig(epochs=1, **SMALL), tmp_path, log=print)  # a finished run: checkpoint, adapter
+    adapter = {f.name: f.read_bytes() for f in (tmp_path / "adapter").iterdir()}
+    step = D3POLearner.step
+
+    def diverging(self, batch, embeds, uncond):  # what a too-large learning rate ends in
+        metrics = step(self, batch, embeds, uncond)
+        for parameter in self.policy.parameters():
+            parameter.data.fill_(float("nan"))
+        return metrics | {"loss": float("nan")}
+
+    monkeypatch.setattr(D3POLearner, "step", diverging)
+    with pytest.raises(TrainingDiverged, match=r"epoch 1: loss = nan.*the checkpoint of epoch 0 is kept"):
+        train_local(D3POConfig(epochs=2, **SMALL), tmp_path, log=print)  # continued: epoch 1 diverges
+    last, history, state = load_checkpoint(tmp_path / "checkpoint")
+    assert last == 0 and len(history) == 1
+    assert all(torch.isfinite(w).all() for w in state["weights"].values())
+    assert {f.name: f.read_bytes() for f in (tmp_path / "adapter").iterdir()} == adapter
 
 
 def test_a_failed_run_ends_failed_with_its_error(tmp_path):
