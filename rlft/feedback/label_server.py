@@ -101,7 +101,7 @@ def parse_submission(body: object, manifest: dict, digest: str) -> Label:
 
 def create_app(folder: str | Path) -> Flask:
     """The labelling app for one batch folder (its manifest is read again on every request)."""
-    folder = Path(folder)
+    folder = Path(folder).resolve()  # Flask resolves a relative folder against the package, not the cwd
     read_manifest(folder)  # refuse a folder that holds no batch before serving anything
     connect(folder).close()  # create the label store now, not under the first concurrent requests
     app = Flask(__name__, static_folder=str(PAGE), static_url_path="/static")

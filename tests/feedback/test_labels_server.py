@@ -52,6 +52,15 @@ def test_the_page_and_the_batch_are_served(folder):
     assert client.get(image["url"]).data[:4] == b"\x89PNG"
 
 
+def test_a_relative_folder_serves_its_images_as_the_readme_says(folder, monkeypatch):
+    # `jobs/label.py batches/r0`: Flask resolves a relative folder against the package, not the working folder.
+    monkeypatch.chdir(folder.parent)
+    client = create_app(folder.name).test_client()
+    image = client.get("/api/batch").get_json()["groups"][0]["images"][0]
+    answer = client.get(image["url"])
+    assert answer.status_code == 200 and answer.data[:4] == b"\x89PNG"
+
+
 def test_a_submission_is_stored_and_counted_in_the_annotators_progress(folder):
     client = create_app(folder).test_client()
     sha = client.get("/api/batch").get_json()["manifest_sha256"]
