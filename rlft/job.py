@@ -27,6 +27,7 @@ from rlft.feedback.human import check_labelled, train_human
 from rlft.feedback.labels_config import D3POLabelsConfig
 from rlft.local import train_local
 from rlft.loop import GRID_FILE, TrainingDiverged
+from rlft.runs.secrets import redact
 from rlft.runs.storage import check_reachable
 from rlft.runs.tracking import Tracker, check_tracking_uri, tracking_uri
 
@@ -149,15 +150,15 @@ def run(
     except ValueError as error:
         if started_ray:
             ray.shutdown()
-        sys.exit(f"error: {error}")
+        sys.exit(f"error: {redact(str(error))}")
     try:
         with tracker or nullcontext():  # an error ends the MLflow run FAILED, with the error as a tag
             history = train(cfg, checked, run_dir=run_dir, tracker=tracker)
     except TrainingDiverged as error:
-        sys.exit(f"error: {error}")
+        sys.exit(f"error: {redact(str(error))}")
     finally:
         if started_ray:
             ray.shutdown()
     print(report(history, run_dir))
     if tracker:
-        print(f"MLflow run {tracker.run_id} ({tracker.run_name}) in {tracker.uri}")
+        print(f"MLflow run {tracker.run_id} ({tracker.run_name}) in {redact(tracker.uri)}")

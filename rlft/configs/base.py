@@ -14,12 +14,13 @@ from typing import Literal
 from rlft.diffusion.models import check_model_name
 from rlft.diffusion.policy import DEFAULT_LORA_TARGETS
 from rlft.prompts import load_prompts
+from rlft.runs.secrets import redact
 from rlft.runs.storage import ALLOWED, storage_problem
 
 
 def check(ok: bool, field: str, value: object, allowed: str) -> None:
-    if not ok:
-        raise ValueError(f"{field}={value!r} is not allowed: {allowed}")
+    if not ok:  # a storage URL may carry credentials: they are masked
+        raise ValueError(redact(f"{field}={value!r} is not allowed: {allowed}"))
 
 
 def run_name_stays_below(name: str) -> bool:

@@ -15,6 +15,8 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
+from rlft.runs.secrets import redact
+
 MARKER = "COMPLETE"
 KEEP = 2
 # Schemes pyarrow opens; the bucket (or host) after them must not be empty.
@@ -32,13 +34,13 @@ def storage_problem(uri: str) -> str | None:
     if "://" not in uri:
         return None  # a folder (a mounted shared disk)
     parsed = urlparse(uri)
-    if parsed.netloc == PLACEHOLDER:
+    if parsed.hostname == PLACEHOLDER.lower():
         return f"{PLACEHOLDER} is cluster.yaml's placeholder: put your bucket's name there"
     if parsed.scheme == "file":
         return None if parsed.path.startswith("/") else "file:// needs an absolute path"
     if parsed.scheme not in SCHEMES:
         return f"unknown scheme {parsed.scheme!r}"
-    return None if parsed.netloc else f"{parsed.scheme}:// needs a bucket (or host)"
+    return None if parsed.hostname else f"{parsed.scheme}:// needs a bucket (or host)"
 
 
 def check_reachable(uri: str) -> None:
@@ -52,9 +54,11 @@ def check_reachable(uri: str) -> None:
         bucket = root.split("/")[0]
         found = fs.get_file_info(bucket).type != pafs.FileType.NotFound
     except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
-        raise ValueError(f"storage={uri!r} cannot be reached: {error}") from None
+        raise ValueError(redact(f"storage={uri!r} cannot be reached: {error}")) from None
     if not found:
-        raise ValueError(f"storage={uri!r}: the bucket {bucket!r} does not exist; create it or name another")
+        raise ValueError(
+            redact(f"storage={uri!r}: the bucket {bucket!r} does not exist; create it or name another")
+        )
 
 
 def _epoch_folder(epoch: int) -> str:
@@ -70,12 +74,12 @@ class RunStorage:
         try:
             self.fs, root = pafs.FileSystem.from_uri(absolute)
         except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
-            raise ValueError(f"storage={uri!r} cannot be opened: {error}") from None
+            raise ValueError(redact(f"storage={uri!r} cannot be opened: {error}")) from None
         self.root = f"{root.rstrip('/')}/{run_name}"
         self.checkpoints = f"{self.root}/checkpoint"
 
     def _failed(self, what: str, error: OSError) -> OSError:
-        return OSError(f"storage={self.uri!r}: {what} failed: {error}")
+        return OSError(redact(f"storage={self.uri!r}: {what} failed: {error}"))
 
     def epoch_folders(self) -> dict[int, bool]:
         """{epoch: whether its upload completed} for every epoch folder under checkpoint/."""

@@ -5,10 +5,12 @@ experiment `MLFLOW_EXPERIMENT_NAME`); with neither set, a local sqlite file that
 `mlflow ui --backend-store-uri sqlite:///mlflow.db`. MLflow 3.17 refuses plain `file://` stores by default.
 """
 
+import base64
 import json
 import os
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
@@ -17,6 +19,8 @@ from types import TracebackType
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from torch import Tensor
+
+from rlft.runs.secrets import redact
 
 DEFAULT_EXPERIMENT = "rlft"
 
@@ -36,9 +40,9 @@ def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
             )
     elif uri.startswith(("http://", "https://")):
         try:
-            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s).close()
-        except (urllib.error.URLError, OSError) as error:
-            raise ValueError(f"MLFLOW_TRACKING_URI {uri!r} is unreachable: {error}") from None
+            urllib.request.urlopen(health_request(uri), timeout=timeout_s).close()
+        except (urllib.error.URLError, OSError, ValueError) as error:
+            raise ValueError(redact(f"MLFLOW_TRACKING_URI {uri!r} is unreachable: {error}")) from None
     elif uri.startswith("file:") or ("://" not in uri and uri != "databricks"):
         raise ValueError(
             f"MLFLOW_TRACKING_URI {uri!r}: file stores are refused by MLflow 3.17+; "
@@ -46,9 +50,20 @@ def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
         )
 
 
+def health_request(uri: str) -> urllib.request.Request:
+    """GET <uri>/health; a user and password in the URI (which MLflow accepts) go in a basic-auth header."""
+    parts = urllib.parse.urlsplit(uri.rstrip("/") + "/health")
+    request = urllib.request.Request(parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl())
+    if parts.username is not None:
+        login = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+        request.add_header("Authorization", "Basic " + base64.b64encode(login.encode()).decode())
+    return request
+
+
 def _flatten(config: object) -> dict[str, str]:
     values = asdict(config) if is_dataclass(config) else dict(config)
-    return {k: json.dumps(v) if isinstance(v, list | tuple | dict) else str(v) for k, v in values.items()}
+    text = {k: json.dumps(v) if isinstance(v, list | tuple | dict) else str(v) for k, v in values.items()}
+    return {k: redact(v) for k, v in text.items()}  # a storage URL may carry credentials
 
 
 class Tracker:
@@ -108,5 +123,5 @@ class Tracker:
         self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
     ) -> None:
         if error is not None:
-            self.client.set_tag(self.run_id, "error", f"{kind.__name__}: {error}"[:5000])
+            self.client.set_tag(self.run_id, "error", redact(f"{kind.__name__}: {error}")[:5000])
         self.client.set_terminated(self.run_id, status="FAILED" if error is not None else "FINISHED")

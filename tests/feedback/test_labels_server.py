@@ -53,7 +53,7 @@ def test_the_page_and_the_batch_are_served(folder):
 
 
 def test_a_relative_folder_serves_its_images_as_the_readme_says(folder, monkeypatch):
-    # `jobs/label.py batches/r0`: Flask resolves a relative folder against the package, not the working folder.
+    # `jobs/label.py batches/r0`: Flask resolves a relative folder against the package, not the cwd.
     monkeypatch.chdir(folder.parent)
     client = create_app(folder.name).test_client()
     image = client.get("/api/batch").get_json()["groups"][0]["images"][0]
