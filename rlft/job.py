@@ -27,6 +27,7 @@ from rlft.feedback.human import check_labelled, train_human
 from rlft.feedback.labels_config import D3POLabelsConfig
 from rlft.local import train_local
 from rlft.loop import GRID_FILE, TrainingDiverged
+from rlft.runs.checkpoint import OtherRun, check_same_run, run_lock
 from rlft.runs.secrets import redact
 from rlft.runs.storage import check_reachable
 from rlft.runs.tracking import Tracker, check_tracking_uri, tracking_uri
@@ -95,15 +96,13 @@ def labels_summary(history: History, run_dir: Path) -> str:
     )
 
 
-def open_run(cfg: RunConfig, algorithm: str) -> tuple[Path, Tracker | None]:
-    """The run's folder (runs_dir/run_name; default name: algorithm and start time) and its tracker, which
-    logs every field of cfg (a run on labels: with the batch's settings resolved, as trained)."""
-    run_name = cfg.run_name or f"{algorithm}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = Path(cfg.runs_dir) / run_name
+def open_tracker(cfg: RunConfig, algorithm: str, run_dir: Path) -> Tracker | None:
+    """The run's MLflow run (named as its folder), which logs every field of cfg (a run on labels: with the
+    batch's settings resolved, as trained)."""
     if not cfg.track:
-        return run_dir, None
+        return None
     tags = {"algorithm": algorithm, "model": cfg.model} | dict([cfg.trained_on()])
-    return run_dir, Tracker(run_name, cfg, tags)
+    return Tracker(run_dir.name, cfg, tags)
 
 
 def run_job(config_type: type[SamplingConfig], algorithm: str, description: str) -> None:
@@ -137,6 +136,7 @@ def run(
     started_ray = False
     for name in ("mlflow", "alembic"):  # their start-up INFO lines are noise in a run's output
         logging.getLogger(name).setLevel(logging.WARNING)
+    held = contextlib.ExitStack()  # the run's lock, from before its MLflow run is opened to the end
     try:
         cfg = parse_flags(config_type, description)
         if cfg.track:
@@ -144,17 +144,22 @@ def run(
         if cfg.storage:
             check_reachable(cfg.storage)
         checked = check(cfg)
+        run_name = cfg.run_name or f"{algorithm}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir = Path(cfg.runs_dir) / run_name
+        check_same_run(run_dir / "checkpoint", cfg.defining_settings(), run_name)  # a resume: the same run
         print(headline(cfg), flush=True)
         started_ray = cfg.ray and start_ray(cfg)
-        run_dir, tracker = open_run(cfg, algorithm)
+        held.enter_context(run_lock(run_dir))
+        tracker = open_tracker(cfg, algorithm, run_dir)
     except ValueError as error:
+        held.close()
         if started_ray:
             ray.shutdown()
         sys.exit(f"error: {redact(str(error))}")
     try:
-        with tracker or nullcontext():  # an error ends the MLflow run FAILED, with the error as a tag
+        with held, tracker or nullcontext():  # an error ends the MLflow run FAILED, with the error as a tag
             history = train(cfg, checked, run_dir=run_dir, tracker=tracker)
-    except TrainingDiverged as error:
+    except (TrainingDiverged, OtherRun) as error:  # OtherRun: a checkpoint downloaded from storage
         sys.exit(f"error: {redact(str(error))}")
     finally:
         if started_ray:

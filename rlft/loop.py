@@ -19,7 +19,14 @@ from rlft.configs import RunConfig
 from rlft.epoch import reward_metrics
 from rlft.evaluation import before_after_grid, eval_metrics, format_eval, save_grid
 from rlft.rewards.registry import reward_names
-from rlft.runs.checkpoint import load_checkpoint, replace_folder, save_checkpoint, staging_folder, write_files
+from rlft.runs.checkpoint import (
+    check_same_run,
+    load_checkpoint,
+    replace_folder,
+    save_checkpoint,
+    staging_folder,
+    write_files,
+)
 from rlft.runs.storage import RunStorage
 from rlft.runs.tracking import Tracker
 
@@ -73,6 +80,7 @@ def run_epochs(
     checkpoint = Path(run_dir) / "checkpoint"
     storage = RunStorage(cfg.storage, Path(run_dir).name) if cfg.storage else None  # <storage>/<run>/
     last, history, state = load_checkpoint(checkpoint, storage)
+    check_same_run(checkpoint, cfg.defining_settings(), Path(run_dir).name)  # before anything is trained
     base = evaluate() if evaluate is not None and cfg.eval_every else None  # before the state is loaded
     if base is not None:
         log(
@@ -106,7 +114,13 @@ def run_epochs(
         # Checkpoint, then log: after a crash in between, the epoch is logged from the checkpoint.
         adapter = trained.adapter_files()
         save_checkpoint(
-            checkpoint, epoch=epoch, history=history, state=trained.state(), adapter=adapter, storage=storage
+            checkpoint,
+            epoch=epoch,
+            history=history,
+            state=trained.state(),
+            adapter=adapter,
+            storage=storage,
+            settings=cfg.defining_settings(),
         )
         if tracker is not None:
             tracker.log_epoch(epoch, metrics)

@@ -1,6 +1,7 @@
 """Checkpoints and MLflow tracking: a run started again goes on where it stopped and logs nothing twice."""
 
 import math
+import sys
 from dataclasses import replace
 
 import pytest
@@ -10,13 +11,15 @@ from mlflow.tracking import MlflowClient
 from rlft.algorithms.d3po import D3POLearner
 from rlft.configs import D3POConfig, DRaFTConfig
 from rlft.diffusion.policy import LocalTrained, Policy
+from rlft.job import run_job
 from rlft.local import train_local
 from rlft.loop import TrainingDiverged
 from rlft.rewards.registry import REWARDS
-from rlft.runs.checkpoint import load_checkpoint, save_checkpoint
+from rlft.runs.checkpoint import OtherRun, load_checkpoint, save_checkpoint
 from rlft.runs.tracking import Tracker, check_tracking_uri
 
 SMALL = dict(eval_images=4, pairs_per_epoch=2, num_steps=3, batch_size=3, threads=1)
+SMALL_DRAFT = dict(eval_images=4, batch_size=2, steps_per_epoch=1, num_steps=3, threads=1)
 
 
 def _tracker(tmp_path, name="run"):
@@ -87,6 +90,27 @@ def test_a_sample_whose_reward_is_nan_is_dropped_and_counted_and_the_epoch_goes_
     (metrics,) = train_local(D3POConfig(epochs=1, group_size=2, **SMALL), tmp_path, log=print)
     assert metrics["nan_rewards"] == 1 and math.isfinite(metrics["reward_mean"])
     assert math.isfinite(metrics["loss"]) and metrics["pairs"] == 1  # of 2 groups of 2, one lost its pair
+
+
+def test_resuming_under_the_same_name_with_another_defining_setting_is_refused_before_training(tmp_path):
+    train_local(D3POConfig(epochs=1, **SMALL), tmp_path, log=print)
+    before = (tmp_path / "checkpoint" / "state.pt").read_bytes()
+    with pytest.raises(OtherRun, match=r"lr was 0.006, now 0.5"):
+        train_local(D3POConfig(epochs=2, lr=0.5, **SMALL), tmp_path, log=print)
+    with pytest.raises(OtherRun, match=r"algorithm was 'd3po', now 'draft'"):
+        train_local(DRaFTConfig(epochs=2, **SMALL_DRAFT), tmp_path, log=print)
+    assert (tmp_path / "checkpoint" / "state.pt").read_bytes() == before
+
+
+def test_a_job_resuming_another_run_is_refused_before_ray_or_mlflow_start(tmp_path, monkeypatch):
+    train_local(D3POConfig(epochs=1, **SMALL), tmp_path / "runs" / "r", log=print)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    flags = ["--run-name", "r", "--runs-dir", str(tmp_path / "runs"), "--lora-rank", "8"]
+    monkeypatch.setattr(sys, "argv", ["d3po.py", *flags])
+    with pytest.raises(SystemExit) as exited:
+        run_job(D3POConfig, "d3po", "")
+    assert "lora_rank was 4, now 8" in str(exited.value.code)
+    assert not (tmp_path / "mlflow.db").exists()
 
 
 def test_a_non_finite_loss_stops_the_run_before_that_epoch_is_saved(tmp_path, monkeypatch):

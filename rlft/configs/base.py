@@ -6,10 +6,11 @@ A bad value raises ValueError naming the field and what is allowed, before any m
 """
 
 import dataclasses
+import json
 import math
 import os
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 from rlft.diffusion.models import check_model_name
 from rlft.diffusion.policy import DEFAULT_LORA_TARGETS
@@ -21,6 +22,15 @@ from rlft.runs.storage import ALLOWED, storage_problem
 def check(ok: bool, field: str, value: object, allowed: str) -> None:
     if not ok:  # a storage URL may carry credentials: they are masked
         raise ValueError(redact(f"{field}={value!r} is not allowed: {allowed}"))
+
+
+# Fields that say where and how fast a run goes, not what it is: they may change when the run resumes.
+RUNTIME_FIELDS = frozenset(
+    {"epochs", "threads", "device", "run_name", "runs_dir", "storage", "track", "ray", "ray_address"}
+    | {"samplers", "sampler_gpus", "scorers", "scorer_gpus", "train_workers", "worker_gpus", "actor_cpus"}
+    | {"sampler_resource", "worker_resource", "ready_timeout_s", "max_failures", "sample_batch"}
+    | {"eval_every", "image_every"}
+)
 
 
 def run_name_stays_below(name: str) -> bool:
@@ -97,9 +107,17 @@ class RunConfig:
     """How many times a lost actor is restarted, and the train workers are started again from the last
     checkpoint, before the run fails (a node that never comes back fails the run, never hangs it)."""
 
+    algorithm: ClassVar[str] = ""  # each job's config names the algorithm it trains
+
     def actor_counts(self) -> dict[str, int]:
         """How many of each kind of actor a Ray run starts (the fields that count them)."""
         return {"samplers": 0, "scorers": 0, "train_workers": self.train_workers}
+
+    def defining_settings(self) -> dict:
+        """What makes the run the run it is (every field but RUNTIME_FIELDS, and the job's kind), as JSON
+        values: recorded in each checkpoint, and a resume under the same name must match them."""
+        fields = {k: v for k, v in dataclasses.asdict(self).items() if k not in RUNTIME_FIELDS}
+        return json.loads(json.dumps({"job": type(self).__name__, "algorithm": self.algorithm} | fields))
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):  # every float flag: nan and inf would train NaN weights

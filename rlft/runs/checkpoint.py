@@ -8,7 +8,11 @@ over the old one, so a crash leaves the previous checkpoint whole. With shared s
 each checkpoint is also uploaded, and loading takes whichever of the local and the uploaded one is newer.
 """
 
+import fcntl
+import json
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -16,6 +20,12 @@ import torch
 from rlft.runs.storage import RunStorage
 
 STATE_FILE = "state.pt"
+SETTINGS_FILE = "settings.json"  # the settings that define the run (RunConfig.defining_settings)
+LOCK_FILE = ".lock"
+
+
+class OtherRun(ValueError):
+    """The run folder holds another run: its checkpoint was written with other defining settings."""
 
 
 def write_files(folder: Path, files: dict[str, bytes]) -> None:
@@ -51,13 +61,17 @@ def save_checkpoint(
     state: dict,
     adapter: dict[str, bytes],
     storage: RunStorage | None = None,
+    settings: dict | None = None,
 ) -> None:
-    """state: {"weights": the trained weights, "optimizer": the optimizer's state dict}. With `storage`,
-    the checkpoint is uploaded too (an upload failure raises, after the local checkpoint is written)."""
+    """state: {"weights": the trained weights, "optimizer": the optimizer's state dict}; settings: what
+    defines the run, kept beside it. With `storage`, the checkpoint is uploaded too (an upload failure
+    raises, after the local checkpoint is written)."""
     folder = Path(folder)
     staging = staging_folder(folder)
     staging.mkdir(parents=True)
     write_files(staging / "adapter", adapter)
+    if settings is not None:
+        (staging / SETTINGS_FILE).write_text(json.dumps(settings, indent=1, sort_keys=True))
     torch.save({"epoch": epoch, "history": history, **state}, staging / STATE_FILE)
     replace_folder(folder, staging)
     if storage is not None:
@@ -70,6 +84,46 @@ def _local(folder: Path) -> Path | None:
         return folder
     previous = folder.with_name(folder.name + ".old")  # a crash between the two renames
     return previous if (previous / STATE_FILE).is_file() else None
+
+
+def check_same_run(folder: Path, settings: dict, run_name: str) -> None:
+    """OtherRun naming each changed setting, with both values, when the checkpoint in `folder` was written
+    by a run with other defining settings (a checkpoint from before they were recorded is not checked)."""
+    found = _local(Path(folder))
+    if found is None or not (found / SETTINGS_FILE).is_file():
+        return
+    recorded = json.loads((found / SETTINGS_FILE).read_text())
+    changed = [
+        f"{key} was {recorded.get(key)!r}, now {settings.get(key)!r}"
+        for key in sorted(recorded.keys() | settings.keys())
+        if recorded.get(key) != settings.get(key)
+    ]
+    if changed:
+        raise OtherRun(
+            f"run_name={run_name!r} holds a run with other settings ({'; '.join(changed)}): give the old "
+            "values to resume it, or another --run-name to start a new run"
+        )
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold run_dir's lock while a job trains it: a second job on the same run is refused, not interleaved.
+    The kernel releases it when the process ends, however it ends."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(run_dir / LOCK_FILE, "a")  # noqa: SIM115 (held for the block)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise ValueError(
+            f"run_name={run_dir.name!r} is in use: another job is training {run_dir} now; wait for it to end "
+            "or give another --run-name"
+        ) from None
+    try:
+        yield
+    finally:
+        handle.close()
 
 
 def _read(folder: Path | None) -> tuple[int, list[dict[str, float]], dict | None]:
