@@ -27,7 +27,7 @@ from rlft.feedback.human import check_labelled, train_human
 from rlft.feedback.labels_config import D3POLabelsConfig
 from rlft.local import train_local
 from rlft.loop import GRID_FILE, TrainingDiverged
-from rlft.runs.checkpoint import OtherRun, check_same_run, run_lock
+from rlft.runs.checkpoint import OtherRun, UnreadableCheckpoint, check_same_run, check_writable, run_lock
 from rlft.runs.secrets import redact
 from rlft.runs.storage import check_reachable
 from rlft.runs.tracking import Tracker, check_tracking_uri, tracking_uri
@@ -144,6 +144,7 @@ def run(
         if cfg.storage:
             check_reachable(cfg.storage)
         checked = check(cfg)
+        check_writable(cfg.runs_dir)
         run_name = cfg.run_name or f"{algorithm}-{time.strftime('%Y%m%d-%H%M%S')}"
         run_dir = Path(cfg.runs_dir) / run_name
         check_same_run(run_dir / "checkpoint", cfg.defining_settings(), run_name)  # a resume: the same run
@@ -159,7 +160,7 @@ def run(
     try:
         with held, tracker or nullcontext():  # an error ends the MLflow run FAILED, with the error as a tag
             history = train(cfg, checked, run_dir=run_dir, tracker=tracker)
-    except (TrainingDiverged, OtherRun) as error:  # OtherRun: a checkpoint downloaded from storage
+    except (TrainingDiverged, OtherRun, UnreadableCheckpoint) as error:  # OtherRun: one from storage
         sys.exit(f"error: {redact(str(error))}")
     finally:
         if started_ray:

@@ -79,7 +79,7 @@ def run_epochs(
     """
     checkpoint = Path(run_dir) / "checkpoint"
     storage = RunStorage(cfg.storage, Path(run_dir).name) if cfg.storage else None  # <storage>/<run>/
-    last, history, state = load_checkpoint(checkpoint, storage)
+    last, history, state = load_checkpoint(checkpoint, storage, log)
     check_same_run(checkpoint, cfg.defining_settings(), Path(run_dir).name)  # before anything is trained
     base = evaluate() if evaluate is not None and cfg.eval_every else None  # before the state is loaded
     if base is not None:

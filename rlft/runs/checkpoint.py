@@ -10,8 +10,9 @@ each checkpoint is also uploaded, and loading takes whichever of the local and t
 
 import fcntl
 import json
+import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -26,6 +27,37 @@ LOCK_FILE = ".lock"
 
 class OtherRun(ValueError):
     """The run folder holds another run: its checkpoint was written with other defining settings."""
+
+
+class UnreadableCheckpoint(ValueError):
+    """A checkpoint's state file is empty, truncated or not a checkpoint, and no earlier one is readable."""
+
+
+def check_writable(folder: str | Path, field: str = "runs_dir") -> None:
+    """A ValueError naming `field` when `folder` cannot be made and written (checked before a run starts, not
+    when its first checkpoint is saved)."""
+    existing = Path(folder).absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(
+            f"{field}={str(folder)!r} is not allowed: {existing} is not a folder this job can write"
+        )
+
+
+def fsync(path: Path) -> None:
+    """Flush a file's data, or a folder's entries (the renames in it), to the disk."""
+    handle = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+def fsync_tree(folder: Path) -> None:
+    """Flush every file and folder under `folder`, and `folder`, before a rename publishes it."""
+    for path in [*sorted(folder.rglob("*"), reverse=True), folder]:
+        fsync(path)
 
 
 def write_files(folder: Path, files: dict[str, bytes]) -> None:
@@ -43,14 +75,16 @@ def staging_folder(folder: Path) -> Path:
     return staging
 
 
-def replace_folder(folder: Path, staging: Path) -> None:
-    """Put `staging` in the place of `folder`; at every moment one of the two names holds a whole one."""
+def replace_folder(folder: Path, staging: Path, keep_previous: bool = False) -> None:
+    """Put `staging` in the place of `folder`; at every moment one of the two names holds a whole one. With
+    keep_previous, the folder it replaces stays as `<folder>.old` (a checkpoint's previous epoch)."""
     previous = folder.with_name(folder.name + ".old")
     shutil.rmtree(previous, ignore_errors=True)
     if folder.exists():
         folder.rename(previous)
     staging.rename(folder)
-    shutil.rmtree(previous, ignore_errors=True)
+    if not keep_previous:
+        shutil.rmtree(previous, ignore_errors=True)
 
 
 def save_checkpoint(
@@ -68,12 +102,22 @@ def save_checkpoint(
     raises, after the local checkpoint is written)."""
     folder = Path(folder)
     staging = staging_folder(folder)
-    staging.mkdir(parents=True)
-    write_files(staging / "adapter", adapter)
-    if settings is not None:
-        (staging / SETTINGS_FILE).write_text(json.dumps(settings, indent=1, sort_keys=True))
-    torch.save({"epoch": epoch, "history": history, **state}, staging / STATE_FILE)
-    replace_folder(folder, staging)
+    try:
+        staging.mkdir(parents=True)
+        write_files(staging / "adapter", adapter)
+        if settings is not None:
+            (staging / SETTINGS_FILE).write_text(json.dumps(settings, indent=1, sort_keys=True))
+        torch.save({"epoch": epoch, "history": history, **state}, staging / STATE_FILE)
+        fsync_tree(staging)  # on the disk before the rename makes it the checkpoint
+    except (OSError, RuntimeError) as error:  # torch's zip writer reports a full disk as a RuntimeError
+        shutil.rmtree(staging, ignore_errors=True)
+        free = shutil.disk_usage(folder.parent).free
+        raise OSError(
+            f"writing the checkpoint of epoch {epoch} to {staging} failed ({error}); "
+            f"{free / 2**20:.0f} MiB free on that disk. The epoch before's checkpoint is still {folder}"
+        ) from error
+    replace_folder(folder, staging, keep_previous=True)  # <folder>.old: the epoch before, a fallback
+    fsync(folder.parent)  # the renames
     if storage is not None:
         storage.upload_checkpoint(folder, epoch)
 
@@ -126,16 +170,39 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         handle.close()
 
 
-def _read(folder: Path | None) -> tuple[int, list[dict[str, float]], dict | None]:
-    if folder is None:
-        return -1, [], None
-    state = torch.load(folder / STATE_FILE, weights_only=True, map_location="cpu")
-    epoch, history = state.pop("epoch"), state.pop("history")
+def _read_state(path: Path) -> tuple[int, list[dict[str, float]], dict]:
+    """(epoch, history, state) of a state file, or UnreadableCheckpoint naming it."""
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+        epoch, history = state.pop("epoch"), state.pop("history")
+    except Exception as error:  # empty, truncated or foreign files fail in many ways (EOF, zip, unpickling)
+        first = (str(error).strip().splitlines() or [""])[0][:160]  # torch's hints would mislead here
+        raise UnreadableCheckpoint(
+            f"{path} is not a readable checkpoint ({type(error).__name__}: {first})"
+        ) from None
     return epoch, history, state
 
 
+def _read(folder: Path | None, log: Callable[[str], None] = print) -> tuple[int, list, dict | None]:
+    """The checkpoint in `folder`; when its state file is unreadable, the epoch before (`<folder>.old`)."""
+    if folder is None:
+        return -1, [], None
+    try:
+        return _read_state(folder / STATE_FILE)
+    except UnreadableCheckpoint as error:
+        previous = folder.with_name(folder.name + ".old")
+        if folder.name.endswith(".old") or not (previous / STATE_FILE).is_file():
+            raise UnreadableCheckpoint(
+                f"{error}, and no earlier checkpoint is beside it: move {folder} away to start this run "
+                "afresh, or give another --run-name"
+            ) from None
+        epoch, history, state = _read_state(previous / STATE_FILE)
+        log(f"warning: {error}; resuming from the epoch before it ({previous}, epoch {epoch})")
+        return epoch, history, state
+
+
 def load_checkpoint(
-    folder: Path, storage: RunStorage | None = None
+    folder: Path, storage: RunStorage | None = None, log: Callable[[str], None] = print
 ) -> tuple[int, list[dict[str, float]], dict | None]:
     """(last finished epoch, history, {"weights", "optimizer"}), or (-1, [], None) if there is none.
 
@@ -145,7 +212,7 @@ def load_checkpoint(
     """
     folder = Path(folder)
     found = _local(folder)
-    epoch, history, state = _read(found)
+    epoch, history, state = _read(found, log)
     if storage is None:
         return epoch, history, state
     uploaded = storage.newest_epoch()

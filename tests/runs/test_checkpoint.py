@@ -1,9 +1,22 @@
 """A run folder holds one run: its defining settings are recorded, and one job at a time trains it."""
 
+import os
+import shutil
+from pathlib import Path
+
 import pytest
 
 from rlft.configs import D3POConfig, DRaFTConfig
-from rlft.runs.checkpoint import OtherRun, check_same_run, run_lock, save_checkpoint
+from rlft.runs import checkpoint
+from rlft.runs.checkpoint import (
+    OtherRun,
+    UnreadableCheckpoint,
+    check_same_run,
+    check_writable,
+    load_checkpoint,
+    run_lock,
+    save_checkpoint,
+)
 
 SAVED = dict(epoch=0, history=[{"loss": 0.5}], state={"weights": {}, "optimizer": {}}, adapter={})
 
@@ -42,3 +55,58 @@ def test_a_second_job_on_a_run_in_use_is_refused_and_the_lock_goes_with_the_firs
                 pass
     with run_lock(tmp_path / "r"):  # free again
         pass
+
+
+def saved_epochs(folder, epochs=2) -> None:
+    for epoch in range(epochs):
+        save_checkpoint(folder, **SAVED | {"epoch": epoch, "history": [{"loss": 0.5}] * (epoch + 1)})
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "random"])
+def test_an_unreadable_checkpoint_is_named_and_the_epoch_before_it_resumes(tmp_path, damage):
+    folder = tmp_path / "checkpoint"
+    saved_epochs(folder)
+    state = folder / "state.pt"
+    data = state.read_bytes()
+    state.write_bytes({"empty": b"", "truncated": data[: len(data) // 2], "random": os.urandom(4096)}[damage])
+    lines = []
+    epoch, history, _ = load_checkpoint(folder, log=lines.append)
+    assert (epoch, len(history)) == (0, 1)  # the epoch before, kept beside it
+    assert lines[0].startswith(f"warning: {state} is not a readable checkpoint")
+    shutil.rmtree(tmp_path / "checkpoint.old")
+    with pytest.raises(
+        UnreadableCheckpoint, match=rf"{state} is not a readable checkpoint .* move {folder} away"
+    ):
+        load_checkpoint(folder)
+
+
+def test_a_full_disk_is_named_and_the_previous_checkpoint_is_left_whole(tmp_path, monkeypatch):
+    folder = tmp_path / "checkpoint"
+    saved_epochs(folder, 1)
+
+    def disk_full(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 94272 vs 94164")
+
+    monkeypatch.setattr(checkpoint.torch, "save", disk_full)
+    with pytest.raises(OSError, match=r"writing the checkpoint of epoch 1 .* failed .*MiB free on that disk"):
+        save_checkpoint(folder, **SAVED | {"epoch": 1})
+    monkeypatch.undo()
+    assert load_checkpoint(folder)[0] == 0 and not (tmp_path / "checkpoint.tmp").exists()
+
+
+def test_every_file_and_folder_is_flushed_before_the_rename_publishes_it(tmp_path, monkeypatch):
+    flushed = []
+    monkeypatch.setattr(checkpoint, "fsync", lambda path: flushed.append((path, Path(path).exists())))
+    save_checkpoint(tmp_path / "checkpoint", **SAVED)
+    staging = tmp_path / "checkpoint.tmp"
+    assert (staging / "state.pt", True) in flushed and (staging, True) in flushed  # before the rename
+    assert flushed[-1] == (tmp_path, True)  # then the folder holding the rename
+
+
+def test_a_runs_folder_that_cannot_be_written_is_refused_naming_the_field(tmp_path):
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(
+        ValueError, match=r"runs_dir='.*a-file/runs' is not allowed: .* not a folder this job"
+    ):
+        check_writable(tmp_path / "a-file" / "runs")
+    check_writable(tmp_path / "new" / "runs")  # made when the first checkpoint is saved
