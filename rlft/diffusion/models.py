@@ -35,6 +35,28 @@ TINY_TOKENIZER_TEXT = (
 )
 
 
+PIPELINE_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")  # what training loads
+
+
+def check_pipeline_folder(path: Path, name: str) -> None:
+    """A ValueError naming the folder when its model_index.json cannot describe a loadable pipeline (not
+    JSON, or a part training needs missing from it or from the folder): found before any run is opened."""
+    try:
+        index = json.loads((path / "model_index.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"model folder {name!r}: model_index.json is not JSON ({error})") from None
+    missing = [
+        part
+        for part in PIPELINE_PARTS
+        if not isinstance(index, dict) or not isinstance(index.get(part), list) or not (path / part).is_dir()
+    ]
+    if missing:
+        raise ValueError(
+            f"model folder {name!r} is not a loadable pipeline: no {', '.join(missing)} in its "
+            "model_index.json or as subfolders"
+        )
+
+
 def check_model_name(name: str) -> str:
     """The kind of model `name` is ("tiny", "tiny-random", "sd15-random", "tiny-folder" (a folder written by
     jobs/pretrain_tiny.py), "folder" or "hub"), or a ValueError saying why."""
@@ -52,6 +74,7 @@ def check_model_name(name: str) -> str:
             raise ValueError(
                 f"model folder {name!r} has no model_index.json: not a diffusers pipeline folder"
             )
+        check_pipeline_folder(path, name)
         return "folder"
     # A path-like name, or more than one '/' (a hub id has exactly one), can only be a missing folder.
     if name.startswith((".", "/", "~")) or name.count("/") > 1:

@@ -60,6 +60,12 @@ def test_names_that_are_allowed(tmp_path):
     assert check_model_name("stable-diffusion-v1-5/stable-diffusion-v1-5") == "hub"
     with pytest.raises(ValueError, match="no model_index.json"):
         check_model_name(str(tmp_path))
+    (tmp_path / "model_index.json").write_text("{not json")
+    with pytest.raises(ValueError, match="model_index.json is not JSON"):
+        check_model_name(str(tmp_path))
+    (tmp_path / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
+    with pytest.raises(ValueError, match="not a loadable pipeline: no unet, vae, text_encoder, tokenizer"):
+        check_model_name(str(tmp_path))
 
 
 def test_tiny_model_is_deterministic_from_its_seed():
@@ -73,6 +79,7 @@ def test_tiny_model_is_deterministic_from_its_seed():
 def test_local_folder_loads_through_from_pretrained(tmp_path):
     pipe = build_tiny_pipeline(3)
     pipe.save_pretrained(tmp_path)
+    assert check_model_name(str(tmp_path)) == "folder"
     loaded = load_pipeline(str(tmp_path))
     assert type(loaded.scheduler).__name__ == "DDIMScheduler"
     assert not any(p.requires_grad for p in loaded.unet.parameters())
