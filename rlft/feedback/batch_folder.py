@@ -87,7 +87,9 @@ def write_batch(folder: str | Path, samples: dict[str, Tensor], prompts: list[st
     groups = groups_listing(prompts, group_size)
     for group in groups:
         for image in group["images"]:
-            write_atomic(folder / image["file"], png_bytes(samples["images"][image["index"]]))
+            png = png_bytes(samples["images"][image["index"]])
+            write_atomic(folder / image["file"], png)
+            image["sha256"] = hashlib.sha256(png).hexdigest()  # a swapped image is detected
     manifest = {
         "format": FORMAT,
         "version": VERSION,
@@ -112,9 +114,53 @@ def read_manifest(folder: str | Path) -> tuple[dict, str]:
         manifest = json.loads(data)
     except json.JSONDecodeError as error:
         raise ValueError(f"{path}: not valid JSON ({error})") from error
-    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+    if (
+        not isinstance(manifest, dict)
+        or manifest.get("format") != FORMAT
+        or manifest.get("version") != VERSION
+    ):
         raise ValueError(f"{path}: not a {FORMAT} manifest of version {VERSION}")
+    problem = manifest_problem(manifest)
+    if problem:
+        raise ValueError(f"{path}: {problem} (edited by hand? sample the batch again)")
     return manifest, hashlib.sha256(data).hexdigest()
+
+
+def manifest_problem(manifest: dict) -> str | None:
+    """What is malformed in a manifest's listing of groups and images, or None. Image files must be the
+    batch's own images/<id>.png: nothing a hand edit names elsewhere is read or served."""
+    groups = manifest.get("groups")
+    if not isinstance(groups, list) or not groups:
+        return "'groups' is not a non-empty list"
+    if not isinstance(manifest.get("trajectories"), str) or not isinstance(manifest.get("settings"), dict):
+        return "'trajectories' or 'settings' is missing"
+    for g, group in enumerate(groups):
+        if not isinstance(group, dict) or group.get("group") != g or not isinstance(group.get("prompt"), str):
+            return f"group {g} lacks its number or prompt"
+        images = group.get("images")
+        if not isinstance(images, list) or not images:
+            return f"group {g} lists no images"
+        for image in images:
+            ok = (
+                isinstance(image, dict)
+                and isinstance(image.get("id"), str)
+                and isinstance(image.get("index"), int)
+            )
+            if not ok or image.get("file") != f"{IMAGES}/{image['id']}.png" or "/" in image["id"]:
+                return f"group {g} lists an image that is not the batch's own ({image!r:.80})"
+    return None
+
+
+def check_image(folder: Path, image: dict) -> bytes:
+    """An image file's bytes, checked against the hash the manifest recorded (batches from before hashes
+    were recorded are not checked); a ValueError names a missing or swapped file."""
+    path = Path(folder) / image["file"]
+    if not path.is_file():
+        raise ValueError(f"{str(folder)!r}: image file {image['file']} is missing")
+    data = path.read_bytes()
+    if "sha256" in image and hashlib.sha256(data).hexdigest() != image["sha256"]:
+        raise ValueError(f"{path}: does not match the manifest (swapped or changed since sampling)")
+    return data
 
 
 def read_trajectories(folder: str | Path, manifest: dict) -> dict[str, Tensor]:
@@ -138,8 +184,6 @@ def read_images(folder: str | Path, manifest: dict) -> Tensor:
     images.sort(key=lambda image: image["index"])
     arrays = []
     for image in images:
-        path = Path(folder) / image["file"]
-        if not path.is_file():
-            raise ValueError(f"{str(folder)!r}: image file {image['file']} is missing")
-        arrays.append(np.asarray(Image.open(path).convert("RGB")))
+        data = check_image(Path(folder), image)
+        arrays.append(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255

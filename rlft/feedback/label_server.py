@@ -13,10 +13,15 @@ few people on one machine; it binds 127.0.0.1 unless told otherwise.
 
 A submission that cannot be stored gets a 4xx JSON answer {"error", "field"} and changes nothing:
 400 malformed, 404 unknown group, 409 made against another manifest (the folder changed since the page
-loaded), 422 images not in the group or best == worst.
+loaded), 413 a body over 64 KiB, 422 images not in the group or best == worst. Opened to the network
+(`--host 0.0.0.0`), the page answers only requests addressed to this machine by an IP address, its own name
+or `--allowed-hosts` (403 otherwise): a web page elsewhere that rebinds its own name to this address cannot
+post labels. An image whose bytes no longer match the manifest's hash is not served (409).
 """
 
+import ipaddress
 import logging
+import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,11 +29,11 @@ from pathlib import Path
 from typing import Annotated
 
 import tyro
-from flask import Flask, jsonify, request, send_from_directory
+from flask import Flask, Response, jsonify, request, send_from_directory
 from werkzeug.exceptions import HTTPException
 from werkzeug.serving import make_server
 
-from rlft.feedback.batch_folder import IMAGES, read_manifest
+from rlft.feedback.batch_folder import check_image, read_manifest
 from rlft.feedback.labels import (
     Label,
     LabelError,
@@ -40,6 +45,19 @@ from rlft.feedback.labels import (
 )
 
 PAGE = Path(__file__).parent / "label_page"
+MAX_BODY = 64 * 1024  # a submission is a few hundred bytes
+
+
+def host_allowed(host_header: str, allowed: tuple[str, ...]) -> bool:
+    """Is the Host header this machine: an IP address, localhost, its own name, or one of `allowed`?"""
+    name = host_header.rsplit(":", 1)[0] if not host_header.startswith("[") else host_header[1:].split("]")[0]
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        pass
+    own = {"localhost", socket.gethostname().lower(), socket.getfqdn().lower()}
+    return name.lower() in own | {a.lower() for a in allowed}
 
 
 class Refused(Exception):
@@ -99,20 +117,35 @@ def parse_submission(body: object, manifest: dict, digest: str) -> Label:
     return label
 
 
-def create_app(folder: str | Path) -> Flask:
+def create_app(folder: str | Path, allowed_hosts: tuple[str, ...] = ()) -> Flask:
     """The labelling app for one batch folder (its manifest is read again on every request)."""
     folder = Path(folder).resolve()  # Flask resolves a relative folder against the package, not the cwd
-    read_manifest(folder)  # refuse a folder that holds no batch before serving anything
+    read_manifest(folder)  # refuse a folder that holds no batch, or a malformed manifest, before serving
     connect(folder).close()  # create the label store now, not under the first concurrent requests
     app = Flask(__name__, static_folder=str(PAGE), static_url_path="/static")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
+
+    @app.before_request
+    def this_machine_only():
+        if not host_allowed(request.host, allowed_hosts):
+            message = f"Host {request.host!r} is not this server (see --allowed-hosts)"
+            return jsonify({"error": message, "field": None}), 403
 
     @app.get("/")
     def page():
         return send_from_directory(PAGE, "index.html")
 
-    @app.get("/images/<path:name>")
+    @app.get("/images/<name>")
     def image(name: str):
-        return send_from_directory(folder / IMAGES, name)
+        manifest, _ = read_manifest(folder)
+        listed = {i["file"]: i for g in manifest["groups"] for i in g["images"]}
+        if f"images/{name}" not in listed:
+            return jsonify({"error": f"no image {name!r} in this batch", "field": None}), 404
+        try:
+            data = check_image(folder, listed[f"images/{name}"])
+        except ValueError as error:
+            return jsonify({"error": str(error), "field": None}), 409
+        return Response(data, mimetype="image/png")
 
     @app.get("/api/batch")
     def batch():
@@ -181,12 +214,15 @@ class LabelConfig:
     """Address to listen on; 127.0.0.1 keeps the page on this machine (0.0.0.0 opens it to the network)."""
     port: int = 8000
     """Port to listen on; 0 picks a free one (printed at start)."""
+    allowed_hosts: tuple[str, ...] = ()
+    """Host names people reach the page by, besides this machine's own name and its IP addresses (a request
+    addressed to any other name is refused: a foreign page cannot rebind its name to this server)."""
 
 
 def serve(cfg: LabelConfig, log: Callable[[str], None] = print) -> None:
     """Serve the page until interrupted; every label is committed before its answer is sent."""
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # not a line per image fetched
-    server = make_server(cfg.host, cfg.port, create_app(cfg.folder), threaded=True)
+    server = make_server(cfg.host, cfg.port, create_app(cfg.folder, cfg.allowed_hosts), threaded=True)
     log(f"labelling {cfg.folder} at http://{cfg.host}:{server.server_port}/")
     if cfg.host not in ("127.0.0.1", "localhost", "::1"):
         log("note: the page has no login; anyone who can reach this address can label")

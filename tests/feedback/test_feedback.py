@@ -173,6 +173,13 @@ def test_labelled_items_refuses_missing_or_changed_trajectories(batch):
         labelled_items(batch)
 
 
+def test_labelled_items_refuses_a_swapped_image(batch):
+    label(batch, "ann", 0, "g0000-0", "g0000-1")
+    (batch / "images" / "g0000-0.png").write_bytes((batch / "images" / "g0000-1.png").read_bytes())
+    with pytest.raises(ValueError, match=r"g0000-0.png: does not match the manifest \(swapped"):
+        labelled_items(batch)
+
+
 def test_labelled_items_refuses_labels_made_for_another_manifest(batch):
     label(batch, "ann", 0, "g0000-0", "g0000-1")
     manifest = json.loads((batch / MANIFEST).read_text())

@@ -9,7 +9,7 @@ import tyro
 from werkzeug.serving import make_server
 
 from rlft.feedback.batch_folder import MANIFEST, write_atomic, write_batch
-from rlft.feedback.label_server import LabelConfig, create_app
+from rlft.feedback.label_server import PAGE, LabelConfig, create_app
 
 GROUPS, K = 6, 3
 
@@ -178,3 +178,54 @@ def test_the_server_binds_loopback_unless_told_otherwise():
 def test_a_folder_without_a_batch_is_refused_before_serving(tmp_path):
     with pytest.raises(ValueError, match="manifest.json"):
         create_app(tmp_path)
+
+
+def test_a_body_over_the_limit_is_refused_with_413_and_nothing_stored(folder):
+    client = create_app(folder).test_client()
+    sha = client.get("/api/batch").get_json()["manifest_sha256"]
+    huge = json.dumps(submission(sha) | {"padding": "x" * 200_000})
+    answer = client.post("/api/labels", data=huge, content_type="application/json")
+    assert answer.status_code == 413 and "error" in answer.get_json()
+    assert client.get("/api/labels?annotator=ann").get_json()["labelled"] == 0
+
+
+def test_only_requests_addressed_to_this_machine_are_answered(folder):
+    client = create_app(folder, allowed_hosts=("labels.lan",)).test_client()
+    for host in ("127.0.0.1:8000", "localhost", "[::1]:8000", "10.1.2.3:8000", "labels.lan:8000"):
+        assert client.get("/api/batch", headers={"Host": host}).status_code == 200, host
+    rebound = client.post("/api/labels", json={}, headers={"Host": "evil.example:8000"})  # DNS rebinding
+    assert (
+        rebound.status_code == 403 and "'evil.example:8000' is not this server" in rebound.get_json()["error"]
+    )
+
+
+def test_a_swapped_image_is_not_served_and_is_named(folder):
+    client = create_app(folder).test_client()
+    (folder / "images" / "g0000-0.png").write_bytes((folder / "images" / "g0000-1.png").read_bytes())
+    answer = client.get("/images/g0000-0.png")
+    assert answer.status_code == 409 and "does not match the manifest" in answer.get_json()["error"]
+    assert client.get("/images/g0000-1.png").status_code == 200
+    assert client.get("/images/..%2Fmanifest.json").status_code == 404  # only the batch's own images
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda m: m["groups"][0]["images"][0].update(file="../../../etc/passwd"),
+        lambda m: m["groups"].append("not a group"),
+        lambda m: m.pop("groups"),
+    ],
+)
+def test_a_hand_edited_manifest_is_a_clear_error_at_start(folder, change):
+    manifest = json.loads((folder / MANIFEST).read_text())
+    change(manifest)
+    write_atomic(folder / MANIFEST, json.dumps(manifest).encode())
+    with pytest.raises(
+        ValueError, match=rf"{folder / MANIFEST}: .*\(edited by hand\? sample the batch again\)"
+    ):
+        create_app(folder)
+
+
+def test_the_page_never_parses_batch_data_as_html():
+    page = (PAGE / "page.js").read_text()
+    assert "innerHTML" not in page and "insertAdjacentHTML" not in page

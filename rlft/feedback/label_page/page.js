@@ -44,14 +44,21 @@ function sameLabel(a, b) {
   return JSON.stringify(a) === JSON.stringify(b);
 }
 
+function tag(name, className, text) {
+  const node = document.createElement(name);
+  node.className = className;
+  node.textContent = text;
+  return node;
+}
+
 function render() {
   const group = state.batch.groups[state.current];
   const label = draft();
   const saved = state.saved[state.current];
-  let mark = "";
-  if (saved && sameLabel(copyLabel(saved), label)) mark = '<span class="done">labelled &#10003;</span>';
-  else if (saved) mark = '<span class="unsaved">changed, not submitted</span>';
-  $("group-title").innerHTML = `Group ${state.current + 1} of ${state.batch.groups.length}${mark}`;
+  const title = $("group-title");
+  title.replaceChildren(`Group ${state.current + 1} of ${state.batch.groups.length}`);
+  if (saved && sameLabel(copyLabel(saved), label)) title.append(tag("span", "done", "labelled \u2713"));
+  else if (saved) title.append(tag("span", "unsaved", "changed, not submitted"));
   $("prompt").textContent = group.prompt;
   const images = $("images");
   images.replaceChildren();
@@ -64,14 +71,18 @@ function render() {
     card.classList.toggle("is-worst", label.worst === image.id);
     card.classList.toggle("is-deformed", label.deformed.includes(image.id));
     card.classList.toggle("is-unsafe", label.unsafe.includes(image.id));
-    card.innerHTML =
-      `<span class="number">${i + 1}</span><img alt="image ${i + 1}" src="${image.url}">` +
-      '<div class="tags"><button class="best">best</button><button class="worst">worst</button>' +
-      '<button class="deformed">deformed</button><button class="unsafe">unsafe</button></div>';
-    card.querySelector("img").onclick = () => select(i);
+    // Built node by node: nothing from the manifest is ever parsed as HTML.
+    const img = document.createElement("img");
+    img.alt = `image ${i + 1}`;
+    img.src = image.url;
+    img.onclick = () => select(i);
+    const tags = tag("div", "tags", "");
     for (const action of ["best", "worst", "deformed", "unsafe"]) {
-      card.querySelector(`.${action}`).onclick = () => { select(i); act(action); };
+      const button = tag("button", action, action);
+      button.onclick = () => { select(i); act(action); };
+      tags.append(button);
     }
+    card.append(tag("span", "number", String(i + 1)), img, tags);
     images.appendChild(card);
   });
 }
