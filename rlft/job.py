@@ -28,6 +28,7 @@ from rlft.feedback.labels_config import D3POLabelsConfig
 from rlft.local import train_local
 from rlft.loop import GRID_FILE, TrainingDiverged
 from rlft.runs.checkpoint import OtherRun, UnreadableCheckpoint, check_same_run, check_writable, run_lock
+from rlft.runs.places import durable_runs_dir, in_ray_working_copy
 from rlft.runs.secrets import redact
 from rlft.runs.storage import check_reachable
 from rlft.runs.tracking import Tracker, check_tracking_uri, tracking_uri
@@ -144,11 +145,15 @@ def run(
         if cfg.storage:
             check_reachable(cfg.storage)
         checked = check(cfg)
-        check_writable(cfg.runs_dir)
         run_name = cfg.run_name or f"{algorithm}-{time.strftime('%Y%m%d-%H%M%S')}"
-        run_dir = Path(cfg.runs_dir) / run_name
+        run_dir = durable_runs_dir(cfg.runs_dir) / run_name  # absolute, never inside Ray's copy of the code
+        check_writable(run_dir.parent)
         check_same_run(run_dir / "checkpoint", cfg.defining_settings(), run_name)  # a resume: the same run
         print(headline(cfg), flush=True)
+        if in_ray_working_copy():  # say where the work goes: not where `ray job submit` ran the code
+            print(
+                f"submitted with a working_dir: the run goes to {run_dir}, MLflow to {redact(tracking_uri())}"
+            )
         started_ray = cfg.ray and start_ray(cfg)
         held.enter_context(run_lock(run_dir))
         tracker = open_tracker(cfg, algorithm, run_dir)

@@ -15,6 +15,7 @@ from typing import ClassVar, Literal
 from rlft.diffusion.models import check_model_name
 from rlft.diffusion.policy import DEFAULT_LORA_TARGETS
 from rlft.prompts import load_prompts
+from rlft.runs.places import default_runs_dir
 from rlft.runs.secrets import redact
 from rlft.runs.storage import ALLOWED, storage_problem
 
@@ -71,8 +72,10 @@ class RunConfig:
     run_name: str | None = None
     """Names the run's folder (runs_dir/run_name) and its MLflow run; the same name again resumes the run.
     Default: the algorithm and the start time."""
-    runs_dir: str = "runs"
-    """Folder holding one subfolder per run: its checkpoint and final adapter."""
+    runs_dir: str = dataclasses.field(default_factory=default_runs_dir)
+    """Folder holding one subfolder per run: its checkpoint and final adapter. Default: RLFT_RUNS_DIR, else
+    `runs`; under `ray job submit --working-dir`, a relative folder goes under RLFT_HOME (default ~/rlft),
+    not into Ray's temporary copy of the code."""
     storage: str | None = dataclasses.field(default_factory=lambda: os.environ.get("RLFT_STORAGE") or None)
     """Storage every node shares (s3://bucket/prefix, gs://bucket/prefix, or a mounted folder): each epoch's
     checkpoint and the final adapter are also copied to <storage>/<run_name>/, and a run whose own folder

@@ -20,14 +20,24 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from torch import Tensor
 
+from rlft.runs.places import default_tracking_db
 from rlft.runs.secrets import redact
 
 DEFAULT_EXPERIMENT = "rlft"
 
 
 def tracking_uri() -> str:
-    """MLFLOW_TRACKING_URI, or a sqlite store `mlflow.db` in the working directory."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('mlflow.db').resolve()}"
+    """MLFLOW_TRACKING_URI, or a sqlite store `mlflow.db` in the working folder (a submitted job's: under
+    RLFT_HOME, rlft/runs/places.py)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{default_tracking_db()}"
+
+
+def artifact_location(uri: str, experiment: str) -> str | None:
+    """Where a new experiment of a sqlite store keeps its artifacts: beside the database, by absolute path
+    (MLflow's default follows the working folder, which for a submitted job is Ray's temporary copy)."""
+    if not uri.startswith("sqlite:///"):
+        return None  # a tracking server decides
+    return (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts" / experiment).as_uri()
 
 
 def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
@@ -78,7 +88,11 @@ class Tracker:
         self.client = MlflowClient(self.uri)
         experiment = os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
         found = self.client.get_experiment_by_name(experiment)
-        experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
+        experiment_id = (
+            found.experiment_id
+            if found
+            else self.client.create_experiment(experiment, artifact_location(self.uri, experiment))
+        )
         runs = self.client.search_runs(
             [experiment_id], filter_string=f"tags.mlflow.runName = '{run_name}'", max_results=1
         )

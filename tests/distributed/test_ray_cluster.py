@@ -27,7 +27,9 @@ def cluster(tmp_path_factory):
     # Ray's socket paths live under its temp dir and must stay under 108 bytes: a short folder in /tmp.
     ray_temp = Path(tempfile.mkdtemp(prefix="rlft-ray-", dir="/tmp"))
     env = os.environ | {"PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token"}
+    env |= {"RLFT_HOME": str(folder / "rlft-home")}  # where a submitted job keeps runs and its default store
     env.pop("RAY_ADDRESS", None)
+    env.pop("MLFLOW_TRACKING_URI", None)
     mlflow_port, gcs_port, dashboard_port = free_port(), free_port(), free_port()
     mlflow = start_process(
         [
@@ -120,3 +122,41 @@ def test_a_submitted_job_succeeds_and_its_run_holds_every_epoch_its_images_and_a
     images = {a.path for a in client.list_artifacts(run.info.run_id, "images")}
     assert {"images/epoch_0000.png", "images/epoch_0001.png"} <= images
     assert client.list_artifacts(run.info.run_id, "adapter")[0].path.endswith(".safetensors")
+
+
+def test_a_job_submitted_as_the_readme_says_keeps_its_work_out_of_rays_copy_of_the_code(cluster):
+    """No --runs-dir, no MLFLOW_TRACKING_URI, `--working-dir .` from the checkout: the run folder and the
+    default MLflow store with its artifacts land under RLFT_HOME, not in Ray's unpacked copy, which Ray
+    deletes when the code changes."""
+    address, _, env = cluster
+    flags = [
+        "--epochs",
+        "1",
+        "--pairs-per-epoch",
+        "4",
+        "--num-steps",
+        "4",
+        "--run-name",
+        "readme",
+        *SMALL_EVAL,
+    ]
+    command = [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", ".", "--"]
+    result = subprocess.run(
+        [*command, "python", "jobs/d3po.py", *flags],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    home = Path(env["RLFT_HOME"])
+    run = home / "runs" / "readme"
+    assert f"adapter in {run}/adapter" in result.stdout  # absolute paths in the summary
+    assert (run / "adapter" / "pytorch_lora_weights.safetensors").is_file()
+    assert (run / "checkpoint" / "state.pt").is_file() and (run / "before_after.png").is_file()
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("rlft")
+    (found,) = client.search_runs([experiment.experiment_id], filter_string="tags.mlflow.runName = 'readme'")
+    artifacts = home / "mlartifacts" / "rlft" / found.info.run_id / "artifacts"
+    assert (artifacts / "images" / "epoch_0000.png").is_file() and (artifacts / "before_after.png").is_file()
