@@ -20,9 +20,9 @@ from rlft.feedback.batch_folder import read_manifest
 class D3POLabelsConfig(RunConfig):
     batch: str = field(kw_only=True)
     """The labelled batch folder: sampled by jobs/sample_groups.py, labelled on jobs/label.py's page."""
-    epochs: int = 4
-    """Passes over the labelled pairs (each checkpointed: the same --run-name again resumes after the
-    last)."""
+    epochs: int = 2
+    """Passes over the labelled pairs, each checkpointed (the same --run-name again resumes after the last);
+    two, as in the slow test that shows D3PO learning a person's rule from their labels."""
     seed: int | None = None
     """Seeds the LoRA init and the shuffles; default: the batch's seed (a built-in model's weights come from
     it, so for those it must be the batch's)."""

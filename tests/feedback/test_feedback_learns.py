@@ -70,27 +70,31 @@ def label_over_http(folder, annotator: str, score: Callable[[Tensor, str], float
     the page's API (as tests/feedback/test_feedback_round.py's `label_over_http` does with brightness)."""
     server = make_server("127.0.0.1", 0, create_app(folder), threaded=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_port}"
     try:
-        batch = json.load(urllib.request.urlopen(f"{url}/api/batch"))
-        for group in batch["groups"]:
-            ids = [image["id"] for image in group["images"]]
-            scores = [score(page_image(f"{url}{image['url']}"), group["prompt"]) for image in group["images"]]
-            order = np.argsort(scores)
-            body = {
-                "annotator": annotator,
-                "group": group["group"],
-                "best": ids[order[-1]],
-                "worst": ids[order[0]],
-                "manifest_sha256": batch["manifest_sha256"],
-            }
-            request = urllib.request.Request(
-                f"{url}/api/labels", json.dumps(body).encode(), {"Content-Type": "application/json"}
-            )
-            answer = json.load(urllib.request.urlopen(request))
-        return answer["labelled"]
+        return label_at(f"http://127.0.0.1:{server.server_port}", annotator, score)
     finally:
         server.shutdown()
+
+
+def label_at(url: str, annotator: str, score: Callable[[Tensor, str], float]) -> int:
+    """That person, labelling every group of the page served at `url`; returns the groups labelled."""
+    batch = json.load(urllib.request.urlopen(f"{url}/api/batch"))
+    for group in batch["groups"]:
+        ids = [image["id"] for image in group["images"]]
+        scores = [score(page_image(f"{url}{image['url']}"), group["prompt"]) for image in group["images"]]
+        order = np.argsort(scores)
+        body = {
+            "annotator": annotator,
+            "group": group["group"],
+            "best": ids[order[-1]],
+            "worst": ids[order[0]],
+            "manifest_sha256": batch["manifest_sha256"],
+        }
+        request = urllib.request.Request(
+            f"{url}/api/labels", json.dumps(body).encode(), {"Content-Type": "application/json"}
+        )
+        answer = json.load(urllib.request.urlopen(request))
+    return answer["labelled"]
 
 
 def evaluate_adapters(cfg: D3POConfig, adapters: list[Path]) -> list[Tensor]:
