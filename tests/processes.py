@@ -5,6 +5,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -12,6 +13,17 @@ from pathlib import Path
 
 # Job flags that keep a job test's evaluation small: four held-out images instead of 32.
 SMALL_EVAL = ["--eval-images", "4"]
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def submit_job(address: str, job: list[str], env: dict, *options: str) -> subprocess.CompletedProcess:
+    """`ray job submit --address <address> <options> -- <job>` from the checkout, as the README does; waits
+    for the job to end and asserts that it succeeded."""
+    command = [str(BIN / "ray"), "job", "submit", "--address", address, *options, "--", *job]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env, cwd=ROOT)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
 
 
 def free_port() -> int:

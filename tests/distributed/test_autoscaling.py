@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from processes import SMALL_EVAL, free_port, start_ray_head, stop_process, wait_http
+from processes import SMALL_EVAL, free_port, start_ray_head, stop_process, submit_job, wait_http
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -75,19 +75,10 @@ def test_demand_beyond_the_head_adds_nodes_the_job_succeeds_and_idle_nodes_go(tm
             *("--worker-resource", "trainer", *SMALL_EVAL),
             *("--runs-dir", str(tmp_path / "runs"), "--run-name", "scaled"),
         ]
-        submit = [str(BIN / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{dashboard_port}"]
         # No --working-dir: each fake node runs its own runtime-env agent over the head's one session folder,
         # and one that drops the job's unpacked working dir from its cache deletes it under the running
         # driver. The venv holds the project (editable), so the job runs its script by absolute path.
-        result = subprocess.run(
-            [*submit, "--", *job],
-            capture_output=True,
-            text=True,
-            timeout=900,
-            env=env,
-            cwd=ROOT,
-        )
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        result = submit_job(f"http://127.0.0.1:{dashboard_port}", job, env)
         assert "an autoscaler adds nodes to this cluster" in result.stdout, result.stdout[-5000:]
         assert "2 sampler(s), 1 scorer(s), 1 train worker(s) ready" in result.stdout
         assert "epoch   0 | eval" in result.stdout

@@ -13,7 +13,15 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
-from processes import SMALL_EVAL, free_port, start_process, start_ray_head, stop_process, wait_http
+from processes import (
+    SMALL_EVAL,
+    free_port,
+    start_process,
+    start_ray_head,
+    stop_process,
+    submit_job,
+    wait_http,
+)
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -140,16 +148,7 @@ def test_a_job_submitted_as_the_readme_says_keeps_its_work_out_of_rays_copy_of_t
         "readme",
         *SMALL_EVAL,
     ]
-    command = [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", ".", "--"]
-    result = subprocess.run(
-        [*command, "python", "jobs/d3po.py", *flags],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env=env,
-        cwd=ROOT,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    result = submit_job(address, ["python", "jobs/d3po.py", *flags], env, "--working-dir", ".")
     home = Path(env["RLFT_HOME"])
     run = home / "runs" / "readme"
     assert f"adapter in {run}/adapter" in result.stdout  # absolute paths in the summary
