@@ -44,5 +44,8 @@ def durable_runs_dir(runs_dir: str) -> Path:
 
 def default_tracking_db() -> Path:
     """The sqlite MLflow store used when MLFLOW_TRACKING_URI is unset: `mlflow.db` in the working folder,
-    or under durable_home() for a submitted job."""
-    return (durable_home() if in_ray_working_copy() else Path.cwd()) / "mlflow.db"
+    or under durable_home() for a submitted job (made when first needed)."""
+    if not in_ray_working_copy():
+        return Path.cwd() / "mlflow.db"
+    durable_home().mkdir(parents=True, exist_ok=True)
+    return durable_home() / "mlflow.db"

@@ -34,6 +34,7 @@ def test_a_submitted_job_keeps_runs_and_store_under_rlft_home(tmp_path, monkeypa
     assert durable_runs_dir("runs") == tmp_path / "home" / "runs"
     assert durable_runs_dir("/data/runs") == Path("/data/runs")  # an absolute folder stays
     assert tracking_uri() == f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}"
+    assert (tmp_path / "home").is_dir()  # made, so the store's reachability check finds its folder
 
 
 def test_rlft_runs_dir_sets_the_default_runs_folder(monkeypatch):
