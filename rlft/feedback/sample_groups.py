@@ -13,17 +13,13 @@ from pathlib import Path
 from typing import Literal
 
 from rlft.configs import D3POConfig
+from rlft.configs.base import check
 from rlft.diffusion.adapters import adapter_digest, adapter_file, adapter_lora_shape, load_adapter
 from rlft.diffusion.policy import build_policy
 from rlft.epoch import concat_samples, epoch_prompts, plan_chunks, sample_chunk
 from rlft.feedback.batch_folder import MANIFEST, write_batch
 
 MAX_GROUP_SIZE = 8  # the page's keys 1-8 pick an image
-
-
-def _check(ok: bool, field: str, value: object, allowed: str) -> None:
-    if not ok:
-        raise ValueError(f"{field}={value!r} is not allowed: {allowed}")
 
 
 @dataclass(frozen=True)
@@ -62,9 +58,9 @@ class SampleGroupsConfig:
 
     def __post_init__(self) -> None:
         allowed = f"2 to {MAX_GROUP_SIZE} (images compared per prompt; keys 1-{MAX_GROUP_SIZE} pick one)"
-        _check(2 <= self.group_size <= MAX_GROUP_SIZE, "group_size", self.group_size, allowed)
-        _check(self.groups >= 1, "groups", self.groups, "at least 1")
-        _check(self.round >= 0, "round", self.round, "at least 0")
+        check(2 <= self.group_size <= MAX_GROUP_SIZE, "group_size", self.group_size, allowed)
+        check(self.groups >= 1, "groups", self.groups, "at least 1")
+        check(self.round >= 0, "round", self.round, "at least 0")
         policy_config(self)  # the model, prompts, steps and eta, checked as the D3PO job checks them
 
 
