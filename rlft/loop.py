@@ -79,8 +79,9 @@ def run_epochs(
     """
     checkpoint = Path(run_dir) / "checkpoint"
     storage = RunStorage(cfg.storage, Path(run_dir).name) if cfg.storage else None  # <storage>/<run>/
+    settings = cfg.defining_settings()  # recorded in every checkpoint
     last, history, state = load_checkpoint(checkpoint, storage, log)
-    check_same_run(checkpoint, cfg.defining_settings(), Path(run_dir).name)  # before anything is trained
+    check_same_run(checkpoint, settings, Path(run_dir).name)  # before anything is trained
     base = evaluate() if evaluate is not None and cfg.eval_every else None  # before the state is loaded
     if base is not None:
         log(
@@ -120,7 +121,7 @@ def run_epochs(
             state=trained.state(),
             adapter=adapter,
             storage=storage,
-            settings=cfg.defining_settings(),
+            settings=settings,
         )
         if tracker is not None:
             tracker.log_epoch(epoch, metrics)

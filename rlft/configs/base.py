@@ -34,6 +34,16 @@ RUNTIME_FIELDS = frozenset(
 )
 
 
+def check_gpus(field: str, value: float) -> None:
+    whole_or_fraction = value >= 0 and (value <= 1 or value == int(value))
+    check(whole_or_fraction, field, value, "0, a fraction of one GPU, or a whole number")
+
+
+def check_resource(field: str, value: str | None) -> None:
+    ok = value is None or (value.strip() == value != "" and value not in ("CPU", "GPU", "memory"))
+    check(ok, field, value, "a custom resource name (CPUs and GPUs have fields of their own)")
+
+
 def run_name_stays_below(name: str) -> bool:
     """A run's folder is runs_dir/name: the name must not reach elsewhere ('..' wrote into the working folder)
     nor break MLflow's quoted filter on run names."""
@@ -135,21 +145,12 @@ class RunConfig:
         check(self.lora_alpha is None or self.lora_alpha > 0, "lora_alpha", self.lora_alpha, "positive")
         check(self.max_grad_norm > 0, "max_grad_norm", self.max_grad_norm, "positive")
         check(self.threads is None or self.threads >= 1, "threads", self.threads, "at least 1")
-        for field, count in self.actor_counts().items():
-            if hasattr(self, field):  # a field of this job's (a job on people's labels samples nothing)
-                check(count >= 1, field, count, "at least 1")
-        for field in ("sampler_gpus", "scorer_gpus", "worker_gpus"):
-            if hasattr(self, field):
-                value = getattr(self, field)
-                whole_or_fraction = value >= 0 and (value <= 1 or value == int(value))
-                check(whole_or_fraction, field, value, "0, a fraction of one GPU, or a whole number")
+        check(self.train_workers >= 1, "train_workers", self.train_workers, "at least 1")
+        check_gpus("worker_gpus", self.worker_gpus)
         check(self.actor_cpus > 0, "actor_cpus", self.actor_cpus, "positive")
         check(self.max_failures >= 0, "max_failures", self.max_failures, "0 or more")
         check(self.ready_timeout_s > 0, "ready_timeout_s", self.ready_timeout_s, "positive")
-        for field in ("sampler_resource", "worker_resource"):
-            value = getattr(self, field, None)
-            ok = value is None or (value.strip() == value != "" and value not in ("CPU", "GPU", "memory"))
-            check(ok, field, value, "a custom resource name (CPUs and GPUs have fields of their own)")
+        check_resource("worker_resource", self.worker_resource)
         kinds = [kind for kind, count in self.actor_counts().items() if count > 1]
         check(self.ray or not kinds, "ray", self.ray, f"True when {' or '.join(kinds)} is above 1")
         check(
@@ -220,6 +221,11 @@ class SamplingConfig(RunConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        for field in ("samplers", "scorers"):
+            check(getattr(self, field) >= 1, field, getattr(self, field), "at least 1")
+        check_gpus("sampler_gpus", self.sampler_gpus)
+        check_gpus("scorer_gpus", self.scorer_gpus)
+        check_resource("sampler_resource", self.sampler_resource)
         load_prompts(self.prompts)  # a ValueError naming the set or file and what was expected
         check(self.num_steps >= 1, "num_steps", self.num_steps, "at least 1")
         check(self.guidance_scale >= 1, "guidance_scale", self.guidance_scale, "at least 1")

@@ -23,6 +23,8 @@ from PIL import Image
 from safetensors.torch import load, save
 from torch import Tensor
 
+from rlft.runs.checkpoint import fsync
+
 MANIFEST = "manifest.json"
 TRAJECTORIES = "trajectories.safetensors"
 IMAGES = "images"
@@ -39,11 +41,7 @@ def write_atomic(path: Path, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(temporary, path)
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
+    fsync(path.parent)  # the rename
 
 
 def image_id(group: int, member: int) -> str:

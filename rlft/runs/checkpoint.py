@@ -183,12 +183,15 @@ def _read_state(path: Path) -> tuple[int, list[dict[str, float]], dict]:
     return epoch, history, state
 
 
-def _read(folder: Path | None, log: Callable[[str], None] = print) -> tuple[int, list, dict | None]:
-    """The checkpoint in `folder`; when its state file is unreadable, the epoch before (`<folder>.old`)."""
+def _read(
+    folder: Path | None, log: Callable[[str], None] = print
+) -> tuple[Path | None, int, list, dict | None]:
+    """(the folder read, epoch, history, state): the checkpoint in `folder`, or, when its state file is
+    unreadable, the epoch before (`<folder>.old`)."""
     if folder is None:
-        return -1, [], None
+        return None, -1, [], None
     try:
-        return _read_state(folder / STATE_FILE)
+        return folder, *_read_state(folder / STATE_FILE)
     except UnreadableCheckpoint as error:
         previous = folder.with_name(folder.name + ".old")
         if folder.name.endswith(".old") or not (previous / STATE_FILE).is_file():
@@ -198,7 +201,7 @@ def _read(folder: Path | None, log: Callable[[str], None] = print) -> tuple[int,
             ) from None
         epoch, history, state = _read_state(previous / STATE_FILE)
         log(f"warning: {error}; resuming from the epoch before it ({previous}, epoch {epoch})")
-        return epoch, history, state
+        return previous, epoch, history, state
 
 
 def load_checkpoint(
@@ -211,8 +214,7 @@ def load_checkpoint(
     is uploaded now.
     """
     folder = Path(folder)
-    found = _local(folder)
-    epoch, history, state = _read(found, log)
+    found, epoch, history, state = _read(_local(folder), log)  # found: the folder read (maybe the .old one)
     if storage is None:
         return epoch, history, state
     uploaded = storage.newest_epoch()
@@ -220,7 +222,7 @@ def load_checkpoint(
         staging = staging_folder(folder)
         storage.download_checkpoint(uploaded, staging)
         replace_folder(folder, staging)
-        return _read(folder)
+        return _read(folder, log)[1:]
     if found is not None and epoch > uploaded:
-        storage.upload_checkpoint(found, epoch)
+        storage.upload_checkpoint(found, epoch)  # never a damaged folder: `found` is the one read
     return epoch, history, state

@@ -17,6 +17,7 @@ from rlft.runs.checkpoint import (
     run_lock,
     save_checkpoint,
 )
+from rlft.runs.storage import RunStorage
 
 SAVED = dict(epoch=0, history=[{"loss": 0.5}], state={"weights": {}, "optimizer": {}}, adapter={})
 
@@ -78,6 +79,18 @@ def test_an_unreadable_checkpoint_is_named_and_the_epoch_before_it_resumes(tmp_p
         UnreadableCheckpoint, match=rf"{state} is not a readable checkpoint .* move {folder} away"
     ):
         load_checkpoint(folder)
+
+
+def test_the_epoch_resumed_after_a_damaged_checkpoint_is_the_one_uploaded(tmp_path):
+    folder = tmp_path / "checkpoint"
+    saved_epochs(folder)  # epochs 0 and 1, no storage yet: both newer than anything uploaded
+    (folder / "state.pt").write_bytes(b"")
+    storage = RunStorage(str(tmp_path / "shared"), "run")
+    assert load_checkpoint(folder, storage, log=lambda line: None)[0] == 0
+    uploaded = tmp_path / "shared" / "run" / "checkpoint" / "epoch_0000" / "state.pt"
+    assert (
+        uploaded.read_bytes() == (tmp_path / "checkpoint.old" / "state.pt").read_bytes()
+    )  # not the empty one
 
 
 def test_a_full_disk_is_named_and_the_previous_checkpoint_is_left_whole(tmp_path, monkeypatch):
