@@ -3,7 +3,8 @@ everything, open the run, train, report.
 
 Every check that can fail (the config, the tracking store, the storage, a labelled batch, the Ray cluster's
 resources) runs before an actor starts or an MLflow run is created, and a failure exits with one line naming
-the bad field.
+the bad field. The training code (diffusers, peft, Ray Train: ten seconds of imports on a small machine) is
+imported only once the checks have passed, so a refusal comes at once.
 """
 
 import contextlib
@@ -22,11 +23,7 @@ import tyro
 
 from rlft.configs import RunConfig, SamplingConfig
 from rlft.distributed.cluster import start_ray
-from rlft.distributed.ray_loop import ray_train
-from rlft.feedback.human import check_labelled, train_human
 from rlft.feedback.labels_config import D3POLabelsConfig
-from rlft.local import train_local
-from rlft.loop import GRID_FILE, TrainingDiverged
 from rlft.runs.checkpoint import OtherRun, UnreadableCheckpoint, check_same_run, check_writable, run_lock
 from rlft.runs.places import durable_runs_dir, in_ray_working_copy
 from rlft.runs.secrets import redact
@@ -74,6 +71,8 @@ def headline(cfg: RunConfig) -> str:
 def summary(history: History, run_dir: Path) -> str:
     """The last line: the fixed evaluation set's reward before and after training (what shows learning),
     the paired gain in standard errors, and where the before/after grid and the adapter are."""
+    from rlft.loop import GRID_FILE
+
     rewards = [h["reward_mean"] for h in history]
     evaluated = [h for h in history if "eval_gain_mean" in h]
     if not evaluated:
@@ -110,13 +109,21 @@ def run_job(config_type: type[SamplingConfig], algorithm: str, description: str)
     """jobs/d3po.py and jobs/draft.py: sample, score and train on Ray (or in this process with --no-ray)."""
 
     def train(cfg: SamplingConfig, checked: None, **kwargs) -> History:
-        return (ray_train if cfg.ray else train_local)(cfg, **kwargs)
+        if cfg.ray:
+            from rlft.distributed.ray_loop import ray_train
+
+            return ray_train(cfg, **kwargs)
+        from rlft.local import train_local
+
+        return train_local(cfg, **kwargs)
 
     run(config_type, algorithm, description, lambda cfg: None, train, summary)
 
 
 def run_labels_job(description: str) -> None:
     """jobs/d3po_labels.py: D3PO on a labelled batch; the batch is read and checked before Ray starts."""
+
+    from rlft.feedback.human import check_labelled, train_human
 
     def train(cfg: D3POLabelsConfig, checked: tuple, **kwargs) -> History:
         return train_human(cfg, checked=checked, **kwargs)
@@ -162,6 +169,8 @@ def run(
         if started_ray:
             ray.shutdown()
         sys.exit(f"error: {redact(str(error))}")
+    from rlft.loop import TrainingDiverged
+
     try:
         with held, tracker or nullcontext():  # an error ends the MLflow run FAILED, with the error as a tag
             history = train(cfg, checked, run_dir=run_dir, tracker=tracker)

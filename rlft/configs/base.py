@@ -12,8 +12,7 @@ import os
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from rlft.diffusion.models import check_model_name
-from rlft.diffusion.policy import DEFAULT_LORA_TARGETS
+from rlft.diffusion.names import DEFAULT_LORA_TARGETS, check_model_name
 from rlft.prompts import load_prompts
 from rlft.runs.places import default_runs_dir
 from rlft.runs.secrets import redact

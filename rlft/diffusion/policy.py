@@ -20,8 +20,8 @@ from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from torch import Tensor
 
 from rlft.diffusion.models import load_pipeline
+from rlft.diffusion.names import DEFAULT_LORA_TARGETS
 
-DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 ADAPTER_FILE = "pytorch_lora_weights.safetensors"
 
 

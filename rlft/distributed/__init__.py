@@ -1,3 +1,3 @@
 """Ray: joining or starting the cluster and checking its resources (`cluster`), sampler and scorer actors
-(`actors`), Ray Train workers serving the learner (`train_workers`), and the Ray backend of the epoch
-(`ray_loop`). Imports the layers below it; nothing below imports Ray."""
+(`actors`, `scorer`), Ray Train workers serving the learner (`train_workers`), and the Ray backend of the
+epoch (`ray_loop`). Imports the layers below it; nothing below imports Ray."""

@@ -1,4 +1,5 @@
-"""Ray actors: samplers (the pipeline and the current LoRA) and scorers (a reward), each built once per run.
+"""Ray actors, each built once per run: samplers (the pipeline and the current LoRA) and scorers (a reward;
+the class lives in rlft/distributed/scorer.py).
 
 A sampler returns a chunk's samples and, as a second object, its images, so that a scorer fetches only the
 images and the driver only the latents. Weights arrive as `Weights`: a version number and one object-store
@@ -19,8 +20,8 @@ from torch import Tensor
 
 from rlft.configs import RunConfig, SamplingConfig
 from rlft.diffusion.policy import build_policy, pick_device
+from rlft.distributed.scorer import Scorer
 from rlft.epoch import Chunk, sample_chunk
-from rlft.rewards.registry import get_reward
 
 
 def use_threads(cfg: RunConfig) -> None:
@@ -60,16 +61,6 @@ class Sampler:
 
     def pid(self) -> int:
         return os.getpid()
-
-
-class Scorer:
-    def __init__(self, reward: str):
-        self.reward_fn = get_reward(reward).fn
-
-    def score(self, images: Tensor, prompts: list[str] | None = None) -> Tensor:
-        """Rewards (B,), or (B, R) for several; `prompts`: each image's prompt (B strings)."""
-        with torch.no_grad():
-            return self.reward_fn(images, prompts).float().cpu()
 
 
 def start_actors(cfg: SamplingConfig, settings: dict, reward: str) -> tuple[list, list]:

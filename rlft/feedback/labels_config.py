@@ -10,9 +10,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from rlft.configs.base import RunConfig, check, check_divides
-from rlft.diffusion.adapters import adapter_lora_shape
-from rlft.diffusion.models import BUILTIN_MODELS
-from rlft.diffusion.policy import DEFAULT_LORA_TARGETS
+from rlft.diffusion.names import BUILTIN_MODELS, DEFAULT_LORA_TARGETS
 from rlft.feedback.batch_folder import read_manifest
 
 
@@ -90,6 +88,8 @@ class D3POLabelsConfig(RunConfig):
             True,
             f"False: {self.batch!r} continues adapter {adapter!r}",
         )
+        from rlft.diffusion.adapters import adapter_lora_shape  # brings diffusers and peft: only when needed
+
         shape = adapter_lora_shape(adapter)
         for name, value in given.items():
             wanted = tuple(sorted(value)) if name == "lora_targets" and value else value

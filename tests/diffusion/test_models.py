@@ -7,7 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from rlft.diffusion.models import TINY_MODEL_FOLDER, build_tiny_pipeline, check_model_name, load_pipeline
+from rlft.diffusion.models import TINY_MODEL_FOLDER, build_tiny_pipeline, load_pipeline
+from rlft.diffusion.names import check_model_name
 from rlft.diffusion.sampling import sample_trajectories
 
 FIRST_SAMPLE = Path(__file__).parents[1] / "data" / "tiny_first_sample.png"

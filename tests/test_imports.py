@@ -1,0 +1,18 @@
+"""What a process pays for at start: the job's checks and the scorer actor stay free of the training code."""
+
+import subprocess
+import sys
+
+HEAVY = ("diffusers", "peft", "ray.train")
+
+
+def test_the_jobs_checks_and_the_scorer_import_no_diffusers_peft_or_ray_train():
+    """A refused flag comes in seconds, not after the training code's ten seconds of imports, and a scorer
+    actor's process does not import what only samplers and train workers use."""
+    code = (
+        "import sys, rlft.job, rlft.distributed.scorer, rlft.feedback.labels_config; "
+        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
