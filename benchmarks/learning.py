@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from rlft.configs import D3POConfig, DRaFTConfig
+from rlft.configs import D3POConfig, DDPOConfig, DRaFTConfig
 from rlft.local import train_local
 
-ALGORITHMS = {"d3po": D3POConfig, "draft": DRaFTConfig}
+ALGORITHMS = {"d3po": D3POConfig, "draft": DRaFTConfig, "ddpo": DDPOConfig}
 
 
 def parse_variant(text: str) -> dict:

@@ -20,12 +20,12 @@ import torch
 from diffusers import StableDiffusionPipeline
 from torch import Tensor
 
-from rlft.configs import D3POConfig, DRaFTConfig
+from rlft.configs import D3POConfig, DDPOConfig, DRaFTConfig
 from rlft.diffusion.sampling import sample_trajectories
 from rlft.prompts import draw_prompts
 
-AlgorithmConfig = D3POConfig | DRaFTConfig
-STREAMS = ("prompts", "noise", "shuffle", "train", "show", "eval")
+AlgorithmConfig = D3POConfig | DRaFTConfig | DDPOConfig
+STREAMS = ("prompts", "noise", "shuffle", "train", "show", "eval", "timesteps")
 
 
 def stream_seed(seed: int, epoch: int, stream: str, index: int = 0) -> int:
@@ -63,9 +63,11 @@ def plan_chunks(prompts: list[str], per_chunk: int, seed: int, epoch: int) -> li
 
 def sample_chunk(pipe: StableDiffusionPipeline, chunk: Chunk, settings: dict) -> dict[str, Tensor]:
     """Sample a chunk; CPU tensors: latents (B, S+1 or 1, C, h, w), timesteps (S,), group (B,) indexing
-    the epoch's prompts, images (B, 3, H, W) when every step ran."""
+    the epoch's prompts, images (B, 3, H, W) when every step ran, and with `keep_log_probs` the sampler's
+    log-probability of each step taken, log_probs (B, S)."""
     settings = dict(settings)
     last_only = settings.pop("last_only")
+    keep_log_probs = settings.pop("keep_log_probs", False)
     generator = torch.Generator(pipe.device).manual_seed(chunk.seed)
     out = sample_trajectories(pipe, chunk.prompts, generator=generator, **settings)
     samples = {
@@ -75,6 +77,8 @@ def sample_chunk(pipe: StableDiffusionPipeline, chunk: Chunk, settings: dict) ->
     }
     if "images" in out:
         samples["images"] = out["images"]
+    if keep_log_probs:
+        samples["log_probs"] = out["log_probs"]
     return {k: v.cpu() for k, v in samples.items()}
 
 

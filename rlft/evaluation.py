@@ -37,7 +37,9 @@ def eval_chunks(cfg: SamplingConfig) -> list[Chunk]:
 
 def eval_settings(cfg: SamplingConfig) -> dict:
     """Sampling as the policy samples in training (steps, guidance, eta), one image per prompt, every step."""
-    return cfg.common_sampling() | dict(group_size=1, with_logprob=False, skip_last=0, last_only=True)
+    return cfg.common_sampling() | dict(
+        group_size=1, with_logprob=False, skip_last=0, last_only=True, keep_log_probs=False
+    )
 
 
 def _mean_se(values: Tensor) -> tuple[float, float]:

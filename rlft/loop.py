@@ -51,6 +51,8 @@ def format_epoch(epoch: int, m: dict[str, float]) -> str:
         parts.append(f"loss {m['loss']:.4f}")
         if "preference_accuracy" in m:
             parts.append(f"acc {m['preference_accuracy']:.2f}")
+        if "approx_kl" in m:  # DDPO: how far the updates moved from the sampling policy
+            parts.append(f"kl {m['approx_kl']:.1e} | clipped {m['clip_fraction']:.0%}")
     parts.append(f"grad {m['grad_norm']:.1e}")
     if "samples_per_s" in m:
         parts.append(f"{m['samples_per_s']:.1f} img/s")
@@ -89,7 +91,10 @@ def run_epochs(
             f"{format_base(base[0])}"
         )
     if state is not None:
+        own_state = state.pop("algorithm", None)  # what the epoch itself carries (DDPO's statistics)
         trained.load(state)
+        if own_state is not None:
+            one_epoch.load_state_dict(own_state)
         log(f"resuming {run_dir} after epoch {last}")
     if tracker is not None:  # epochs checkpointed but not logged (a crash between the two) are logged now
         logged = set(tracker.logged_epochs())
@@ -118,7 +123,7 @@ def run_epochs(
             checkpoint,
             epoch=epoch,
             history=history,
-            state=trained.state(),
+            state=trained.state() | epoch_state(one_epoch),
             adapter=adapter,
             storage=storage,
             settings=settings,
@@ -140,6 +145,13 @@ def run_epochs(
         if tracker is not None:
             tracker.log_file(grid, "")
     return history
+
+
+def epoch_state(one_epoch: EpochFn) -> dict:
+    """{"algorithm": the state an epoch function carries from epoch to epoch}, for one that has a
+    `state_dict` (DDPO's per-prompt statistics); {} for the rest, whose epochs depend only on the weights."""
+    state_dict = getattr(one_epoch, "state_dict", None)
+    return {} if state_dict is None else {"algorithm": state_dict()}
 
 
 class TrainingDiverged(RuntimeError):

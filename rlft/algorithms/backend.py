@@ -78,3 +78,26 @@ class Algorithm:
     make_learner: Callable[..., Any]  # (cfg, pipe, policy, grad_sync) -> learner with an `optimizer`
     train: TrainFn
     epoch: Callable[[Any, Backend], EpochFn]  # (cfg, backend) -> one epoch
+
+
+def apply_gradients(
+    loss: Tensor,
+    optimizer: torch.optim.Optimizer,
+    params: list[torch.nn.Parameter],
+    grad_sync: GradSync | None,
+    max_grad_norm: float,
+) -> float:
+    """Backward, average across workers (`grad_sync`), clip to `max_grad_norm`, step; the gradient's norm
+    before clipping."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_sync is not None:
+        grad_sync(params)
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    optimizer.step()
+    return grad_norm.item()
+
+
+def mean_metrics(history: list[dict[str, float]]) -> dict[str, float]:
+    """Each metric averaged over the steps (or passes) that logged it."""
+    return {k: sum(h[k] for h in history) / len(history) for k in history[0]}

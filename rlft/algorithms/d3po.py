@@ -12,7 +12,7 @@ import torch
 from diffusers import DDIMScheduler
 from torch import Tensor
 
-from rlft.algorithms.backend import Algorithm, Backend, GradSync
+from rlft.algorithms.backend import Algorithm, Backend, GradSync, apply_gradients, mean_metrics
 from rlft.algorithms.losses import d3po_loss
 from rlft.configs import D3POConfig
 from rlft.diffusion.ddim import ddim_step_with_logprob
@@ -154,13 +154,9 @@ class D3POLearner:
             ref_logp_w, ref_logp_l = self._logp(reference, batch, embeds, uncond).chunk(2)
         logp_w, logp_l = self._logp(self.policy.unet, batch, embeds, uncond).chunk(2)
         loss, metrics = d3po_loss(logp_w, ref_logp_w, logp_l, ref_logp_l, beta=self.beta, clip=self.clip)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.grad_sync is not None:
-            self.grad_sync(self.policy.parameters())
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
-        self.optimizer.step()
-        return metrics | {"grad_norm": grad_norm.item()}
+        params = self.policy.parameters()
+        grad_norm = apply_gradients(loss, self.optimizer, params, self.grad_sync, self.max_grad_norm)
+        return metrics | {"grad_norm": grad_norm}
 
     def train_epoch(
         self, batches: Iterable[dict[str, Tensor]], embeds: Tensor, uncond: Tensor
@@ -169,7 +165,7 @@ class D3POLearner:
         history = [self.step(batch, embeds, uncond) for batch in batches]
         if not history:
             raise ValueError("no training items: every pair tied on the reward")
-        return {k: sum(h[k] for h in history) / len(history) for k in history[0]}
+        return mean_metrics(history)
 
 
 def make_learner(cfg: D3POConfig, pipe, policy: Policy, grad_sync: GradSync | None = None) -> D3POLearner:

@@ -19,7 +19,7 @@ from diffusers import DDIMScheduler, StableDiffusionPipeline
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from rlft.algorithms.backend import Algorithm, Backend, GradSync
+from rlft.algorithms.backend import Algorithm, Backend, GradSync, apply_gradients, mean_metrics
 from rlft.configs import DRaFTConfig
 from rlft.diffusion.ddim import ddim_step
 from rlft.diffusion.policy import Policy
@@ -188,14 +188,10 @@ class DRaFTLearner:
             sample_rewards = rewards.detach().float().cpu()
         if self.descend:
             loss = -loss  # the loss is minus the mean reward: its negative descends the reward
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.grad_sync is not None:
-            self.grad_sync(self.policy.parameters())
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
-        self.optimizer.step()
+        params = self.policy.parameters()
+        grad_norm = apply_gradients(loss, self.optimizer, params, self.grad_sync, self.max_grad_norm)
         train_reward = rewards[torch.isfinite(rewards)].mean().item()
-        metrics = {"loss": loss.item(), "grad_norm": grad_norm.item(), "train_reward": train_reward}
+        metrics = {"loss": loss.item(), "grad_norm": grad_norm, "train_reward": train_reward}
         return metrics, sample_rewards
 
     def train_epoch(
@@ -215,8 +211,7 @@ class DRaFTLearner:
             )
             history.append(metrics)
             rewards.append(sample_rewards)
-        mean = {k: sum(h[k] for h in history) / len(history) for k in history[0]}
-        return mean, None if rewards[0] is None else torch.cat(rewards)
+        return mean_metrics(history), None if rewards[0] is None else torch.cat(rewards)
 
 
 def draft_items(samples: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -36,3 +36,30 @@ def d3po_loss(
         "log_ratio_abs": ratios.abs().mean().item(),
     }
     return loss, metrics
+
+
+def ddpo_loss(
+    logp: Tensor, old_logp: Tensor, advantages: Tensor, *, clip_range: float, adv_clip_max: float
+) -> tuple[Tensor, dict[str, float]]:
+    """DDPO's PPO-clip loss on denoising steps (Black et al., arXiv 2305.13301, DDPO_IS with clipping).
+
+    Each argument is (N,): one denoising step's log-probability under the policy being trained (`logp`) and
+    under the policy that sampled it (`old_logp`), and the sample's advantage. Advantages are clamped to
+    [-adv_clip_max, adv_clip_max]; with r = exp(logp - old_logp),
+    loss = mean(max(-A * r, -A * clamp(r, 1 - clip_range, 1 + clip_range))),
+    so a step whose ratio already moved past the clip range in the advantage's direction gets no gradient.
+    """
+    advantages = advantages.clamp(-adv_clip_max, adv_clip_max)
+    ratio = torch.exp(logp - old_logp)
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1 - clip_range, 1 + clip_range)
+    loss = torch.maximum(unclipped, clipped).mean()
+    log_ratio = (logp - old_logp).detach()
+    metrics = {
+        "loss": loss.item(),
+        # PPO's diagnostics, as ddpo-pytorch logs them: how far the policy moved from the sampling policy.
+        "approx_kl": 0.5 * (log_ratio**2).mean().item(),
+        "clip_fraction": ((ratio.detach() - 1).abs() > clip_range).float().mean().item(),
+        "advantage_abs": advantages.abs().mean().item(),
+    }
+    return loss, metrics

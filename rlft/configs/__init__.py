@@ -5,6 +5,7 @@ are noted where they differ. Imports rlft.diffusion, rlft.rewards, rlft.prompts 
 
 from rlft.configs.base import RunConfig, SamplingConfig
 from rlft.configs.d3po import D3POConfig
+from rlft.configs.ddpo import DDPOConfig
 from rlft.configs.draft import DRaFTConfig
 
-__all__ = ["D3POConfig", "DRaFTConfig", "RunConfig", "SamplingConfig"]
+__all__ = ["D3POConfig", "DDPOConfig", "DRaFTConfig", "RunConfig", "SamplingConfig"]

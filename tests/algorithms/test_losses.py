@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from rlft.algorithms.losses import d3po_loss
+from rlft.algorithms.losses import d3po_loss, ddpo_loss
 
 
 def test_d3po_loss_by_hand():
@@ -48,3 +48,25 @@ def test_gradient_raises_preferred_and_lowers_rejected():
     # d loss / d logp_w = -beta * sigmoid(0) / N = -0.1 * 0.5 / 3
     torch.testing.assert_close(logp_w.grad, torch.full((3,), -0.1 * 0.5 / 3))
     torch.testing.assert_close(logp_l.grad, torch.full((3,), 0.1 * 0.5 / 3))
+
+
+def test_ddpo_loss_by_hand_clips_ratios_that_moved_past_the_range_in_the_advantages_direction():
+    logp = torch.tensor([0.0, 0.1, -0.1], requires_grad=True)
+    old = torch.zeros(3)
+    advantages = torch.tensor([1.0, 1.0, -2.0])
+    loss, metrics = ddpo_loss(logp, old, advantages, clip_range=0.05, adv_clip_max=5.0)
+    # ratios 1, e^0.1, e^-0.1: max(-A r, -A clamp(r, 0.95, 1.05)) = -1, -1.05 (clipped), 1.9 (clipped)
+    assert loss.item() == pytest.approx((-1 - 1.05 + 1.9) / 3, abs=1e-6)
+    loss.backward()
+    assert logp.grad.tolist() == pytest.approx([-1 / 3, 0.0, 0.0], abs=1e-6)  # only the unclipped step
+    assert metrics["clip_fraction"] == pytest.approx(2 / 3)
+    assert metrics["approx_kl"] == pytest.approx(0.5 * (0.01 + 0.01) / 3, rel=1e-5)
+
+
+def test_ddpo_loss_clamps_advantages():
+    logp = torch.zeros(2, requires_grad=True)
+    loss, metrics = ddpo_loss(
+        logp, torch.zeros(2), torch.tensor([10.0, -1.0]), clip_range=0.1, adv_clip_max=5.0
+    )
+    assert loss.item() == pytest.approx((-5.0 + 1.0) / 2)
+    assert metrics["advantage_abs"] == pytest.approx(3.0)

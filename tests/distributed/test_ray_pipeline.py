@@ -7,7 +7,7 @@ import ray
 import torch
 from mlflow.tracking import MlflowClient
 
-from rlft.configs import D3POConfig, DRaFTConfig
+from rlft.configs import D3POConfig, DDPOConfig, DRaFTConfig
 from rlft.distributed.cluster import check_resources, start_ray
 from rlft.distributed.ray_loop import ray_train
 from rlft.local import train_local
@@ -54,6 +54,23 @@ def test_draft_on_ray_gives_the_single_process_numbers(local_ray, tmp_path, vari
         epochs=2, variant=variant, shuffle=False, batch_size=2, steps_per_epoch=2, num_steps=3, threads=1
     )
     _same(train_local(cfg, tmp_path / "single", log=print), ray_train(cfg, tmp_path / "ray", log=print))
+
+
+def test_ddpo_on_ray_gives_the_single_process_numbers(local_ray, tmp_path):
+    """The samplers' log-probabilities travel with the samples; the workers' ratios start from them."""
+    cfg = DDPOConfig(
+        epochs=2,
+        shuffle=False,
+        prompts_per_epoch=2,
+        samples_per_prompt=2,
+        num_steps=3,
+        batch_size=4,
+        eval_images=4,
+        threads=1,
+        sample_batch=2,
+    )
+    reference = train_local(cfg, tmp_path / "single", log=print)
+    _same(reference, ray_train(cfg, tmp_path / "ray", log=print), ("reward_mean", "loss", "approx_kl"))
 
 
 def test_two_samplers_and_two_train_workers_sample_the_same_first_epoch_and_train(local_ray, tmp_path):

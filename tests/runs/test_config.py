@@ -6,13 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from rlft.configs import D3POConfig, DRaFTConfig
+from rlft.configs import D3POConfig, DDPOConfig, DRaFTConfig
 from rlft.job import run_job, run_labels_job
 
 ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = {"d3po.py": D3POConfig, "draft.py": DRaFTConfig, "ddpo.py": DDPOConfig}  # the sampling jobs
 JOBS = {  # what each job file runs
     "d3po.py": lambda: run_job(D3POConfig, "d3po", ""),
     "draft.py": lambda: run_job(DRaFTConfig, "draft", ""),
+    "ddpo.py": lambda: run_job(DDPOConfig, "ddpo", ""),
     "d3po_labels.py": lambda: run_labels_job(""),
 }
 
@@ -31,6 +33,15 @@ JOBS = {  # what each job file runs
         (DRaFTConfig, {"resolution": 20}, "resolution=20 is not allowed: a multiple of 8"),
         (D3POConfig, {"reward": "human:", "ray": False}, "reward='human:' is not allowed"),
         (DRaFTConfig, {"reward": "human:some/batch", "ray": False}, "reward='human:some/batch' is not"),
+        (DDPOConfig, {"advantages": "group", "samples_per_prompt": 1}, "samples_per_prompt=1 is not allowed"),
+        (
+            DDPOConfig,
+            {"reward": "brightness,smoothness"},
+            "reward='brightness,smoothness' is not allowed: one",
+        ),
+        (DDPOConfig, {"clip_range": 1.0}, "clip_range=1.0 is not allowed: in \\(0, 1\\)"),
+        (DDPOConfig, {"timestep_fraction": 1.5}, "timestep_fraction=1.5 is not allowed: in \\(0, 1\\]"),
+        (DDPOConfig, {"inner_epochs": 0}, "inner_epochs=0 is not allowed: at least 1"),
     ],
 )
 def test_bad_values_name_the_field(config, kwargs, message):
@@ -45,17 +56,16 @@ def float_fields(config_type) -> list[str]:
 
 @pytest.mark.parametrize(
     "job, field",
-    [(job, f) for job, c in (("d3po.py", D3POConfig), ("draft.py", DRaFTConfig)) for f in float_fields(c)],
+    [(job, f) for job, c in CONFIGS.items() for f in float_fields(c)],
 )
-def test_every_float_flag_of_both_jobs_is_refused_naming_the_field_unless_it_is_a_value_that_trains(
+def test_every_float_flag_of_every_sampling_job_is_refused_naming_the_field_unless_it_is_a_value_that_trains(
     job, field, tmp_path, monkeypatch
 ):
-    """Each job's every float flag, given nan, inf, -inf, 0 and -1 on its command line: refused in one line
-    naming the field, before a run folder or an MLflow store exists, or accepted only as the flag's default
-    (which the learning tests train), so nothing accepted here is untried. nan and inf would train NaN
-    weights; out-of-range values would fail late."""
-    config_type = D3POConfig if job == "d3po.py" else DRaFTConfig
-    default = getattr(config_type(), field)
+    """Each sampling job's every float flag, given nan, inf, -inf, 0 and -1 on its command line: refused in
+    one line naming the field, before a run folder or an MLflow store exists, or accepted only as the flag's
+    default (which the learning tests train), so nothing accepted here is untried. nan and inf would train
+    NaN weights; out-of-range values would fail late."""
+    default = getattr(CONFIGS[job](), field)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     for text in ("nan", "inf", "-inf", "0", "-1"):
         value = float(text)

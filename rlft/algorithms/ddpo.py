@@ -1,0 +1,177 @@
+"""DDPO: rewards to advantages, (sample, timestep) items, the learner applying PPO-clip updates, the epoch.
+
+Black et al., arXiv 2305.13301 (DDPO_IS): each denoising step is an action whose log-probability ratio
+between the policy being trained and the policy that sampled it is clipped as in PPO, weighted by the sample's
+advantage (rlft/algorithms/advantages.py). The sampler's log-probabilities travel with the samples; the
+learner recomputes the policy's with the same guided DDIM step D3PO uses. The epoch (`DDPOEpoch`) is written
+once against a `Backend`, and its per-prompt statistics go into every checkpoint, so a resumed run computes
+the advantages an uninterrupted one would.
+"""
+
+from collections.abc import Iterable
+
+import torch
+from diffusers import DDIMScheduler
+from torch import Tensor
+
+from rlft.algorithms.advantages import PerPromptStats, group_advantages
+from rlft.algorithms.backend import Algorithm, Backend, GradSync, apply_gradients, mean_metrics
+from rlft.algorithms.losses import ddpo_loss
+from rlft.configs import DDPOConfig
+from rlft.diffusion.ddim import ddim_step_with_logprob
+from rlft.diffusion.policy import Policy
+from rlft.diffusion.sampling import guided_eps
+from rlft.epoch import epoch_prompts, prompts_of, stream_generator
+
+NO_ITEMS = {"loss": float("nan"), "grad_norm": 0.0}
+
+
+def ddpo_items(
+    samples: dict[str, Tensor], advantages: Tensor, steps_trained: int, generator: torch.Generator
+) -> dict[str, Tensor]:
+    """One item per (sample, trained step): `steps_trained` of each sample's S steps, chosen at random per
+    sample (every step when it is S), as ddpo-pytorch's `timestep_fraction` does.
+
+    samples: latents (B, S+1, C, h, w), log_probs (B, S), timesteps (S,), group (B,); advantages (B,).
+    Keys: latents (x_t) and next_latents (x_{t-1}) (N, C, h, w), timesteps, prompt, old_log_probs and
+    advantages (N,). Item n is sample n // steps_trained."""
+    count, steps = samples["log_probs"].shape
+    if steps_trained == steps:
+        chosen = torch.arange(steps).repeat(count, 1)
+    else:
+        chosen = torch.stack(
+            [torch.randperm(steps, generator=generator)[:steps_trained] for _ in range(count)]
+        )
+    sample = torch.arange(count).repeat_interleave(steps_trained)  # (N,)
+    step = chosen.flatten()
+    return {
+        "latents": samples["latents"][sample, step],
+        "next_latents": samples["latents"][sample, step + 1],
+        "timesteps": samples["timesteps"][step],
+        "prompt": samples["group"][sample],
+        "old_log_probs": samples["log_probs"][sample, step],
+        "advantages": advantages[sample],
+    }
+
+
+class DDPOLearner:
+    """Applies DDPO updates to a `Policy`, one optimizer step per batch of (sample, timestep) items."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        scheduler: DDIMScheduler,
+        *,
+        lr: float,
+        clip_range: float,
+        adv_clip_max: float,
+        guidance_scale: float,
+        eta: float,
+        max_grad_norm: float = 1.0,
+        grad_sync: GradSync | None = None,
+    ):
+        self.policy, self.scheduler = policy, scheduler
+        self.clip_range, self.adv_clip_max = clip_range, adv_clip_max
+        self.guidance_scale, self.eta = guidance_scale, eta
+        self.max_grad_norm, self.grad_sync = max_grad_norm, grad_sync
+        self.optimizer = torch.optim.AdamW(policy.parameters(), lr=lr, weight_decay=1e-4)
+
+    def step(self, batch: dict[str, Tensor], embeds: Tensor, uncond: Tensor) -> dict[str, float]:
+        """One optimizer step on a batch of items (see `ddpo_items`); embeds (P, L, D) are the prompts'."""
+        latents, timesteps = batch["latents"], batch["timesteps"]
+        eps = guided_eps(
+            self.policy.unet, latents, timesteps, embeds[batch["prompt"]], uncond, self.guidance_scale
+        )
+        logp = ddim_step_with_logprob(
+            self.scheduler, eps, timesteps, latents, eta=self.eta, prev_sample=batch["next_latents"]
+        )[1]
+        loss, metrics = ddpo_loss(
+            logp,
+            batch["old_log_probs"],
+            batch["advantages"],
+            clip_range=self.clip_range,
+            adv_clip_max=self.adv_clip_max,
+        )
+        params = self.policy.parameters()
+        grad_norm = apply_gradients(loss, self.optimizer, params, self.grad_sync, self.max_grad_norm)
+        return metrics | {"grad_norm": grad_norm}
+
+
+def make_learner(cfg: DDPOConfig, pipe, policy: Policy, grad_sync: GradSync | None = None) -> DDPOLearner:
+    pipe.scheduler.set_timesteps(cfg.num_steps, device=pipe.device)  # the steps the items were sampled at
+    return DDPOLearner(
+        policy,
+        pipe.scheduler,
+        lr=cfg.lr,
+        clip_range=cfg.clip_range,
+        adv_clip_max=cfg.adv_clip_max,
+        guidance_scale=cfg.guidance_scale,
+        eta=cfg.eta,
+        max_grad_norm=cfg.max_grad_norm,
+        grad_sync=grad_sync,
+    )
+
+
+def train(learner: DDPOLearner, batches: Iterable[dict[str, Tensor]], embeds, uncond, generator, prompts):
+    """The learner's pass over its batches: (mean metrics, None); DDPO draws no noise in training."""
+    history = [learner.step(batch, embeds, uncond) for batch in batches]
+    if not history:
+        raise ValueError("no training items")
+    return mean_metrics(history), None
+
+
+def finite_samples(samples: dict[str, Tensor], rewards: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+    """The samples whose reward is finite, and those rewards (a NaN reward trains nothing)."""
+    kept = torch.isfinite(rewards)
+    return {k: v if k == "timesteps" else v[kept] for k, v in samples.items()}, rewards[kept]
+
+
+class DDPOEpoch:
+    """DDPO's epoch: each drawn prompt sampled `samples_per_prompt` times from independent noise, the rewards
+    turned into advantages, `inner_epochs` passes of PPO-clip updates on the backend. Holds the per-prompt
+    statistics across epochs; `state_dict`/`load_state_dict` carry them through checkpoints."""
+
+    def __init__(self, cfg: DDPOConfig, backend: Backend):
+        self.cfg, self.backend = cfg, backend
+        self.stats = PerPromptStats(cfg.stat_buffer, cfg.stat_min_count)
+
+    def advantages(self, prompts: list[str], rewards: Tensor) -> Tensor:
+        if self.cfg.advantages == "group":
+            return group_advantages(prompts, rewards)
+        return self.stats.advantages(prompts, rewards)
+
+    def __call__(self, epoch: int):
+        cfg = self.cfg
+        prompts = [p for p in epoch_prompts(cfg, epoch) for _ in range(cfg.samples_per_prompt)]
+        sampled = self.backend.sample(epoch, prompts)
+        signed = -sampled.rewards if cfg.reverse_preferences else sampled.rewards  # the control descends
+        samples, signed = finite_samples(sampled.samples, signed)
+        advantages = self.advantages(prompts_of(prompts, samples["group"]), signed)
+        items = ddpo_items(
+            samples, advantages, cfg.steps_trained, stream_generator(cfg.seed, epoch, "timesteps")
+        )
+        passes, timing = [], {}
+        for inner in range(cfg.inner_epochs if len(items["prompt"]) >= cfg.train_workers else 0):
+            if inner:  # a new order for each further pass (the backend's own shuffle is the epoch's)
+                order = torch.randperm(
+                    len(items["prompt"]), generator=stream_generator(cfg.seed, epoch, "shuffle", inner)
+                )
+                items = {k: v[order] for k, v in items.items()}
+            metrics, _, timing = self.backend.train(epoch, prompts, items)
+            passes.append(metrics)
+        metrics = mean_metrics(passes) if passes else NO_ITEMS
+
+        def show():
+            return sampled.images()[:: cfg.samples_per_prompt], prompts[:: cfg.samples_per_prompt]
+
+        trained = {"items": float(len(items["prompt"])), "advantage_std": advantages.std().item()}
+        return metrics | trained | sampled.timing | timing, sampled.rewards, show
+
+    def state_dict(self) -> dict:
+        return {"stats": self.stats.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.stats.load_state_dict(state["stats"])
+
+
+DDPO = Algorithm("ddpo", make_learner, train, DDPOEpoch)
