@@ -8,9 +8,9 @@ Ray, MLflow or files):
 - `rlft.rewards`: rewards by name (JPEG, brightness, the world's judge, aesthetic, ImageReward).
 - `rlft.prompts`, `rlft.runs`: prompt sets; a run's config, checkpoints, storage and tracking.
 - `rlft.epoch`, `rlft.evaluation`: the pieces of an epoch every algorithm shares; the fixed evaluation set.
-- `rlft.algorithms`: the losses, D3PO and DRaFT (learner and epoch each), the backend interface.
+- `rlft.algorithms`: the losses, D3PO, DRaFT and DDPO (learner and epoch each), the backend interface.
 - `rlft.loop`, `rlft.local`: the loop's frame (resume, evaluate, checkpoint, log); the single-process backend.
 - `rlft.distributed`: Ray: the cluster, sampler and scorer actors, Train workers, the Ray backend.
 - `rlft.feedback`: people's preferences: batches to label, the labelling page, training on the labels.
-- `rlft.job`: what `jobs/d3po.py` and `jobs/draft.py` run.
+- `rlft.job`: what `jobs/d3po.py`, `jobs/draft.py` and `jobs/ddpo.py` run.
 """

@@ -1,5 +1,5 @@
-"""What the jobs do (`jobs/d3po.py`, `jobs/draft.py`, `jobs/d3po_labels.py`): read the flags, check
-everything, open the run, train, report.
+"""What the jobs do (`jobs/d3po.py`, `jobs/draft.py`, `jobs/ddpo.py`, `jobs/d3po_labels.py`): read the flags,
+check everything, open the run, train, report.
 
 Every check that can fail (the config, the tracking store, the storage, a labelled batch, the Ray cluster's
 resources) runs before an actor starts or an MLflow run is created, and a failure exits with one line naming
@@ -106,7 +106,7 @@ def open_tracker(cfg: RunConfig, algorithm: str, run_dir: Path) -> Tracker | Non
 
 
 def run_job(config_type: type[SamplingConfig], algorithm: str, description: str) -> None:
-    """jobs/d3po.py and jobs/draft.py: sample, score and train on Ray (or in this process with --no-ray)."""
+    """jobs/d3po.py, jobs/draft.py and jobs/ddpo.py: sample, score and train on Ray (or in one process)."""
 
     def train(cfg: SamplingConfig, checked: None, **kwargs) -> History:
         if cfg.ray:
