@@ -24,6 +24,13 @@ def check(ok: bool, field: str, value: object, allowed: str) -> None:
         raise ValueError(redact(f"{field}={value!r} is not allowed: {allowed}"))
 
 
+def refuse_labels(reward: str, needs: str) -> None:
+    """People's labels (`human:<folder>`) train only with jobs/d3po_labels.py: refused, saying what the job
+    `needs` instead."""
+    allowed = f"{needs}; train on people's labels with jobs/d3po_labels.py"
+    check(not reward.startswith("human:"), "reward", reward, allowed)
+
+
 # Fields that say where and how fast a run goes, not what it is: they may change when the run resumes.
 RUNTIME_FIELDS = frozenset(
     {"epochs", "threads", "device", "run_name", "runs_dir", "storage", "track", "ray", "ray_address"}

@@ -5,7 +5,7 @@ policy that sampled it. The shared baseline D3PO and DRaFT are compared with (be
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from rlft.configs.base import SamplingConfig, check, check_divides
+from rlft.configs.base import SamplingConfig, check, check_divides, refuse_labels
 from rlft.rewards.registry import get_reward
 
 
@@ -70,12 +70,7 @@ class DDPOConfig(SamplingConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check(
-            not self.reward.startswith("human:"),
-            "reward",
-            self.reward,
-            "DDPO trains on a reward; train on people's labels with jobs/d3po_labels.py",
-        )
+        refuse_labels(self.reward, "DDPO trains on a reward")
         check("," not in self.reward, "reward", self.reward, "one reward (DDPO's advantage needs one number)")
         get_reward(self.reward)
         check(self.prompts_per_epoch >= 1, "prompts_per_epoch", self.prompts_per_epoch, "at least 1")

@@ -4,7 +4,7 @@ steps (DRaFT-K), through one step with re-noised copies (DRaFT-LV), or through e
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from rlft.configs.base import SamplingConfig, check, check_divides
+from rlft.configs.base import SamplingConfig, check, check_divides, refuse_labels
 from rlft.rewards.registry import get_reward
 
 
@@ -34,12 +34,7 @@ class DRaFTConfig(SamplingConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check(
-            not self.reward.startswith("human:"),
-            "reward",
-            self.reward,
-            "DRaFT needs a differentiable reward; train on people's labels with jobs/d3po_labels.py",
-        )
+        refuse_labels(self.reward, "DRaFT needs a differentiable reward")
         get_reward(self.reward, differentiable=True)
         check(1 <= self.k <= self.num_steps, "k", self.k, f"in 1..{self.num_steps} (num_steps)")
         check(self.lv_copies >= 1, "lv_copies", self.lv_copies, "at least 1")
