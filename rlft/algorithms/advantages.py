@@ -30,18 +30,14 @@ class PerPromptStats:
         """Add the batch's rewards (B,) to their prompts' buffers, then standardise each against its prompt's
         buffer (population std, as numpy's default) or, while that holds fewer than min_count, the batch's."""
         rewards = rewards.double()
-        batch_mean, batch_std = rewards.mean(), rewards.std(unbiased=False)
-        for prompt in dict.fromkeys(prompts):
-            mine = torch.tensor([p == prompt for p in prompts])
+        out = torch.empty_like(rewards)
+        for prompt, mine in by_prompt(prompts):
             buffer = self.buffers.setdefault(prompt, deque(maxlen=self.buffer_size))
             buffer.extend(rewards[mine].tolist())
-        out = torch.empty_like(rewards)
-        for i, prompt in enumerate(prompts):
-            buffer = torch.tensor(list(self.buffers[prompt]), dtype=torch.float64)
-            if len(buffer) < self.min_count:
-                out[i] = standardise(rewards[i], batch_mean, batch_std)
-            else:
-                out[i] = standardise(rewards[i], buffer.mean(), buffer.std(unbiased=False))
+            basis = (
+                torch.tensor(list(buffer), dtype=torch.float64) if len(buffer) >= self.min_count else rewards
+            )
+            out[mine] = standardise(rewards[mine], basis.mean(), basis.std(unbiased=False))
         return out.float()
 
     def state_dict(self) -> dict:
@@ -58,8 +54,12 @@ def group_advantages(prompts: list[str], rewards: Tensor) -> Tensor:
     prompt."""
     rewards = rewards.double()
     out = torch.empty_like(rewards)
-    for prompt in dict.fromkeys(prompts):
-        mine = torch.tensor([p == prompt for p in prompts])
+    for _, mine in by_prompt(prompts):
         group = rewards[mine]
         out[mine] = standardise(group, group.mean(), group.std(unbiased=False))
     return out.float()
+
+
+def by_prompt(prompts: list[str]) -> list[tuple[str, Tensor]]:
+    """Each distinct prompt, in order of first appearance, with the mask (B,) of the samples that have it."""
+    return [(prompt, torch.tensor([p == prompt for p in prompts])) for prompt in dict.fromkeys(prompts)]

@@ -151,20 +151,21 @@ class DDPOEpoch:
             samples, advantages, cfg.steps_trained, stream_generator(cfg.seed, epoch, "timesteps")
         )
         passes, timing = [], {}
-        for inner in range(cfg.inner_epochs if len(items["prompt"]) >= cfg.train_workers else 0):
-            if inner:  # a new order for each further pass (the backend's own shuffle is the epoch's)
-                order = torch.randperm(
-                    len(items["prompt"]), generator=stream_generator(cfg.seed, epoch, "shuffle", inner)
-                )
-                items = {k: v[order] for k, v in items.items()}
-            metrics, _, timing = self.backend.train(epoch, prompts, items)
-            passes.append(metrics)
+        if len(items["prompt"]) >= cfg.train_workers:  # else every reward was NaN: nothing to train on
+            for inner in range(cfg.inner_epochs):
+                if inner:  # a new order for each further pass (the backend's own shuffle is the epoch's)
+                    shuffle = stream_generator(cfg.seed, epoch, "shuffle", inner)
+                    order = torch.randperm(len(items["prompt"]), generator=shuffle)
+                    items = {k: v[order] for k, v in items.items()}
+                metrics, _, timing = self.backend.train(epoch, prompts, items)
+                passes.append(metrics)
         metrics = mean_metrics(passes) if passes else NO_ITEMS
 
         def show():
             return sampled.images()[:: cfg.samples_per_prompt], prompts[:: cfg.samples_per_prompt]
 
-        trained = {"items": float(len(items["prompt"])), "advantage_std": advantages.std().item()}
+        spread = advantages.std().item() if len(advantages) > 1 else 0.0
+        trained = {"items": float(len(items["prompt"])), "advantage_std": spread}
         return metrics | trained | sampled.timing | timing, sampled.rewards, show
 
     def state_dict(self) -> dict:
