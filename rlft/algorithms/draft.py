@@ -6,6 +6,13 @@
 - DRaFT-LV: from a no-grad final sample x_0, make n re-noised copies at the last step's noise level
   (x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) noise_i) and denoise each once with gradient; the loss averages the
   n rewards, a lower-variance estimate of the K = 1 gradient.
+- ReFL-style (Xu et al., arXiv 2304.05977, ImageReward's ReFL): the sampler stops K steps before the end; the
+  learner runs a random number of those steps without gradient, then one UNet call with gradient, and scores
+  the x_0 that call predicts (`predicted_x0`) rather than finishing the sample. ReFL draws one of steps 30-39
+  of 40; the default K is a quarter of the steps. Its training rewards are those of the predicted x_0.
+  Left out: ReFL's ReLU on the ImageReward score and its alternating pretraining loss.
+- AlignProp-style (Prabhudesai et al., arXiv 2310.03739): DRaFT-K with K drawn from 1..k at every optimizer
+  step (AlignProp's randomised truncated backpropagation; its code truncates at 5-15 of 50 steps).
 A sample whose reward is NaN drops out of the loss (the mean runs over the finite rewards).
 
 The epoch (`draft_epoch`) is written once against a `Backend` (rlft/algorithms/backend.py): sample (to where
@@ -21,7 +28,7 @@ from torch.utils.checkpoint import checkpoint
 
 from rlft.algorithms.backend import Algorithm, Backend, GradSync, apply_gradients, mean_metrics
 from rlft.configs import DRaFTConfig
-from rlft.diffusion.ddim import ddim_step
+from rlft.diffusion.ddim import ddim_step, predicted_x0
 from rlft.diffusion.policy import Policy
 from rlft.diffusion.sampling import decode, guided_eps
 from rlft.epoch import Chunk, epoch_prompts, stream_seed
@@ -36,7 +43,7 @@ def _finite_mean(rewards: Tensor) -> Tensor:
     return rewards[finite].mean() if finite.any() else rewards.sum() * 0
 
 
-def denoise_with_grad(
+def denoise_steps(
     unet: torch.nn.Module,
     scheduler: DDIMScheduler,
     latents: Tensor,
@@ -48,7 +55,8 @@ def denoise_with_grad(
     eta: float,
     noises: Tensor | None = None,
 ) -> Tensor:
-    """Run the DDIM steps `timesteps` from `latents` with gradient, one checkpoint per UNet call.
+    """Run the DDIM steps `timesteps` from `latents`, one checkpoint per UNet call (with gradient unless
+    called under `torch.no_grad`).
 
     noises: (S, B, C, h, w), the step noise when eta > 0 (fixed noise makes the chain differentiable).
     """
@@ -77,7 +85,7 @@ def draft_k_loss(
 
     Returns (loss, rewards (B,)). No gradient reaches whatever computed `latents_in`.
     """
-    x0 = denoise_with_grad(
+    x0 = denoise_steps(
         unet,
         pipe.scheduler,
         latents_in.detach(),
@@ -88,6 +96,27 @@ def draft_k_loss(
         eta=eta,
         noises=noises,
     )
+    rewards = reward_fn(decode(pipe, x0), prompts)
+    return -_finite_mean(rewards), rewards.detach()
+
+
+def refl_loss(
+    pipe: StableDiffusionPipeline,
+    unet: torch.nn.Module,
+    reward_fn: RewardFn,
+    latents_in: Tensor,
+    timestep: Tensor,
+    embeds: Tensor,
+    uncond: Tensor,
+    *,
+    guidance_scale: float,
+    prompts: list[str] | None = None,
+) -> tuple[Tensor, Tensor]:
+    """ReFL's loss, -mean reward of the x_0 one UNet call predicts from `latents_in` (B, C, h, w) at
+    `timestep`. Returns (loss, rewards (B,)). No gradient reaches whatever computed `latents_in`."""
+    latents = latents_in.detach()
+    eps = checkpoint(guided_eps, unet, latents, timestep, embeds, uncond, guidance_scale, use_reentrant=False)
+    x0 = predicted_x0(pipe.scheduler, eps, timestep, latents)
     rewards = reward_fn(decode(pipe, x0), prompts)
     return -_finite_mean(rewards), rewards.detach()
 
@@ -123,8 +152,12 @@ def draft_lv_loss(
     return -_finite_mean(rewards), rewards.detach()
 
 
+TRUNCATIONS = ("fixed", "random", "one")  # DRaFT-K; AlignProp's random K; ReFL's one random step
+
+
 class DRaFTLearner:
-    """Applies DRaFT-K (full DRaFT when K = all steps) or DRaFT-LV updates to a `Policy`.
+    """Applies DRaFT-K (full DRaFT when K = all steps), DRaFT-LV, AlignProp-style (`truncation="random"`) or
+    ReFL-style (`truncation="one"`) updates to a `Policy`.
 
     `descend` minimises the reward instead (a control run); the rewards it reports are still the reward's.
 
@@ -141,6 +174,7 @@ class DRaFTLearner:
         num_steps: int,
         k: int,
         lv_copies: int = 0,
+        truncation: str = "fixed",
         guidance_scale: float,
         eta: float = 0.0,
         max_grad_norm: float = 1.0,
@@ -149,7 +183,9 @@ class DRaFTLearner:
     ):
         self.pipe, self.policy = pipe, policy
         self.reward_fn, self.descend = reward_fn, descend
-        self.num_steps, self.k, self.lv_copies = num_steps, k, lv_copies
+        if truncation not in TRUNCATIONS:
+            raise ValueError(f"truncation must be one of {', '.join(TRUNCATIONS)}, got {truncation!r}")
+        self.num_steps, self.k, self.lv_copies, self.truncation = num_steps, k, lv_copies, truncation
         self.guidance_scale, self.eta, self.max_grad_norm = guidance_scale, eta, max_grad_norm
         self.grad_sync = grad_sync
         self.optimizer = torch.optim.AdamW(policy.parameters(), lr=lr, weight_decay=1e-4)
@@ -162,11 +198,11 @@ class DRaFTLearner:
         generator: torch.Generator,
         prompts: list[str] | None = None,
     ) -> tuple[dict[str, float], Tensor | None]:
-        """One optimizer step from sampler output: latents (B, C, h, w) entering the last K steps (DRaFT-K),
-        or final ones (DRaFT-LV); embeds (B, L, D).
+        """One optimizer step from sampler output: latents (B, C, h, w) entering the last K steps (DRaFT-K,
+        ReFL, AlignProp), or final ones (DRaFT-LV); embeds (B, L, D).
 
-        Returns the metrics and, for DRaFT-K, the rewards of the samples it finished (B,); DRaFT-LV's
-        samples were finished (and are scored) by the sampler.
+        Returns the metrics and, except for DRaFT-LV, the rewards of the samples it finished (B,) (ReFL's:
+        of the x_0 it predicted); DRaFT-LV's samples were finished (and are scored) by the sampler.
         """
         scheduler = self.pipe.scheduler
         scheduler.set_timesteps(self.num_steps, device=latents.device)
@@ -183,8 +219,28 @@ class DRaFTLearner:
                 shape = (self.k, *latents.shape)
                 noises = torch.randn(shape, generator=generator, device=latents.device, dtype=latents.dtype)
             tail = scheduler.timesteps[self.num_steps - self.k :]
-            args = (self.pipe, self.policy.unet, self.reward_fn, latents, tail)
-            loss, rewards = draft_k_loss(*args, embeds, uncond, eta=self.eta, noises=noises, **common)
+            skip = self.steps_without_grad(generator)
+            if skip:
+                with torch.no_grad():
+                    latents = denoise_steps(
+                        self.policy.unet,
+                        scheduler,
+                        latents,
+                        tail[:skip],
+                        embeds,
+                        uncond,
+                        guidance_scale=self.guidance_scale,
+                        eta=self.eta,
+                        noises=None if noises is None else noises[:skip],
+                    )
+            args = (self.pipe, self.policy.unet, self.reward_fn, latents)
+            if self.truncation == "one":
+                loss, rewards = refl_loss(*args, tail[skip], embeds, uncond, **common)
+            else:
+                rest = None if noises is None else noises[skip:]
+                loss, rewards = draft_k_loss(
+                    *args, tail[skip:], embeds, uncond, eta=self.eta, noises=rest, **common
+                )
             sample_rewards = rewards.detach().float().cpu()
         if self.descend:
             loss = -loss  # the loss is minus the mean reward: its negative descends the reward
@@ -193,6 +249,14 @@ class DRaFTLearner:
         train_reward = rewards[torch.isfinite(rewards)].mean().item()
         metrics = {"loss": loss.item(), "grad_norm": grad_norm, "train_reward": train_reward}
         return metrics, sample_rewards
+
+    def steps_without_grad(self, generator: torch.Generator) -> int:
+        """How many of the last k steps run before the gradient starts: none for DRaFT-K; k - K for K drawn
+        from 1..k (AlignProp); one of 0..k-1, the step that predicts x_0 being the next (ReFL). Drawn from
+        `generator`, so both backends draw the same."""
+        if self.truncation == "fixed":
+            return 0
+        return int(torch.randint(0, self.k, (1,), generator=generator, device=generator.device))
 
     def train_epoch(
         self,
@@ -236,6 +300,7 @@ def make_learner(
         num_steps=cfg.num_steps,
         k=cfg.steps_with_grad,
         lv_copies=cfg.lv_copies if cfg.variant == "draft-lv" else 0,
+        truncation={"refl": "one", "alignprop": "random"}.get(cfg.variant, "fixed"),
         guidance_scale=cfg.guidance_scale,
         eta=cfg.eta,
         max_grad_norm=cfg.max_grad_norm,

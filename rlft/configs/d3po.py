@@ -56,6 +56,10 @@ class D3POConfig(SamplingConfig):
         """One prompt per group."""
         return self.pairs_per_epoch
 
+    @property
+    def images_per_epoch(self) -> int:
+        return self.pairs_per_epoch * self.group_size
+
     def sampling_settings(self) -> dict:
         """`sample_trajectories` arguments (see rlft/epoch.py's `sample_chunk`): every latent and log-prob."""
         return self.common_sampling() | dict(group_size=self.group_size, with_logprob=True, last_only=False)

@@ -57,6 +57,10 @@ class DDPOConfig(SamplingConfig):
         return "DDPO", f"{self.prompts_per_epoch} prompts x {self.samples_per_prompt} samples"
 
     @property
+    def images_per_epoch(self) -> int:
+        return self.prompts_per_epoch * self.samples_per_prompt
+
+    @property
     def steps_trained(self) -> int:
         """Denoising steps trained per sample: at least one."""
         return max(1, round(self.num_steps * self.timestep_fraction))

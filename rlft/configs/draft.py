@@ -1,5 +1,7 @@
 """DRaFT's config (arXiv 2309.17400): a differentiable reward backpropagated through the last K sampling
-steps (DRaFT-K), through one step with re-noised copies (DRaFT-LV), or through every step (full)."""
+steps (DRaFT-K), through one step with re-noised copies (DRaFT-LV), or through every step (full); and two
+relatives on the same code: ReFL (arXiv 2304.05977), one randomly chosen late step predicting x_0, and
+AlignProp (arXiv 2310.03739), a random truncation K at each optimizer step."""
 
 from dataclasses import dataclass
 from typing import ClassVar, Literal
@@ -16,11 +18,14 @@ class DRaFTConfig(SamplingConfig):
     epochs: int = 4
     """Sampling-and-training rounds (4 raise the tiny default's evaluation reward beyond 8 standard errors,
     and the reversed twin's falls, on seeds 0-2; see the README)."""
-    variant: Literal["draft-k", "draft-lv", "full"] = "draft-k"
+    variant: Literal["draft-k", "draft-lv", "full", "refl", "alignprop"] = "draft-k"
     """'draft-k': gradient through the last k steps; 'draft-lv': k = 1 with lv_copies re-noised copies;
-    'full': gradient through every step."""
-    k: int = 1
-    """Steps with gradient for draft-k (1..num_steps)."""
+    'full': gradient through every step; 'refl' (ReFL-style): sample without gradient to one of the last k
+    steps chosen at random, and score the x_0 that one step with gradient predicts there; 'alignprop'
+    (AlignProp-style): gradient through the last K steps, K drawn from 1..k at every optimizer step."""
+    k: int | None = None
+    """The last k steps hold the gradient (1..num_steps). Unset: 1 for draft-k; a quarter of num_steps for
+    refl and alignprop (ReFL picks one of steps 30-39 of 40; AlignProp truncates at 5-15 of 50)."""
     lv_copies: int = 2
     """Re-noised copies of the final sample for draft-lv (the paper's n; 2 by default)."""
     batch_size: int = 8
@@ -36,7 +41,8 @@ class DRaFTConfig(SamplingConfig):
         super().__post_init__()
         refuse_labels(self.reward, "DRaFT needs a differentiable reward")
         get_reward(self.reward, differentiable=True)
-        check(1 <= self.k <= self.num_steps, "k", self.k, f"in 1..{self.num_steps} (num_steps)")
+        if self.k is not None:
+            check(1 <= self.k <= self.num_steps, "k", self.k, f"in 1..{self.num_steps} (num_steps)")
         check(self.lv_copies >= 1, "lv_copies", self.lv_copies, "at least 1")
         check(self.batch_size >= 1, "batch_size", self.batch_size, "at least 1")
         check_divides(self.batch_size, self.train_workers)
@@ -48,7 +54,10 @@ class DRaFTConfig(SamplingConfig):
 
     def describe(self) -> tuple[str, str]:
         """(the algorithm's name, an epoch's work) for the job's first line."""
-        name = f"DRaFT ({self.variant}, K={self.steps_with_grad})"
+        name = {
+            "refl": f"ReFL-style DRaFT (one of the last {self.steps_with_grad} steps, x_0 predicted)",
+            "alignprop": f"AlignProp-style DRaFT (K drawn from 1..{self.steps_with_grad})",
+        }.get(self.variant, f"DRaFT ({self.variant}, K={self.steps_with_grad})")
         return name, f"{self.steps_per_epoch} steps x {self.batch_size} samples"
 
     @property
@@ -65,6 +74,16 @@ class DRaFTConfig(SamplingConfig):
         )
 
     @property
+    def images_per_epoch(self) -> int:
+        """Images the sampler draws per epoch (DRaFT-LV's re-noised copies are not new images)."""
+        return self.prompts_per_epoch
+
+    @property
     def steps_with_grad(self) -> int:
-        """K: how many final steps the gradient runs through."""
-        return {"draft-k": self.k, "draft-lv": 1, "full": self.num_steps}[self.variant]
+        """K: how many final steps the sampler leaves to the learner (the gradient runs through all of them,
+        a random last 1..K of them for alignprop, one of them for refl)."""
+        if self.variant in ("draft-lv", "full"):
+            return {"draft-lv": 1, "full": self.num_steps}[self.variant]
+        if self.k is not None:
+            return self.k
+        return 1 if self.variant == "draft-k" else max(1, self.num_steps // 4)

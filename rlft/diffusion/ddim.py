@@ -12,6 +12,7 @@ Follows `diffusers/schedulers/scheduling_ddim.py`, `DDIMScheduler.step`, diffuse
    and the official D3PO code do.
 4. Dropped: `use_clipped_model_output`, `thresholding` (refused), `variance_noise`, the
    `return_dict` wrapper. Kept: the three prediction types and `clip_sample`.
+5. `predicted_x0` exposes the step's x_0 prediction alone (upstream's `pred_original_sample`), for ReFL.
 """
 
 import math
@@ -25,6 +26,42 @@ def _per_sample(values: Tensor, index: Tensor, like: Tensor) -> Tensor:
     """values[index] broadcast against `like` (B, C, H, W)."""
     out = values.to(like.device)[index.to(like.device)].to(like.dtype)
     return out.reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def _x0_and_eps(
+    scheduler: DDIMScheduler, eps: Tensor, alpha_t: Tensor, sample: Tensor
+) -> tuple[Tensor, Tensor]:
+    """(the predicted x_0, clipped as the scheduler clips; the implied noise) from the model output at x_t."""
+    beta_t = 1 - alpha_t
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        x0 = (sample - beta_t.sqrt() * eps) / alpha_t.sqrt()
+        eps_hat = eps
+    elif kind == "sample":
+        x0 = eps
+        eps_hat = (sample - alpha_t.sqrt() * x0) / beta_t.sqrt()
+    elif kind == "v_prediction":
+        x0 = alpha_t.sqrt() * sample - beta_t.sqrt() * eps
+        eps_hat = alpha_t.sqrt() * eps + beta_t.sqrt() * sample
+    else:
+        raise ValueError(f"prediction_type {kind!r} is not one of epsilon, sample, v_prediction")
+    if scheduler.config.clip_sample:
+        r = scheduler.config.clip_sample_range
+        x0 = x0.clamp(-r, r)
+    return x0, eps_hat
+
+
+def _timesteps(timestep: int | Tensor, sample: Tensor) -> Tensor:
+    """The timestep of each sample, (B,) long."""
+    t = torch.as_tensor(timestep, device=sample.device).long().reshape(-1)
+    return t.expand(sample.shape[0]) if t.numel() == 1 else t
+
+
+def predicted_x0(scheduler: DDIMScheduler, eps: Tensor, timestep: int | Tensor, sample: Tensor) -> Tensor:
+    """The x_0 that the model output `eps` predicts from x_t = `sample` (the "predicted x_0" of eq. (12)),
+    clipped as the scheduler clips: what ReFL scores instead of finishing the sample."""
+    alpha_t = _per_sample(scheduler.alphas_cumprod, _timesteps(timestep, sample), sample)
+    return _x0_and_eps(scheduler, eps, alpha_t, sample)[0]
 
 
 def ddim_step(
@@ -49,8 +86,7 @@ def ddim_step(
         raise ValueError("scheduler.config.thresholding is not supported by ddim_step")
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
-    t = torch.as_tensor(timestep, device=sample.device).long().reshape(-1)
-    t = t.expand(sample.shape[0]) if t.numel() == 1 else t
+    t = _timesteps(timestep, sample)
     step_size = scheduler.config.num_train_timesteps // scheduler.num_inference_steps
     t_prev = t - step_size
 
@@ -61,22 +97,7 @@ def ddim_step(
     )
     alpha_prev = alpha_prev.to(sample.dtype).reshape_as(alpha_t)
     beta_t, beta_prev = 1 - alpha_t, 1 - alpha_prev
-
-    kind = scheduler.config.prediction_type
-    if kind == "epsilon":
-        x0 = (sample - beta_t.sqrt() * eps) / alpha_t.sqrt()
-        eps_hat = eps
-    elif kind == "sample":
-        x0 = eps
-        eps_hat = (sample - alpha_t.sqrt() * x0) / beta_t.sqrt()
-    elif kind == "v_prediction":
-        x0 = alpha_t.sqrt() * sample - beta_t.sqrt() * eps
-        eps_hat = alpha_t.sqrt() * eps + beta_t.sqrt() * sample
-    else:
-        raise ValueError(f"prediction_type {kind!r} is not one of epsilon, sample, v_prediction")
-    if scheduler.config.clip_sample:
-        r = scheduler.config.clip_sample_range
-        x0 = x0.clamp(-r, r)
+    x0, eps_hat = _x0_and_eps(scheduler, eps, alpha_t, sample)
 
     # sigma_t of eq. (16); variance reaches 0 only at the final step when final_alpha_cumprod == 1.
     variance = (beta_prev / beta_t) * (1 - alpha_t / alpha_prev)

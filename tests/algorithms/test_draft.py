@@ -1,9 +1,12 @@
 import pytest
 import torch
+from diffusers import DDIMScheduler
 
-from rlft.algorithms.draft import denoise_with_grad, draft_k_loss, draft_lv_loss
+from rlft.algorithms.draft import DRaFTLearner, denoise_steps, draft_k_loss, draft_lv_loss, refl_loss
+from rlft.configs import DRaFTConfig
+from rlft.diffusion.ddim import predicted_x0
 from rlft.diffusion.policy import Policy
-from rlft.diffusion.sampling import encode_prompts
+from rlft.diffusion.sampling import decode, encode_prompts, guided_eps
 from rlft.rewards.registry import smoothness
 
 GUIDANCE = 3.0
@@ -64,7 +67,7 @@ def test_k1_gradient_stops_at_the_latent_entering_the_last_step(setup):
     pipe, policy, embeds, uncond, x_T = setup
     steps = pipe.scheduler.timesteps
     # The latent entering the last step, computed *with* gradient through the first two steps.
-    x_in = denoise_with_grad(
+    x_in = denoise_steps(
         pipe.unet, pipe.scheduler, x_T, steps[:2], embeds, uncond, guidance_scale=GUIDANCE, eta=0.0
     )
     assert x_in.requires_grad
@@ -81,7 +84,7 @@ def test_k1_gradient_stops_at_the_latent_entering_the_last_step(setup):
     torch.testing.assert_close(_grads(policy), k1, rtol=0, atol=0)
     _zero(policy)
     # K = 2 from the earlier latent does reach the earlier step, so its gradient differs.
-    x_mid = denoise_with_grad(
+    x_mid = denoise_steps(
         pipe.unet, pipe.scheduler, x_T, steps[:1], embeds, uncond, guidance_scale=GUIDANCE, eta=0.0
     )
     draft_k_loss(pipe, pipe.unet, smoothness, x_mid, steps[1:], embeds, uncond, guidance_scale=GUIDANCE)[
@@ -114,3 +117,89 @@ def test_draft_lv_averages_its_n_copies(setup):
     assert loss.item() == pytest.approx(sum(singles) / 3, rel=1e-10)
     torch.testing.assert_close(together, torch.stack(single_grads).mean(0))
     assert len({round(s, 8) for s in singles}) == 3  # the copies really are different
+
+
+def test_refl_at_the_last_step_is_draft_1_when_the_last_step_lands_on_x0(setup):
+    pipe, policy, embeds, uncond, x_T = setup
+    # With set_alpha_to_one the last DDIM step returns its x_0 prediction, so ReFL there is DRaFT-1.
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, set_alpha_to_one=True)
+    pipe.scheduler.set_timesteps(3)
+    last = pipe.scheduler.timesteps[-1]
+    refl, refl_rewards = refl_loss(
+        pipe, pipe.unet, smoothness, x_T, last, embeds, uncond, guidance_scale=GUIDANCE
+    )
+    refl.backward()
+    refl_grads = _grads(policy)
+    _zero(policy)
+    draft, draft_rewards = draft_k_loss(
+        pipe, pipe.unet, smoothness, x_T, last.reshape(1), embeds, uncond, guidance_scale=GUIDANCE
+    )
+    draft.backward()
+    torch.testing.assert_close(refl, draft)
+    torch.testing.assert_close(refl_rewards, draft_rewards)
+    torch.testing.assert_close(refl_grads, _grads(policy))
+
+
+def test_refl_scores_the_predicted_x0_of_an_early_step_not_the_finished_sample(setup):
+    pipe, policy, embeds, uncond, x_T = setup
+    first = pipe.scheduler.timesteps[0]
+    loss, rewards = refl_loss(
+        pipe, pipe.unet, smoothness, x_T, first, embeds, uncond, guidance_scale=GUIDANCE
+    )
+    with torch.no_grad():
+        eps = guided_eps(pipe.unet, x_T, first, embeds, uncond, GUIDANCE)
+        by_hand = smoothness(decode(pipe, predicted_x0(pipe.scheduler, eps, first, x_T)))
+        finished = denoise_steps(
+            pipe.unet,
+            pipe.scheduler,
+            x_T,
+            pipe.scheduler.timesteps,
+            embeds,
+            uncond,
+            guidance_scale=GUIDANCE,
+            eta=0.0,
+        )
+    torch.testing.assert_close(rewards, by_hand)
+    assert loss.item() == pytest.approx(-by_hand.mean().item())
+    assert (smoothness(decode(pipe, finished)) - by_hand).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("truncation", ["random", "one"])
+def test_alignprop_and_refl_draw_every_start_of_the_last_k_steps_from_the_generator(tiny_pipe, truncation):
+    learner = DRaFTLearner(
+        tiny_pipe,
+        Policy(tiny_pipe.unet),
+        smoothness,
+        lr=1e-3,
+        num_steps=8,
+        k=4,
+        truncation=truncation,
+        guidance_scale=GUIDANCE,
+    )
+    draws = [learner.steps_without_grad(torch.Generator().manual_seed(s)) for s in range(200)]
+    assert sorted(set(draws)) == [0, 1, 2, 3]  # AlignProp's K = 4 - draw covers 1..4
+    assert min(draws.count(v) for v in range(4)) > 30  # about 50 each
+    again = [learner.steps_without_grad(torch.Generator().manual_seed(s)) for s in range(200)]
+    assert again == draws
+
+
+def test_draft_k_draws_nothing_and_a_bad_truncation_is_refused(tiny_pipe):
+    common = dict(lr=1e-3, num_steps=8, k=2, guidance_scale=GUIDANCE)
+    learner = DRaFTLearner(tiny_pipe, Policy(tiny_pipe.unet), smoothness, **common)
+    generator = torch.Generator().manual_seed(3)
+    state = generator.get_state()
+    assert learner.steps_without_grad(generator) == 0
+    assert torch.equal(generator.get_state(), state)
+    with pytest.raises(ValueError, match="truncation must be one of fixed, random, one, got 'sometimes'"):
+        DRaFTLearner(tiny_pipe, learner.policy, smoothness, truncation="sometimes", **common)
+
+
+def test_refl_and_alignprop_default_to_a_quarter_of_the_steps_and_name_themselves():
+    assert DRaFTConfig().steps_with_grad == 1
+    assert DRaFTConfig(variant="refl").steps_with_grad == 5  # 20 steps: ReFL's 10 of 40 scaled
+    assert DRaFTConfig(variant="alignprop", num_steps=10).steps_with_grad == 2
+    assert DRaFTConfig(variant="alignprop", k=6).steps_with_grad == 6
+    assert DRaFTConfig(variant="full", k=3).steps_with_grad == 20
+    assert DRaFTConfig(variant="refl").sampling_settings()["skip_last"] == 5
+    assert DRaFTConfig(variant="refl").describe()[0].startswith("ReFL-style DRaFT (one of the last 5 steps")
+    assert DRaFTConfig(variant="alignprop").describe()[0] == "AlignProp-style DRaFT (K drawn from 1..5)"

@@ -2,7 +2,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
-from rlft.diffusion.ddim import ddim_step, ddim_step_with_logprob
+from rlft.diffusion.ddim import ddim_step, ddim_step_with_logprob, predicted_x0
 
 
 @pytest.fixture
@@ -39,6 +39,16 @@ def test_step_matches_diffusers_for_the_same_generator(scheduler):
         ).prev_sample
         ours = ddim_step(scheduler, eps, t, sample, eta=eta, generator=torch.Generator().manual_seed(5))[0]
         torch.testing.assert_close(ours, upstream)
+
+
+@pytest.mark.parametrize("kind", ["epsilon", "v_prediction", "sample"])
+def test_predicted_x0_is_diffusers_pred_original_sample(kind):
+    scheduler = DDIMScheduler(beta_schedule="scaled_linear", prediction_type=kind, clip_sample=False)
+    scheduler.set_timesteps(10)
+    sample, output = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    for t in scheduler.timesteps[[0, 6, 9]]:
+        upstream = scheduler.step(output, t, sample, eta=0.0).pred_original_sample
+        torch.testing.assert_close(predicted_x0(scheduler, output, t, sample), upstream)
 
 
 def test_per_sample_timesteps_equal_separate_steps(scheduler):
