@@ -27,6 +27,7 @@ from rlft.comparison import (
     FULL,
     QUICK,
     TASKS,
+    Point,
     curve,
     method_config,
     summarise,
@@ -101,7 +102,13 @@ def plot(summaries: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def write_markdown(path: Path, summaries: dict, budget, seeds, workers: int, wall_s: float) -> None:
+def write_markdown(path: Path, summaries: dict, meta: dict) -> None:
+    budget, seeds, workers, wall_s = (
+        QUICK if meta["quick"] else FULL,
+        meta["seeds"],
+        meta["workers"],
+        meta["wall_s"],
+    )
     notes = ""
     if path.exists() and NOTES in path.read_text():
         notes = path.read_text().split(NOTES, 1)[1]
@@ -137,6 +144,31 @@ def write_markdown(path: Path, summaries: dict, budget, seeds, workers: int, wal
     path.write_text(text if text.endswith("\n") else text + "\n")
 
 
+def write_report(out: Path, curves: dict, meta: dict) -> dict:
+    """results.md, results.png and results.json from every run's curve; the summaries by task and method."""
+    summaries = {
+        task: {m: summarise(m, curves[task][m]) for m in methods if m in curves.get(task, {})}
+        for task, (_, methods) in TASKS.items()
+    }
+    write_markdown(out / "results.md", summaries, meta)
+    plot(summaries, out / "results.png")
+    record = {
+        t: {m: [[asdict(p) for p in c] for c in cs] for m, cs in ms.items()} for t, ms in curves.items()
+    }
+    (out / "results.json").write_text(json.dumps({"meta": meta, "curves": record}, indent=1))
+    return summaries
+
+
+def read_curves(path: Path) -> tuple[dict, dict]:
+    """(curves, meta) from a results.json that `write_report` wrote."""
+    saved = json.loads(path.read_text())
+    curves = {
+        t: {m: [[Point(**p) for p in c] for c in cs] for m, cs in ms.items()}
+        for t, ms in saved["curves"].items()
+    }
+    return curves, saved["meta"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -146,7 +178,14 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="runs at a time")
     parser.add_argument("--out", type=Path, default=Path("docs"))
     parser.add_argument("--no-track", action="store_true", help="log nothing to MLflow")
+    parser.add_argument(
+        "--report-only", action="store_true", help="no runs: rewrite the report from <out>/results.json"
+    )
     args = parser.parse_args()
+    if args.report_only:
+        write_report(args.out, *read_curves(args.out / "results.json"))
+        print(f"rewrote {args.out}/results.md and results.png from results.json")
+        return
     budget = QUICK if args.quick else FULL
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     args.out.mkdir(parents=True, exist_ok=True)
@@ -183,18 +222,14 @@ def main() -> None:
         for (task, method, seed), history in sorted(histories.items()):
             cfg = method_config(method, TASKS[task][0], budget, seed)
             curves.setdefault(task, {}).setdefault(method, []).append(curve(history, cfg.images_per_epoch))
-        summaries = {
-            task: {m: summarise(m, curves[task][m]) for m in methods if m in curves.get(task, {})}
-            for task, (_, methods) in TASKS.items()
+        meta = {
+            "quick": args.quick,
+            "seeds": seeds,
+            "workers": args.workers,
+            "wall_s": time.perf_counter() - start,
         }
-        wall = time.perf_counter() - start
-        write_markdown(args.out / "results.md", summaries, budget, seeds, args.workers, wall)
-        plot(summaries, args.out / "results.png")
-        record = {
-            t: {m: [[asdict(p) for p in c] for c in cs] for m, cs in ms.items()} for t, ms in curves.items()
-        }
-        (args.out / "results.json").write_text(json.dumps(record, indent=1))
-        print(f"wrote {args.out}/results.md, results.png and results.json in {wall / 60:.1f} min", flush=True)
+        summaries = write_report(args.out, curves, meta)
+        print(f"wrote {args.out}/results.md, results.png and results.json in {meta['wall_s'] / 60:.1f} min")
         if parent is not None:
             for task, by_method in summaries.items():
                 for method, s in by_method.items():

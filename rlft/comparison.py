@@ -188,13 +188,24 @@ def _above(a: Summary, b: Summary, margin_se: float) -> bool | None:
     return None if math.isnan(se) else diff > margin_se * se
 
 
+def learned(s: Summary) -> bool:
+    """Whether the final mean gain stands more than two standard errors (over seeds) above zero."""
+    return s.gain[0] > 2 * s.gain[1]
+
+
 def verdicts(tasks: dict[str, dict[str, Summary]], fraction: float) -> list[tuple[str, str, str]]:
     """The papers' claims checked on the grid: (claim, the numbers, the verdict). A gap counts when it
-    exceeds two standard errors of the difference; with one seed there is no verdict."""
+    exceeds two standard errors of the difference; with one seed there is no verdict, and a comparison of
+    two methods neither of which rose beyond two standard errors is inconclusive."""
     rows = []
 
-    def judge(claim: str, numbers: str, holds: bool | None) -> None:
-        verdict = "one seed: no verdict" if holds is None else ("reproduced" if holds else "not reproduced")
+    def judge(claim: str, numbers: str, holds: bool | None, *compared: Summary) -> None:
+        if holds is None:
+            verdict = "one seed: no verdict"
+        elif not any(learned(s) for s in compared):
+            verdict = "inconclusive: neither rose beyond 2 SE"
+        else:
+            verdict = "reproduced" if holds else "not reproduced"
         rows.append((claim, numbers, verdict))
 
     for task, by_method in tasks.items():
@@ -204,6 +215,8 @@ def verdicts(tasks: dict[str, dict[str, Summary]], fraction: float) -> list[tupl
                 f"D3PO from the reward's order trains about as well as DDPO on the reward ({task})",
                 _versus(d3po, ddpo),
                 _above(d3po, ddpo, -2.0),  # not below DDPO by more than 2 SE
+                d3po,
+                ddpo,
             )
     colour = tasks.get("colour alignment", {})
     if {"DRaFT-1", "DDPO"} <= colour.keys():
@@ -215,12 +228,16 @@ def verdicts(tasks: dict[str, dict[str, Summary]], fraction: float) -> list[tupl
             "DRaFT beats RL (DDPO) by a wide margin per sample (at least twice the gain, beyond 2 SE)",
             _versus(draft, ddpo),
             wide,
+            draft,
+            ddpo,
         )
     if {"DRaFT-1", "full DRaFT"} <= colour.keys():
         judge(
             "DRaFT-K with small K does at least as well as full backpropagation",
             _versus(colour["DRaFT-1"], colour["full DRaFT"]),
             _above(colour["DRaFT-1"], colour["full DRaFT"], -2.0),
+            colour["DRaFT-1"],
+            colour["full DRaFT"],
         )
     if {"DRaFT-LV", "DRaFT-1"} <= colour.keys():
         lv, one = colour["DRaFT-LV"], colour["DRaFT-1"]
@@ -238,6 +255,8 @@ def verdicts(tasks: dict[str, dict[str, Summary]], fraction: float) -> list[tupl
             "DRaFT-LV is more sample-efficient than DRaFT-1 (higher beyond 2 SE, or as high and sooner)",
             f"{_versus(lv, one)}; {images}",
             holds,
+            lv,
+            one,
         )
     return rows
 

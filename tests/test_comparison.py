@@ -1,6 +1,12 @@
+import json
 import math
+import os
+import subprocess
+import sys
 
 import pytest
+from mlflow.tracking import MlflowClient
+from processes import ROOT
 
 from rlft.comparison import (
     FULL,
@@ -96,8 +102,56 @@ def test_verdicts_follow_two_standard_errors_and_say_none_for_one_seed():
     # 0.52 vs 0.62, each SE 0.0115: 6 SE below full DRaFT
     assert rows["DRaFT-K with small K does at least as well as full backpropagation"] == "not reproduced"
     assert rows["DRaFT-LV is more sample-efficient than DRaFT-1"] == "reproduced"  # as high, reached sooner
+    flat = {m: _summary(m, [-0.01, 0.0, 0.01]) for m in colour}
+    assert {v for _, _, v in verdicts({"colour alignment": flat}, 0.5)} == {
+        "inconclusive: neither rose beyond 2 SE"
+    }
     one_seed = {
         m: Summary(m, 1, (0.1, float("nan")), (1.1, float("nan")), [0, 10], [0, 1], [], [0, 0.1])
         for m in colour
     }
     assert {v for _, _, v in verdicts({"colour alignment": one_seed}, 0.5)} == {"one seed: no verdict"}
+
+
+@pytest.mark.slow
+def test_the_quick_comparison_writes_its_report_a_curve_point_per_epoch_and_an_mlflow_run_per_cell(tmp_path):
+    out = tmp_path / "docs"
+    out.mkdir()
+    (out / "results.md").write_text("an old report\n<!-- notes -->\nWhat we think differs: kept.\n")
+    env = os.environ | {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    command = [sys.executable, "benchmarks/compare.py", "--quick", "--workers", "2", "--out", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env, cwd=ROOT)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    report = (out / "results.md").read_text()
+    assert "an old report" not in report and report.endswith("<!-- notes -->\nWhat we think differs: kept.\n")
+    for task, (_, methods) in TASKS.items():
+        assert f"### {task}" in report
+        assert all(f"| {m} | " in report for m in methods)
+    assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    curves = json.loads((out / "results.json").read_text())
+    cells = [(t, m) for t, (_, methods) in TASKS.items() for m in methods]
+    assert sorted((t, m) for t in curves for m in curves[t]) == sorted(cells)
+    for task, method in cells:
+        (points,) = curves[task][method]  # one seed
+        assert [p["images"] for p in points] == [16 * e for e in range(QUICK.epochs + 1)]  # base, then epochs
+
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    runs = client.search_runs([client.get_experiment_by_name("rlft").experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("rlft.kind") == "comparison"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted((r.data.tags["task"], r.data.tags["method"]) for r in children) == sorted(cells)
+    for child in children:
+        history = client.get_metric_history(child.info.run_id, "eval_gain_mean")
+        assert [m.step for m in history] == list(range(QUICK.epochs))
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"results.md", "results.png"}
+    assert parent.info.status == "FINISHED"
+
+    # The report is rewritten from results.json alone, the same, with no run and no MLflow run.
+    (out / "results.png").unlink()
+    again = subprocess.run(
+        [*command, "--report-only"], capture_output=True, text=True, timeout=300, env=env, cwd=ROOT
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (out / "results.md").read_text() == report and (out / "results.png").is_file()
+    assert len(client.search_runs([client.get_experiment_by_name("rlft").experiment_id])) == len(runs)
