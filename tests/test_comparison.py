@@ -129,7 +129,7 @@ def test_the_quick_comparison_writes_its_report_a_curve_point_per_epoch_and_an_m
         assert f"### {task}" in report
         assert all(f"| {m} | " in report for m in methods)
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    curves = json.loads((out / "results.json").read_text())
+    curves = json.loads((out / "results.json").read_text())["curves"]
     cells = [(t, m) for t, (_, methods) in TASKS.items() for m in methods]
     assert sorted((t, m) for t in curves for m in curves[t]) == sorted(cells)
     for task, method in cells:

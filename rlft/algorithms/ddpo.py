@@ -127,9 +127,10 @@ def finite_samples(samples: dict[str, Tensor], rewards: Tensor) -> tuple[dict[st
 
 
 class DDPOEpoch:
-    """DDPO's epoch: each drawn prompt sampled `samples_per_prompt` times from independent noise, the rewards
-    turned into advantages, `inner_epochs` passes of PPO-clip updates on the backend. Holds the per-prompt
-    statistics across epochs; `state_dict`/`load_state_dict` carry them through checkpoints."""
+    """DDPO's epoch: each drawn prompt sampled `samples_per_prompt` times (from independent noise, or sharing
+    it with `shared_noise`), the rewards turned into advantages, `inner_epochs` passes of PPO-clip updates on
+    the backend. Holds the per-prompt statistics across epochs; `state_dict`/`load_state_dict` carry them
+    through checkpoints."""
 
     def __init__(self, cfg: DDPOConfig, backend: Backend):
         self.cfg, self.backend = cfg, backend
@@ -142,7 +143,9 @@ class DDPOEpoch:
 
     def __call__(self, epoch: int):
         cfg = self.cfg
-        prompts = [p for p in epoch_prompts(cfg, epoch) for _ in range(cfg.samples_per_prompt)]
+        prompts = epoch_prompts(cfg, epoch)
+        if not cfg.shared_noise:  # each sample its own group (the sampler's groups share x_T)
+            prompts = [p for p in prompts for _ in range(cfg.samples_per_prompt)]
         sampled = self.backend.sample(epoch, prompts)
         signed = -sampled.rewards if cfg.reverse_preferences else sampled.rewards  # the control descends
         samples, signed = finite_samples(sampled.samples, signed)
@@ -161,8 +164,9 @@ class DDPOEpoch:
                 passes.append(metrics)
         metrics = mean_metrics(passes) if passes else NO_ITEMS
 
-        def show():
-            return sampled.images()[:: cfg.samples_per_prompt], prompts[:: cfg.samples_per_prompt]
+        def show():  # one image per drawn prompt
+            texts = prompts_of(prompts, sampled.samples["group"])
+            return sampled.images()[:: cfg.samples_per_prompt], texts[:: cfg.samples_per_prompt]
 
         spread = advantages.std().item() if len(advantages) > 1 else 0.0
         trained = {"items": float(len(items["prompt"])), "advantage_std": spread}

@@ -21,7 +21,10 @@ class DDPOConfig(SamplingConfig):
     prompts_per_epoch: int = 16
     """Prompts drawn per epoch; each is sampled `samples_per_prompt` times (64 images, as D3PO's default)."""
     samples_per_prompt: int = 4
-    """Samples of each drawn prompt, each from its own initial noise."""
+    """Samples of each drawn prompt, each from its own initial noise (see `shared_noise`)."""
+    shared_noise: bool = False
+    """Samples of one prompt share their initial noise x_T, as D3PO's groups do, so that their rewards differ
+    only by the denoising steps, the actions the advantages credit. Off: DDPO's independent samples."""
     advantages: Literal["per-prompt", "group"] = "per-prompt"
     """'per-prompt': DDPO's statistics, each prompt's last `stat_buffer` rewards across epochs (the batch's
     until it holds `stat_min_count`); 'group': the epoch's samples of the prompt only (GRPO's advantages)."""
@@ -54,7 +57,8 @@ class DDPOConfig(SamplingConfig):
 
     def describe(self) -> tuple[str, str]:
         """(the algorithm's name, an epoch's work) for the job's first line."""
-        return "DDPO", f"{self.prompts_per_epoch} prompts x {self.samples_per_prompt} samples"
+        noise = "sharing x_T" if self.shared_noise else "independent"
+        return "DDPO", f"{self.prompts_per_epoch} prompts x {self.samples_per_prompt} samples ({noise})"
 
     @property
     def images_per_epoch(self) -> int:
@@ -67,9 +71,10 @@ class DDPOConfig(SamplingConfig):
 
     def sampling_settings(self) -> dict:
         """`sample_trajectories` arguments: every latent, and the sampler's log-probabilities (the ratio's
-        denominator). Every sample is its own group: samples of one prompt get independent noise."""
+        denominator). Without `shared_noise` every sample is its own group, from its own noise."""
+        group_size = self.samples_per_prompt if self.shared_noise else 1
         return self.common_sampling() | dict(
-            group_size=1, with_logprob=True, last_only=False, keep_log_probs=True
+            group_size=group_size, with_logprob=True, last_only=False, keep_log_probs=True
         )
 
     def __post_init__(self) -> None:

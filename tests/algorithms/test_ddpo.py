@@ -1,10 +1,14 @@
-"""DDPO: its items, its job's config, and a run that resumes with the per-prompt statistics it had."""
+"""DDPO: its items, its job's config, samples that share their noise or not, and a run that resumes with the
+per-prompt statistics it had."""
 
+import pytest
 import torch
 
-from rlft.algorithms.ddpo import ddpo_items
+from rlft.algorithms.ddpo import DDPO, DDPOEpoch, ddpo_items
 from rlft.configs import DDPOConfig
-from rlft.local import train_local
+from rlft.diffusion.policy import build_policy
+from rlft.epoch import epoch_prompts
+from rlft.local import LocalBackend, train_local
 from rlft.runs.checkpoint import load_checkpoint
 
 
@@ -74,3 +78,42 @@ def test_a_resumed_run_computes_the_advantages_an_uninterrupted_one_would(tmp_pa
         DDPOConfig(epochs=3, **small | dict(stat_min_count=100)), tmp_path / "b", log=print
     )
     assert batch_only[0]["loss"] == straight[0]["loss"] and batch_only[2]["loss"] != straight[2]["loss"]
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_samples_of_a_prompt_share_their_initial_noise_only_with_shared_noise(shared):
+    cfg = DDPOConfig(
+        shared_noise=shared,
+        prompts_per_epoch=2,
+        samples_per_prompt=3,
+        num_steps=3,
+        batch_size=6,
+        eval_images=2,
+        threads=1,
+        ray=False,
+        track=False,
+    )
+    pipe, policy = build_policy(cfg)
+    backend = LocalBackend(cfg, pipe, DDPO.make_learner(cfg, pipe, policy), DDPO.train)
+    seen, sample, train = {}, backend.sample, backend.train
+
+    def recording_sample(epoch, prompts, score=True):
+        seen["prompts"], sampled = prompts, sample(epoch, prompts, score)
+        seen["samples"] = sampled.samples
+        return sampled
+
+    def recording_train(epoch, prompts, items):
+        seen["item_prompts"] = [prompts[i] for i in items["prompt"].tolist()]
+        return train(epoch, prompts, items)
+
+    backend.sample, backend.train = recording_sample, recording_train
+    _, rewards, show = DDPOEpoch(cfg, backend)(0)
+    drawn = epoch_prompts(cfg, 0)
+    assert seen["prompts"] == (drawn if shared else [p for p in drawn for _ in range(3)])
+    x_T = seen["samples"]["latents"][:, 0]  # (6, C, h, w), a prompt's samples adjacent
+    same = [torch.equal(x_T[i], x_T[j]) for i, j in [(0, 1), (1, 2), (3, 4), (2, 3)]]
+    assert same == ([True, True, True, False] if shared else [False] * 4)
+    assert len(rewards) == 6
+    assert seen["item_prompts"] == [p for p in drawn for _ in range(3) for _ in range(3)]  # 3 steps each
+    images, texts = show()
+    assert len(images) == 2 and texts == drawn
