@@ -24,6 +24,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from rlft.comparison import (
+    DRAFT_LR,
     FULL,
     QUICK,
     TASKS,
@@ -122,7 +123,8 @@ def write_markdown(path: Path, summaries: dict, meta: dict) -> None:
         f"run ({budget.epochs * budget.images_per_epoch} images), seeds {', '.join(map(str, seeds))}, "
         f"{budget.num_steps} DDIM steps at eta {budget.eta} for every method, judged on the fixed evaluation "
         f"set ({budget.eval_images} images, the same prompts and noise for every run) after every epoch, on "
-        "the pretrained tiny model. Each method keeps its job's other defaults (learning rate, clip, batch). "
+        "the pretrained tiny model. Each method keeps its job's other defaults (learning rate, clip, batch), "
+        f"but the DRaFT family trains at lr {DRAFT_LR:g} (its job's default is 1e-2). "
         f"Runs went {workers} at a time, one thread each; the whole grid took {wall_s / 60:.1f} min. The "
         "gain is the paired difference to the base model on the same images, its error the standard error "
         "over seeds; training time leaves the evaluations out; the target is "

@@ -9,6 +9,7 @@ from mlflow.tracking import MlflowClient
 from processes import ROOT
 
 from rlft.comparison import (
+    DRAFT_LR,
     FULL,
     METHODS,
     QUICK,
@@ -41,7 +42,8 @@ def test_every_method_of_every_task_samples_the_budget_on_one_sampler_and_evalua
     assert isinstance(colour["DDPO"], DDPOConfig) and colour["DDPO"].prompts_per_epoch == 8
     assert isinstance(colour["ReFL"], DRaFTConfig) and colour["ReFL"].variant == "refl"
     assert colour["full DRaFT"].steps_with_grad == 10 and colour["DRaFT-1"].steps_with_grad == 1
-    assert colour["D3PO"].lr == D3POConfig().lr  # each method keeps its job's defaults
+    assert colour["D3PO"].lr == D3POConfig().lr  # each method keeps its job's defaults but DRaFT's lr
+    assert {colour[m].lr for m in METHODS if isinstance(colour[m], DRaFTConfig)} == {DRAFT_LR}
 
 
 def test_a_budget_no_method_can_sample_exactly_is_refused_naming_it():
