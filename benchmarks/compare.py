@@ -64,11 +64,10 @@ def run_grid(budget, seeds, workers: int, scratch: Path, on_done) -> dict:
     cells.sort(key=lambda c: slow_first.get(c[1], 3))
     histories = {}
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-        futures = {
-            pool.submit(run_cell, cfg, str(scratch / f"{task}-{method}-{seed}".replace(" ", "_"))): cell
-            for cell in cells
-            for task, method, seed, cfg in [cell]
-        }
+        futures = {}
+        for task, method, seed, cfg in cells:
+            folder = scratch / f"{task}-{method}-{seed}".replace(" ", "_")
+            futures[pool.submit(run_cell, cfg, str(folder))] = (task, method, seed, cfg)
         for future in as_completed(futures):
             task, method, seed, cfg = futures[future]
             histories[task, method, seed] = history = future.result()
@@ -221,9 +220,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as scratch:
             histories = run_grid(budget, seeds, args.workers, Path(scratch), on_done)
         curves = {}
-        for (task, method, seed), history in sorted(histories.items()):
-            cfg = method_config(method, TASKS[task][0], budget, seed)
-            curves.setdefault(task, {}).setdefault(method, []).append(curve(history, cfg.images_per_epoch))
+        for (task, method, _), history in sorted(histories.items()):  # every cell samples the budget
+            curves.setdefault(task, {}).setdefault(method, []).append(curve(history, budget.images_per_epoch))
         meta = {
             "quick": args.quick,
             "seeds": seeds,

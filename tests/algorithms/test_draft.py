@@ -2,7 +2,8 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
-from rlft.algorithms.draft import DRaFTLearner, denoise_steps, draft_k_loss, draft_lv_loss, refl_loss
+from rlft.algorithms.draft import DRaFTLearner
+from rlft.algorithms.draft_losses import denoise_steps, draft_k_loss, draft_lv_loss, refl_loss
 from rlft.configs import DRaFTConfig
 from rlft.diffusion.ddim import predicted_x0
 from rlft.diffusion.policy import Policy
