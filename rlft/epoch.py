@@ -10,19 +10,26 @@ embeddings, so what crosses between processes stays small: the learner encodes t
 Every random draw comes from a generator seeded by (run seed, epoch, stream, index). An epoch's numbers
 therefore depend neither on how many samplers share its work nor on whether the run was resumed, and a
 checkpoint needs no generator state.
+
+The sampling code (diffusers) is imported only by `sample_chunk`: the driver, the Train controller and the
+scorers use this module's plans and seeds, and a process that imports diffusers pays seconds of CPU for it.
 """
+
+from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from diffusers import StableDiffusionPipeline
 from torch import Tensor
 
 from rlft.configs import D3POConfig, DDPOConfig, DRaFTConfig
-from rlft.diffusion.sampling import sample_trajectories
 from rlft.prompts import draw_prompts
+
+if TYPE_CHECKING:
+    from diffusers import StableDiffusionPipeline
 
 AlgorithmConfig = D3POConfig | DRaFTConfig | DDPOConfig
 STREAMS = ("prompts", "noise", "shuffle", "train", "show", "eval", "timesteps")
@@ -65,6 +72,8 @@ def sample_chunk(pipe: StableDiffusionPipeline, chunk: Chunk, settings: dict) ->
     """Sample a chunk; CPU tensors: latents (B, S+1 or 1, C, h, w), timesteps (S,), group (B,) indexing
     the epoch's prompts, images (B, 3, H, W) when every step ran, and with `keep_log_probs` the sampler's
     log-probability of each step taken, log_probs (B, S)."""
+    from rlft.diffusion.sampling import sample_trajectories
+
     settings = dict(settings)
     last_only = settings.pop("last_only")
     keep_log_probs = settings.pop("keep_log_probs", False)

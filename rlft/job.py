@@ -110,9 +110,12 @@ def run_job(config_type: type[SamplingConfig], algorithm: str, description: str)
 
     def train(cfg: SamplingConfig, checked: None, **kwargs) -> History:
         if cfg.ray:
-            from rlft.distributed.ray_loop import ray_train
+            from rlft.distributed.launch import launch  # imports no model code: the actors start at once
 
-            return ray_train(cfg, **kwargs)
+            launched = launch(cfg, kwargs["run_dir"])
+            from rlft.distributed.ray_loop import ray_train  # the training code, while the actors load
+
+            return ray_train(cfg, launched=launched, **kwargs)
         from rlft.local import train_local
 
         return train_local(cfg, **kwargs)

@@ -16,3 +16,15 @@ def test_the_jobs_checks_and_the_scorer_import_no_diffusers_peft_or_ray_train():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_starting_the_actors_imports_no_diffusers_or_peft():
+    """A job starts its actors before it imports the model code, so that the actors' start-up and the
+    driver's import overlap; and Train's controller, which unpickles the train function, stays light."""
+    code = (
+        "import sys, rlft.distributed.launch, rlft.distributed.train_workers, rlft.epoch; "
+        "print(sorted(m for m in ('diffusers', 'peft') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

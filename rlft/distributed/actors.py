@@ -9,6 +9,9 @@ Faults: an actor that dies (its process killed, its node lost) is restarted up t
 its unfinished calls are retried there. A restarted sampler starts from the base weights, so every `sample`
 call carries the weights it must use: a sampler loads them when their version is not the one it holds. A
 chunk's noise comes from its own seed, so a retried chunk gives the same samples: none lost, none doubled.
+
+The model code (diffusers, peft) is imported inside the sampler, not by this module: the driver imports it
+to start the actors, and starts them before it imports the training code itself, so the two overlap.
 """
 
 import os
@@ -19,7 +22,6 @@ import torch
 from torch import Tensor
 
 from rlft.configs import RunConfig, SamplingConfig
-from rlft.diffusion.policy import build_policy, pick_device
 from rlft.distributed.scorer import Scorer
 from rlft.epoch import Chunk, sample_chunk
 
@@ -40,6 +42,8 @@ class Weights:
 
 class Sampler:
     def __init__(self, cfg: SamplingConfig, settings: dict):
+        from rlft.diffusion.policy import build_policy, pick_device
+
         use_threads(cfg)
         self.pipe, self.policy = build_policy(cfg, pick_device(cfg.device))
         for module in (self.pipe.unet, self.pipe.vae, self.pipe.text_encoder):

@@ -18,7 +18,8 @@ from torch import Tensor
 from rlft.algorithms.backend import Log, Sampled
 from rlft.algorithms.registry import algorithm_of
 from rlft.configs import D3POConfig, DRaFTConfig, RunConfig
-from rlft.distributed.actors import Weights, start_actors
+from rlft.distributed.actors import Weights
+from rlft.distributed.launch import Launched, launch
 from rlft.distributed.train_workers import TrainWorkers, WorkersRestarted
 from rlft.epoch import Chunk, chunk_prompts, concat_samples, plan_chunks, stream_seed
 from rlft.evaluation import eval_chunks, eval_settings
@@ -146,15 +147,19 @@ class RayBackend:
 
 
 def ray_train(
-    cfg: D3POConfig | DRaFTConfig, run_dir: Path, tracker: Tracker | None = None, log: Log = print
+    cfg: D3POConfig | DRaFTConfig,
+    run_dir: Path,
+    tracker: Tracker | None = None,
+    log: Log = print,
+    launched: Launched | None = None,
 ) -> list[dict[str, float]]:
-    """Train the config's algorithm on Ray; the per-epoch metrics, as `run_epochs` gives."""
-    start = time.perf_counter()
-    log("starting the samplers, scorers and train workers (each loads the model once)")
-    samplers, scorers = start_actors(cfg, cfg.sampling_settings(), cfg.reward)
-    workers = None
+    """Train the config's algorithm on Ray; the per-epoch metrics, as `run_epochs` gives. `launched`: the
+    actors `rlft.distributed.launch.launch` started for this config (started here when None); stopped at the
+    end either way."""
+    launched = launched or launch(cfg, run_dir, log)
+    samplers, scorers, workers = launched.samplers, launched.scorers, launched.workers
     try:
-        workers = TrainWorkers(cfg, Path(run_dir) / "ray", Path(run_dir).name)
+        workers.wait_started()
         trained = RayTrained(workers, samplers)
         workers.publish()
         trained.fetch()
@@ -167,16 +172,13 @@ def ray_train(
         )
         log(
             f"{cfg.samplers} sampler(s), {cfg.scorers} scorer(s), {cfg.train_workers} train worker(s) "
-            f"ready ({time.perf_counter() - start:.1f} s)"
+            f"ready ({time.perf_counter() - launched.started_at:.1f} s)"
         )
         backend = RayBackend(cfg, trained, samplers, scorers, log)
         one_epoch = algorithm_of(cfg).epoch(cfg, backend)
         return run_epochs(cfg, run_dir, trained, one_epoch, tracker, log, backend.evaluate)
     finally:
-        if workers is not None:
-            workers.stop()
-        for actor in samplers + scorers:
-            ray.kill(actor)
+        launched.stop()
 
 
 def sample_and_score(cfg, epoch, prompts, samplers, scorers, weights: Weights, log, score: bool = True):

@@ -18,6 +18,9 @@ for the lost group is taken; replies carry their group's generation, so late one
 dropped. The driver then raises `WorkersRestarted`, and its caller loads the last checkpoint and repeats
 the epoch: every random draw of an epoch is seeded, so the repeat gives the numbers the lost one would have.
 The queues live on the driver's node, so they outlive any worker node.
+
+The model and algorithm code is imported inside `worker_loop`, not by this module: Train's controller
+unpickles the train function, so a module-level import would load diffusers and peft there too.
 """
 
 import os
@@ -36,10 +39,7 @@ from ray.train.torch import TorchTrainer
 from ray.util.queue import Empty, Queue
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from rlft.algorithms.registry import algorithm_of
 from rlft.configs import D3POConfig, DRaFTConfig
-from rlft.diffusion.policy import LocalTrained, build_policy
-from rlft.diffusion.sampling import encode_prompts
 from rlft.distributed.actors import custom_resource, use_threads
 from rlft.epoch import stream_generator
 
@@ -66,6 +66,10 @@ def _to_cpu(value):
 
 def worker_loop(config: dict) -> None:
     """The train function: build the policy once, join the driver, then serve commands until `stop`."""
+    from rlft.algorithms.registry import algorithm_of
+    from rlft.diffusion.policy import LocalTrained, build_policy
+    from rlft.diffusion.sampling import encode_prompts
+
     cfg: D3POConfig | DRaFTConfig = config["cfg"]
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
@@ -114,7 +118,8 @@ class WorkersRestarted(Exception):
 class TrainWorkers:
     """The driver's handle on the train workers: send a command to all, wait for every reply."""
 
-    def __init__(self, cfg: D3POConfig | DRaFTConfig, storage: Path, name: str):
+    def __init__(self, cfg: D3POConfig | DRaFTConfig, storage: Path, name: str, wait: bool = True):
+        """Start the group; with `wait`, return once every worker has started (else call `wait_started`)."""
         self.count, self.ready_timeout_s = cfg.train_workers, cfg.ready_timeout_s
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         options = {"num_cpus": 0, "scheduling_strategy": here}
@@ -147,6 +152,11 @@ class TrainWorkers:
         self.thread.start()
         self.latest: dict = {}
         self.generation, self.restarts = 0, 0
+        if wait:
+            self.wait_started()
+
+    def wait_started(self) -> None:
+        """Return once every worker of the first group has built its model and joined."""
         self._join([])
 
     def _fit(self) -> None:
