@@ -10,8 +10,9 @@ its unfinished calls are retried there. A restarted sampler starts from the base
 call carries the weights it must use: a sampler loads them when their version is not the one it holds. A
 chunk's noise comes from its own seed, so a retried chunk gives the same samples: none lost, none doubled.
 
-The model code (diffusers, peft) is imported inside the sampler, not by this module: the driver imports it
-to start the actors, and starts them before it imports the training code itself, so the two overlap.
+The model code (diffusers, peft) is imported inside the sampler, not by this module: the driver imports this
+module to start the actors before it imports the training code itself, so the actors' start-up and the
+driver's import overlap.
 """
 
 import os
