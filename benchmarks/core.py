@@ -18,7 +18,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from rlft.algorithms.d3po import D3POLearner, pair_items
-from rlft.diffusion.models import load_pipeline
+from rlft.diffusion.families import denoiser_for
+from rlft.diffusion.loading import load_pipeline
 from rlft.diffusion.policy import Policy
 from rlft.diffusion.sampling import sample_trajectories
 from rlft.epoch import iterate_batches
@@ -130,14 +131,13 @@ def main() -> None:
     # images can all tie on a reward.
     index_w = torch.arange(0, 2 * args.pairs, 2)
     items = pair_items(out["latents"], out["group"], out["timesteps"], index_w, index_w + 1)
-    embeds = out["prompt_embeds"][::2]  # one row per prompt
-    learner = D3POLearner(policy, pipe.scheduler, lr=1e-4, beta=0.1, clip=0.1, **common)
+    denoiser = denoiser_for(pipe)
+    cond, uncond = denoiser.encode(prompts)  # one row per prompt
+    learner = D3POLearner(policy, denoiser, lr=1e-4, beta=0.1, clip=0.1, **common)
 
     def epoch():
         order = torch.randperm(len(items["timesteps"]), generator=torch.Generator().manual_seed(0))
-        learner.train_epoch(
-            iterate_batches(items, args.batch_size, order.to(device)), embeds, out["uncond_embeds"]
-        )
+        learner.train_epoch(iterate_batches(items, args.batch_size, order.to(device)), cond, uncond)
 
     with FlopCounterMode(display=False) as counter:
         epoch()

@@ -2,10 +2,13 @@
 
     python benchmarks/random_reward_folders.py OUT [--small]
     python jobs/draft.py --reward aesthetic:OUT/aesthetic --no-ray --no-track --epochs 1
-    python jobs/draft.py --reward imagereward:OUT/imagereward ...   (once DRaFT passes prompts to rewards)
+    python jobs/draft.py --reward imagereward:OUT/imagereward ...
+    python jobs/draft.py --reward pickscore:OUT/pickscore ...
 
 OUT/aesthetic holds a CLIP ViT-L/14-shaped vision model (`--small`: a 2-layer, 32-wide one, seconds instead
-of a minute) and a random aesthetic head; OUT/imagereward holds the image-reward package's ImageReward class
+of a minute) and a random aesthetic head; OUT/pickscore a CLIP-H-shaped CLIPModel (PickScore's shape, 986 M
+parameters; `--small`: 2 layers, 32 wide) with a CLIP tokenizer built offline for the prompt sets' words;
+OUT/imagereward holds the image-reward package's ImageReward class
 (BLIP ViT-L and BERT-base, 447 M parameters, 1.8 GB) with random weights (a wider random head than
 the package's, so that scores differ between images), its med_config.json and a small BERT vocabulary in
 tokenizer/. The scores mean nothing; the shapes, loading and gradients are the real ones.
@@ -20,7 +23,7 @@ import torch
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from rlft.prompts import PROMPT_SETS
-from rlft.rewards import aesthetic, imagereward
+from rlft.rewards import aesthetic, imagereward, pickscore
 
 VIT_L14 = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16)
 SMALL = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2)
@@ -66,13 +69,16 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("out", type=Path)
-    parser.add_argument("--small", action="store_true", help="a small CLIP for the aesthetic folder")
-    parser.add_argument("--only", choices=["aesthetic", "imagereward"], help="write one folder only")
+    parser.add_argument("--small", action="store_true", help="small CLIPs for aesthetic and pickscore")
+    parser.add_argument("--only", choices=["aesthetic", "pickscore", "imagereward"], help="one folder only")
     args = parser.parse_args()
-    if args.only != "imagereward":
+    if args.only in (None, "aesthetic"):
         aesthetic.save_folder(args.out / "aesthetic", random_aesthetic(args.small))
         print(f"wrote {args.out / 'aesthetic'}")
-    if args.only != "aesthetic":
+    if args.only in (None, "pickscore"):
+        pickscore.save_folder(args.out / "pickscore", pickscore.random_scorer(args.small))
+        print(f"wrote {args.out / 'pickscore'}")
+    if args.only in (None, "imagereward"):
         prompts = tuple(p for prompts in PROMPT_SETS.values() for p in prompts)
         with tempfile.TemporaryDirectory() as tmp:
             model = random_imagereward(write_vocab(Path(tmp), prompts))

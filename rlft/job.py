@@ -65,6 +65,8 @@ def headline(cfg: RunConfig) -> str:
     signal = " ".join(cfg.trained_on())
     actors = ", ".join(f"{n} {kind.replace('_', ' ')[:-1]}(s)" for kind, n in cfg.actor_counts().items() if n)
     where = f"Ray: {actors}" if cfg.ray else "one process"
+    if cfg.pipelined():
+        where += ", pipelined (each epoch samples while the one before trains)"
     return f"{name} | model {cfg.model} | {signal} | {cfg.epochs} epochs x {work} | {where}"
 
 
@@ -102,6 +104,7 @@ def open_tracker(cfg: RunConfig, algorithm: str, run_dir: Path) -> Tracker | Non
     if not cfg.track:
         return None
     tags = {"algorithm": algorithm, "model": cfg.model} | dict([cfg.trained_on()])
+    tags["pipelined"] = str(cfg.pipelined())  # what --pipeline auto resolved to, beside the param's 'auto'
     return Tracker(run_dir.name, cfg, tags)
 
 

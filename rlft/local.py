@@ -61,7 +61,8 @@ class LocalBackend:
         start = time.perf_counter()
         chunks = plan_chunks(prompts, self.cfg.sample_batch, self.cfg.seed, epoch)
         settings = self.cfg.sampling_settings()
-        samples = concat_samples([sample_chunk(self.pipe, chunk, settings) for chunk in chunks])
+        with self.trained.sampling() as staleness:
+            samples = concat_samples([sample_chunk(self.pipe, chunk, settings) for chunk in chunks])
         sampled = time.perf_counter()
         rewards = None
         if score:
@@ -69,7 +70,12 @@ class LocalBackend:
                 texts = prompts_of(prompts, samples["group"])
                 rewards = self.reward.fn(samples["images"], texts).float()
         timing = {"time_sample_s": sampled - start, "time_score_s": time.perf_counter() - sampled}
-        return Sampled(samples, rewards, lambda: samples["images"], timing)
+        return Sampled(samples, rewards, lambda: samples["images"], timing, staleness)
+
+    def prefetch(self, epoch: int, prompts: list[str]) -> None:
+        """One process has no second device to sample on while it trains: it only records the weights the
+        next epoch samples with, so that a pipelined run gives the Ray pipeline's numbers."""
+        self.trained.sampling_weights = self.learner.policy.state_dict()
 
     def train(self, epoch: int, prompts: list[str], items: dict[str, Tensor]):
         start = time.perf_counter()
@@ -78,8 +84,8 @@ class LocalBackend:
         order = item_order(len(items["prompt"]), self.cfg, epoch)
         batches = iterate_batches(items, self.cfg.batch_size, order)
         generator = stream_generator(self.cfg.seed, epoch, "train", 0, device)
-        embeds, uncond = encode_prompts(self.pipe, prompts)
-        metrics, rewards = self.train_fn(self.learner, batches, embeds, uncond, generator, prompts)
+        cond, uncond = encode_prompts(self.pipe, prompts)
+        metrics, rewards = self.train_fn(self.learner, batches, cond, uncond, generator, prompts)
         return metrics, rewards, {"time_train_s": time.perf_counter() - start}
 
     def sample_images(self, chunk: Chunk) -> Tensor:

@@ -54,6 +54,8 @@ def format_epoch(epoch: int, m: dict[str, float]) -> str:
         if "approx_kl" in m:  # DDPO: how far the updates moved from the sampling policy
             parts.append(f"kl {m['approx_kl']:.1e} | clipped {m['clip_fraction']:.0%}")
     parts.append(f"grad {m['grad_norm']:.1e}")
+    if m.get("sample_staleness"):  # pipelined: sampled while the epoch before trained
+        parts.append(f"sampled {m['sample_staleness']:.0f} epoch behind")
     if "samples_per_s" in m:
         parts.append(f"{m['samples_per_s']:.1f} img/s")
     elif "items_per_s" in m:

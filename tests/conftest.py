@@ -28,8 +28,9 @@ def tiny_pipe():
 
 @pytest.fixture(scope="session")
 def reward_folders(tmp_path_factory) -> Path:
-    """Random reward folders, written once per test run: aesthetic/ (a small CLIP and a random head) and
-    imagereward/ (ImageReward's full shape, 447 M parameters, 1.8 GB on disk)."""
+    """Random reward folders, written once per test run: aesthetic/ (a small CLIP and a random head),
+    pickscore/ (a small CLIPModel and its tokenizer) and imagereward/ (ImageReward's full shape, 447 M
+    parameters, 1.8 GB on disk)."""
     out = tmp_path_factory.mktemp("reward_folders")
     made = subprocess.run(
         [sys.executable, "benchmarks/random_reward_folders.py", str(out), "--small"],

@@ -33,18 +33,24 @@ class Trained(Protocol):
 
     def load(self, state: dict) -> None: ...
 
+    # What the next epoch samples with in a pipelined run ({name: tensor}; None: the current weights); the
+    # checkpoint holds it as "sampling_weights", so a resumed run samples as an uninterrupted one.
+    sampling_weights: dict[str, Tensor] | None
+
     def adapter_files(self) -> dict[str, bytes]: ...
 
 
 @dataclass
 class Sampled:
     """An epoch's samples (see rlft/epoch.py's `sample_chunk`), their rewards when scored, their images
-    (fetched only when shown) and the seconds each phase took."""
+    (fetched only when shown), the seconds each phase took (sampling: what the epoch waited for it) and
+    how many epochs' updates the sampling weights lack (1 in a pipelined run after its first epoch)."""
 
     samples: dict[str, Tensor]
     rewards: Tensor | None
     images: Callable[[], Tensor]
     timing: dict[str, float]
+    staleness: int = 0
 
 
 class Backend(Protocol):
@@ -53,7 +59,15 @@ class Backend(Protocol):
 
     trained: Trained
 
-    def sample(self, epoch: int, prompts: list[str], score: bool = True) -> Sampled: ...
+    def sample(self, epoch: int, prompts: list[str], score: bool = True) -> Sampled:
+        """The epoch's samples: from the weights `prefetch` saw if it was called for this epoch (or the
+        checkpoint that recorded them), else from the current ones."""
+
+    def prefetch(self, epoch: int, prompts: list[str]) -> None:
+        """A pipelined run: `epoch` samples `prompts` with the weights the policy has now, started at once
+        where samplers are free to overlap the training that follows (Ray), or recorded for later (one
+        process). Called every epoch, also the last: a longer resumed run samples its next epoch as an
+        uninterrupted one does."""
 
     def train(
         self, epoch: int, prompts: list[str], items: dict[str, Tensor]
@@ -65,9 +79,10 @@ class Backend(Protocol):
     def evaluate(self) -> tuple[Tensor, Tensor]: ...
 
 
-# A learner's epoch, given its batches, the epoch's prompt embeddings, the unconditional embedding, a
-# generator for the learner's own noise and the prompts: (metrics, rewards it computed or None).
-TrainFn = Callable[[Any, Iterable[dict[str, Tensor]], Tensor, Tensor, torch.Generator, list[str]], tuple]
+# A learner's epoch, given its batches, the epoch's prompt conditioning (rlft/diffusion/families.py's `Cond`,
+# one row per prompt), the unconditional prompt's, a generator for the learner's own noise and the prompts:
+# (metrics, rewards it computed or None).
+TrainFn = Callable[[Any, Iterable[dict[str, Tensor]], dict, dict, torch.Generator, list[str]], tuple]
 
 
 @dataclass(frozen=True)
@@ -78,6 +93,18 @@ class Algorithm:
     make_learner: Callable[..., Any]  # (cfg, pipe, policy, grad_sync) -> learner with an `optimizer`
     train: TrainFn
     epoch: Callable[[Any, Backend], EpochFn]  # (cfg, backend) -> one epoch
+
+
+def pipeline_next(
+    cfg, backend: Backend, epoch: int, sampled: Sampled, prompts_of_epoch: Callable[[int], list[str]]
+) -> dict[str, float]:
+    """A pipelined run (cfg.pipelined()) sends the next epoch's sampling off before this epoch trains, with
+    the weights this epoch trains from; `prompts_of_epoch(epoch)` gives an epoch's prompts. Returns the
+    epoch's `sample_staleness` metric ({} when not pipelined)."""
+    if not cfg.pipelined():
+        return {}
+    backend.prefetch(epoch + 1, prompts_of_epoch(epoch + 1))
+    return {"sample_staleness": float(sampled.staleness)}
 
 
 def apply_gradients(

@@ -1,23 +1,29 @@
 """D3PO: pairs from a reward's order, (pair, timestep) items, the learner that applies updates, and the epoch.
 
 The learner is a plain class (no Ray): the single-process backend calls it directly, and a Ray Train worker
-can hold one. Both members of every pair and both halves of classifier-free guidance go through one UNet
-call per batch; the reference is the same UNet with the adapter disabled. The epoch (`d3po_epoch`) is
+can hold one. Both members of every pair and both halves of classifier-free guidance go through one model
+call per batch; the reference is the same model with the adapter disabled. Written once for every model
+family against its `Denoiser` (rlft/diffusion/families.py). The epoch (`d3po_epoch`) is
 written once against a `Backend` (rlft/algorithms/backend.py): sample and score, pair, train.
 """
 
 from collections.abc import Callable, Iterable
 
 import torch
-from diffusers import DDIMScheduler
 from torch import Tensor
 
-from rlft.algorithms.backend import Algorithm, Backend, GradSync, apply_gradients, mean_metrics
+from rlft.algorithms.backend import (
+    Algorithm,
+    Backend,
+    GradSync,
+    apply_gradients,
+    mean_metrics,
+    pipeline_next,
+)
 from rlft.algorithms.losses import d3po_loss
 from rlft.configs import D3POConfig
-from rlft.diffusion.ddim import ddim_step_with_logprob
+from rlft.diffusion.families import Cond, Denoiser, denoiser_for
 from rlft.diffusion.policy import Policy
-from rlft.diffusion.sampling import guided_eps
 from rlft.epoch import epoch_prompts
 
 NO_PAIRS = {"loss": float("nan"), "preference_accuracy": float("nan"), "grad_norm": 0.0}
@@ -122,7 +128,7 @@ class D3POLearner:
     def __init__(
         self,
         policy: Policy,
-        scheduler: DDIMScheduler,
+        denoiser: Denoiser,
         *,
         lr: float,
         beta: float,
@@ -132,47 +138,44 @@ class D3POLearner:
         max_grad_norm: float = 1.0,
         grad_sync: Callable[[list[torch.nn.Parameter]], None] | None = None,
     ):
-        self.policy, self.scheduler = policy, scheduler
+        self.policy, self.denoiser = policy, denoiser
         self.beta, self.clip, self.guidance_scale, self.eta = beta, clip, guidance_scale, eta
         self.max_grad_norm, self.grad_sync = max_grad_norm, grad_sync
         self.optimizer = torch.optim.AdamW(policy.parameters(), lr=lr, weight_decay=1e-4)
 
-    def _logp(self, unet, batch: dict[str, Tensor], embeds: Tensor, uncond: Tensor) -> Tensor:
-        """log-probs of the w and l steps under `unet`: (2N,), w first."""
+    def _logp(self, model, batch: dict[str, Tensor], cond: Cond, uncond: Cond) -> Tensor:
+        """log-probs of the w and l steps under `model`: (2N,), w first."""
         latents = torch.cat([batch["latents_w"], batch["latents_l"]])  # (2N, C, h, w)
         timesteps = torch.cat([batch["timesteps"], batch["timesteps"]])
-        embeds = embeds[batch["prompt"]].repeat(2, 1, 1)  # a pair's members share their prompt
-        eps = guided_eps(unet, latents, timesteps, embeds, uncond, self.guidance_scale)
+        cond = cond.take(batch["prompt"]).repeat(2)  # a pair's members share their prompt
+        output = self.denoiser.guided(model, latents, timesteps, cond, uncond, self.guidance_scale)
         prev = torch.cat([batch["next_latents_w"], batch["next_latents_l"]])
-        return ddim_step_with_logprob(
-            self.scheduler, eps, timesteps, latents, eta=self.eta, prev_sample=prev
-        )[1]
+        return self.denoiser.step_with_logprob(output, timesteps, latents, eta=self.eta, prev_sample=prev)[1]
 
-    def step(self, batch: dict[str, Tensor], embeds: Tensor, uncond: Tensor) -> dict[str, float]:
-        """One optimizer step on a batch of items (see `pair_items`); embeds (P, L, D) are the prompts'."""
+    def step(self, batch: dict[str, Tensor], cond: Cond, uncond: Cond) -> dict[str, float]:
+        """One optimizer step on a batch of items (see `pair_items`); cond has one row per prompt."""
         with torch.no_grad(), self.policy.reference() as reference:
-            ref_logp_w, ref_logp_l = self._logp(reference, batch, embeds, uncond).chunk(2)
-        logp_w, logp_l = self._logp(self.policy.unet, batch, embeds, uncond).chunk(2)
+            ref_logp_w, ref_logp_l = self._logp(reference, batch, cond, uncond).chunk(2)
+        logp_w, logp_l = self._logp(self.policy.model, batch, cond, uncond).chunk(2)
         loss, metrics = d3po_loss(logp_w, ref_logp_w, logp_l, ref_logp_l, beta=self.beta, clip=self.clip)
         params = self.policy.parameters()
         grad_norm = apply_gradients(loss, self.optimizer, params, self.grad_sync, self.max_grad_norm)
         return metrics | {"grad_norm": grad_norm}
 
-    def train_epoch(
-        self, batches: Iterable[dict[str, Tensor]], embeds: Tensor, uncond: Tensor
-    ) -> dict[str, float]:
+    def train_epoch(self, batches: Iterable[dict[str, Tensor]], cond: Cond, uncond: Cond) -> dict[str, float]:
         """One `step` per batch; the metrics averaged over the batches."""
-        history = [self.step(batch, embeds, uncond) for batch in batches]
+        history = [self.step(batch, cond, uncond) for batch in batches]
         if not history:
             raise ValueError("no training items: every pair tied on the reward")
         return mean_metrics(history)
 
 
 def make_learner(cfg: D3POConfig, pipe, policy: Policy, grad_sync: GradSync | None = None) -> D3POLearner:
-    pipe.scheduler.set_timesteps(cfg.num_steps, device=pipe.device)  # the steps the items were sampled at
+    denoiser = denoiser_for(pipe)
+    denoiser.set_timesteps(cfg.num_steps, cfg.resolution)  # the steps the items were sampled at
     return D3POLearner(
         policy,
-        pipe.scheduler,
+        denoiser,
         lr=cfg.lr,
         beta=cfg.beta,
         clip=cfg.clip,
@@ -183,9 +186,9 @@ def make_learner(cfg: D3POConfig, pipe, policy: Policy, grad_sync: GradSync | No
     )
 
 
-def train(learner: D3POLearner, batches, embeds: Tensor, uncond: Tensor, generator, prompts) -> tuple:
+def train(learner: D3POLearner, batches, cond: Cond, uncond: Cond, generator, prompts) -> tuple:
     """The learner's epoch on its batches: (metrics, None); D3PO draws no noise and scores nothing."""
-    return learner.train_epoch(batches, embeds, uncond), None
+    return learner.train_epoch(batches, cond, uncond), None
 
 
 def d3po_epoch(cfg: D3POConfig, backend: Backend):
@@ -194,6 +197,7 @@ def d3po_epoch(cfg: D3POConfig, backend: Backend):
     def one_epoch(epoch: int):
         prompts = epoch_prompts(cfg, epoch)
         sampled = backend.sample(epoch, prompts)
+        pipelined = pipeline_next(cfg, backend, epoch, sampled, lambda e: epoch_prompts(cfg, e))
         items, pairing = d3po_items(
             sampled.samples, sampled.rewards, reverse=cfg.reverse_preferences, pairs=cfg.pairs
         )
@@ -205,7 +209,7 @@ def d3po_epoch(cfg: D3POConfig, backend: Backend):
         def show():
             return sampled.images()[:: cfg.group_size], prompts  # one image per group
 
-        return metrics | pairing | sampled.timing | timing, sampled.rewards, show
+        return metrics | pairing | sampled.timing | timing | pipelined, sampled.rewards, show
 
     return one_epoch
 

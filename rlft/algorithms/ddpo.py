@@ -11,16 +11,21 @@ the advantages an uninterrupted one would.
 from collections.abc import Iterable
 
 import torch
-from diffusers import DDIMScheduler
 from torch import Tensor
 
 from rlft.algorithms.advantages import PerPromptStats, group_advantages
-from rlft.algorithms.backend import Algorithm, Backend, GradSync, apply_gradients, mean_metrics
+from rlft.algorithms.backend import (
+    Algorithm,
+    Backend,
+    GradSync,
+    apply_gradients,
+    mean_metrics,
+    pipeline_next,
+)
 from rlft.algorithms.losses import ddpo_loss
 from rlft.configs import DDPOConfig
-from rlft.diffusion.ddim import ddim_step_with_logprob
+from rlft.diffusion.families import Cond, Denoiser, denoiser_for
 from rlft.diffusion.policy import Policy
-from rlft.diffusion.sampling import guided_eps
 from rlft.epoch import epoch_prompts, prompts_of, stream_generator
 
 NO_ITEMS = {"loss": float("nan"), "grad_norm": 0.0}
@@ -60,7 +65,7 @@ class DDPOLearner:
     def __init__(
         self,
         policy: Policy,
-        scheduler: DDIMScheduler,
+        denoiser: Denoiser,
         *,
         lr: float,
         clip_range: float,
@@ -70,20 +75,19 @@ class DDPOLearner:
         max_grad_norm: float = 1.0,
         grad_sync: GradSync | None = None,
     ):
-        self.policy, self.scheduler = policy, scheduler
+        self.policy, self.denoiser = policy, denoiser
         self.clip_range, self.adv_clip_max = clip_range, adv_clip_max
         self.guidance_scale, self.eta = guidance_scale, eta
         self.max_grad_norm, self.grad_sync = max_grad_norm, grad_sync
         self.optimizer = torch.optim.AdamW(policy.parameters(), lr=lr, weight_decay=1e-4)
 
-    def step(self, batch: dict[str, Tensor], embeds: Tensor, uncond: Tensor) -> dict[str, float]:
-        """One optimizer step on a batch of items (see `ddpo_items`); embeds (P, L, D) are the prompts'."""
-        latents, timesteps = batch["latents"], batch["timesteps"]
-        eps = guided_eps(
-            self.policy.unet, latents, timesteps, embeds[batch["prompt"]], uncond, self.guidance_scale
-        )
-        logp = ddim_step_with_logprob(
-            self.scheduler, eps, timesteps, latents, eta=self.eta, prev_sample=batch["next_latents"]
+    def step(self, batch: dict[str, Tensor], cond: Cond, uncond: Cond) -> dict[str, float]:
+        """One optimizer step on a batch of items (see `ddpo_items`); cond has one row per prompt."""
+        latents, timesteps, denoiser = batch["latents"], batch["timesteps"], self.denoiser
+        cond = cond.take(batch["prompt"])
+        output = denoiser.guided(self.policy.model, latents, timesteps, cond, uncond, self.guidance_scale)
+        logp = denoiser.step_with_logprob(
+            output, timesteps, latents, eta=self.eta, prev_sample=batch["next_latents"]
         )[1]
         loss, metrics = ddpo_loss(
             logp,
@@ -98,10 +102,11 @@ class DDPOLearner:
 
 
 def make_learner(cfg: DDPOConfig, pipe, policy: Policy, grad_sync: GradSync | None = None) -> DDPOLearner:
-    pipe.scheduler.set_timesteps(cfg.num_steps, device=pipe.device)  # the steps the items were sampled at
+    denoiser = denoiser_for(pipe)
+    denoiser.set_timesteps(cfg.num_steps, cfg.resolution)  # the steps the items were sampled at
     return DDPOLearner(
         policy,
-        pipe.scheduler,
+        denoiser,
         lr=cfg.lr,
         clip_range=cfg.clip_range,
         adv_clip_max=cfg.adv_clip_max,
@@ -112,9 +117,9 @@ def make_learner(cfg: DDPOConfig, pipe, policy: Policy, grad_sync: GradSync | No
     )
 
 
-def train(learner: DDPOLearner, batches: Iterable[dict[str, Tensor]], embeds, uncond, generator, prompts):
+def train(learner: DDPOLearner, batches: Iterable[dict[str, Tensor]], cond, uncond, generator, prompts):
     """The learner's pass over its batches: (mean metrics, None); DDPO draws no noise in training."""
-    history = [learner.step(batch, embeds, uncond) for batch in batches]
+    history = [learner.step(batch, cond, uncond) for batch in batches]
     if not history:
         raise ValueError("no training items")
     return mean_metrics(history), None
@@ -141,12 +146,18 @@ class DDPOEpoch:
             return group_advantages(prompts, rewards)
         return self.stats.advantages(prompts, rewards)
 
+    def sample_prompts(self, epoch: int) -> list[str]:
+        """The prompt of each group the epoch samples: without `shared_noise` each sample is its own group."""
+        prompts = epoch_prompts(self.cfg, epoch)
+        if self.cfg.shared_noise:
+            return prompts
+        return [p for p in prompts for _ in range(self.cfg.samples_per_prompt)]
+
     def __call__(self, epoch: int):
         cfg = self.cfg
-        prompts = epoch_prompts(cfg, epoch)
-        if not cfg.shared_noise:  # each sample its own group (the sampler's groups share x_T)
-            prompts = [p for p in prompts for _ in range(cfg.samples_per_prompt)]
+        prompts = self.sample_prompts(epoch)
         sampled = self.backend.sample(epoch, prompts)
+        pipelined = pipeline_next(cfg, self.backend, epoch, sampled, self.sample_prompts)
         signed = -sampled.rewards if cfg.reverse_preferences else sampled.rewards  # the control descends
         samples, signed = finite_samples(sampled.samples, signed)
         advantages = self.advantages(prompts_of(prompts, samples["group"]), signed)
@@ -170,7 +181,7 @@ class DDPOEpoch:
 
         spread = advantages.std().item() if len(advantages) > 1 else 0.0
         trained = {"items": float(len(items["prompt"])), "advantage_std": spread}
-        return metrics | trained | sampled.timing | timing, sampled.rewards, show
+        return metrics | trained | sampled.timing | timing | pipelined, sampled.rewards, show
 
     def state_dict(self) -> dict:
         return {"stats": self.stats.state_dict()}

@@ -1,13 +1,14 @@
 """DRaFT (Clark et al., arXiv 2309.17400): backpropagate a differentiable reward through sampling.
 
-- DRaFT-K: sample without gradient until K steps remain, then run the last K steps with gradient (each UNet
+- DRaFT-K: sample without gradient until K steps remain, then run the last K steps with gradient (each model
   call checkpointed), decode, score, backpropagate. The stop-gradient sits on the latent entering the last
   K steps. K = number of steps is full DRaFT.
 - DRaFT-LV: from a no-grad final sample x_0, make n re-noised copies at the last step's noise level
-  (x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) noise_i) and denoise each once with gradient; the loss averages the
+  (x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) noise_i; for flow-matching models x_t = (1 - t) x_0 + t noise_i) and
+  denoise each once with gradient; the loss averages the
   n rewards, a lower-variance estimate of the K = 1 gradient.
 - ReFL-style (Xu et al., arXiv 2304.05977, ImageReward's ReFL): the sampler stops K steps before the end; the
-  learner runs a random number of those steps without gradient, then one UNet call with gradient, and scores
+  learner runs a random number of those steps without gradient, then one model call with gradient, and scores
   the x_0 that call predicts (`predicted_x0`) rather than finishing the sample. ReFL draws one of steps 30-39
   of 40; the default K is a quarter of the steps. Its training rewards are those of the predicted x_0.
   Left out: ReFL's ReLU on the ImageReward score and its alternating pretraining loss.
@@ -22,12 +23,12 @@ the gradient starts), train, and for the grid sample a few prompts to the end.
 from collections.abc import Callable, Iterable
 
 import torch
-from diffusers import StableDiffusionPipeline
 from torch import Tensor
 
 from rlft.algorithms.backend import Algorithm, Backend, GradSync, apply_gradients, mean_metrics
 from rlft.algorithms.draft_losses import RewardFn, denoise_steps, draft_k_loss, draft_lv_loss, refl_loss
 from rlft.configs import DRaFTConfig
+from rlft.diffusion.families import Cond, Denoiser, denoiser_for
 from rlft.diffusion.policy import Policy
 from rlft.epoch import Chunk, epoch_prompts, stream_seed
 from rlft.rewards.registry import get_reward
@@ -46,7 +47,7 @@ class DRaFTLearner:
 
     def __init__(
         self,
-        pipe: StableDiffusionPipeline,
+        denoiser: Denoiser,
         policy: Policy,
         reward_fn: RewardFn,
         *,
@@ -61,7 +62,7 @@ class DRaFTLearner:
         grad_sync: Callable[[list[torch.nn.Parameter]], None] | None = None,
         descend: bool = False,
     ):
-        self.pipe, self.policy = pipe, policy
+        self.denoiser, self.policy = denoiser, policy
         self.reward_fn, self.descend = reward_fn, descend
         if truncation not in TRUNCATIONS:
             raise ValueError(f"truncation must be one of {', '.join(TRUNCATIONS)}, got {truncation!r}")
@@ -73,24 +74,23 @@ class DRaFTLearner:
     def step(
         self,
         latents: Tensor,
-        embeds: Tensor,
-        uncond: Tensor,
+        cond: Cond,
+        uncond: Cond,
         generator: torch.Generator,
         prompts: list[str] | None = None,
     ) -> tuple[dict[str, float], Tensor | None]:
         """One optimizer step from sampler output: latents (B, C, h, w) entering the last K steps (DRaFT-K,
-        ReFL, AlignProp), or final ones (DRaFT-LV); embeds (B, L, D).
+        ReFL, AlignProp), or final ones (DRaFT-LV); cond has B rows.
 
         Returns the metrics and, except for DRaFT-LV, the rewards of the samples it finished (B,) (ReFL's:
         of the x_0 it predicted); DRaFT-LV's samples were finished (and are scored) by the sampler.
         """
-        scheduler = self.pipe.scheduler
-        scheduler.set_timesteps(self.num_steps, device=latents.device)
+        timesteps = self.denoiser.set_timesteps(self.num_steps, self.denoiser.resolution_of(latents))
         common = dict(guidance_scale=self.guidance_scale, prompts=prompts)
         if self.lv_copies:
-            args = (self.pipe, self.policy.unet, self.reward_fn, latents, scheduler.timesteps[-1])
+            args = (self.denoiser, self.policy.model, self.reward_fn, latents, timesteps[-1])
             loss, rewards = draft_lv_loss(
-                *args, embeds, uncond, copies=self.lv_copies, generator=generator, **common
+                *args, cond, uncond, copies=self.lv_copies, generator=generator, **common
             )
             sample_rewards = None
         else:
@@ -98,28 +98,28 @@ class DRaFTLearner:
             if self.eta > 0:
                 shape = (self.k, *latents.shape)
                 noises = torch.randn(shape, generator=generator, device=latents.device, dtype=latents.dtype)
-            tail = scheduler.timesteps[self.num_steps - self.k :]
+            tail = timesteps[self.num_steps - self.k :]
             skip = self.steps_without_grad(generator)
             if skip:
                 with torch.no_grad():
                     latents = denoise_steps(
-                        self.policy.unet,
-                        scheduler,
+                        self.denoiser,
+                        self.policy.model,
                         latents,
                         tail[:skip],
-                        embeds,
+                        cond,
                         uncond,
                         guidance_scale=self.guidance_scale,
                         eta=self.eta,
                         noises=None if noises is None else noises[:skip],
                     )
-            args = (self.pipe, self.policy.unet, self.reward_fn, latents)
+            args = (self.denoiser, self.policy.model, self.reward_fn, latents)
             if self.truncation == "one":
-                loss, rewards = refl_loss(*args, tail[skip], embeds, uncond, **common)
+                loss, rewards = refl_loss(*args, tail[skip], cond, uncond, **common)
             else:
                 rest = None if noises is None else noises[skip:]
                 loss, rewards = draft_k_loss(
-                    *args, tail[skip:], embeds, uncond, eta=self.eta, noises=rest, **common
+                    *args, tail[skip:], cond, uncond, eta=self.eta, noises=rest, **common
                 )
             sample_rewards = rewards.detach().float().cpu()
         if self.descend:
@@ -141,8 +141,8 @@ class DRaFTLearner:
     def train_epoch(
         self,
         batches: Iterable[dict[str, Tensor]],
-        embeds: Tensor,
-        uncond: Tensor,
+        cond: Cond,
+        uncond: Cond,
         generator: torch.Generator,
         prompts: list[str] | None = None,
     ) -> tuple[dict[str, float], Tensor | None]:
@@ -151,7 +151,7 @@ class DRaFTLearner:
         for batch in batches:
             texts = None if prompts is None else [prompts[i] for i in batch["prompt"].tolist()]
             metrics, sample_rewards = self.step(
-                batch["latents"], embeds[batch["prompt"]], uncond, generator, texts
+                batch["latents"], cond.take(batch["prompt"]), uncond, generator, texts
             )
             history.append(metrics)
             rewards.append(sample_rewards)
@@ -169,11 +169,9 @@ def show_chunk(cfg: DRaFTConfig, prompts: list[str], epoch: int) -> Chunk:
     return Chunk(0, prompts[:8], stream_seed(cfg.seed, epoch, "show"))
 
 
-def make_learner(
-    cfg: DRaFTConfig, pipe: StableDiffusionPipeline, policy: Policy, grad_sync: GradSync | None = None
-) -> DRaFTLearner:
+def make_learner(cfg: DRaFTConfig, pipe, policy: Policy, grad_sync: GradSync | None = None) -> DRaFTLearner:
     return DRaFTLearner(
-        pipe,
+        denoiser_for(pipe),
         policy,
         get_reward(cfg.reward, differentiable=True).fn,
         lr=cfg.lr,
@@ -189,9 +187,9 @@ def make_learner(
     )
 
 
-def train(learner: DRaFTLearner, batches, embeds: Tensor, uncond: Tensor, generator, prompts) -> tuple:
+def train(learner: DRaFTLearner, batches, cond: Cond, uncond: Cond, generator, prompts) -> tuple:
     """The learner's epoch: (metrics, the rewards of the samples DRaFT-K finished, or None for DRaFT-LV)."""
-    return learner.train_epoch(batches, embeds, uncond, generator, prompts)
+    return learner.train_epoch(batches, cond, uncond, generator, prompts)
 
 
 def draft_epoch(cfg: DRaFTConfig, backend: Backend):

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from rlft.diffusion.names import DEFAULT_LORA_TARGETS, check_model_name
+from rlft.diffusion.names import DEFAULT_LORA_TARGETS, GPU_ONLY_MODELS, check_model_name
 from rlft.prompts import load_prompts
 from rlft.runs.places import default_runs_dir
 from rlft.runs.secrets import redact
@@ -65,19 +65,28 @@ def check_divides(batch_size: int, workers: int) -> None:
 class RunConfig:
     model: str = "tiny"
     """'tiny' (the pretrained tiny model shipped in the package, offline, 32x32), 'tiny-random' (the same
-    shapes, random weights), 'sd15-random' (SD 1.5 shape, random weights), a hub id or a folder."""
+    shapes, random weights), 'tiny-sdxl', 'tiny-sd3' and 'tiny-flux' (those families' structures, tiny,
+    random weights), 'sd15-random', 'sd35-random' and 'flux-random' (SD 1.5, SD 3.5 Large and FLUX.1-dev
+    shapes, random weights, for GPU memory and speed work), or a hub id or folder of a Stable Diffusion
+    1.x/2.x, SDXL, Stable Diffusion 3.x or FLUX.1 pipeline."""
     epochs: int = 8
     """Training rounds."""
     seed: int = 0
     """Seeds the tiny model's weights, the LoRA init, the noise and the shuffles."""
     lora_rank: int = 4
-    """LoRA rank on the UNet attention projections."""
+    """LoRA rank on the attention projections of the UNet (or of SD3's and FLUX's transformer)."""
     lora_alpha: float | None = None
     """LoRA alpha (scale alpha/rank); default: equal to the rank."""
     lora_targets: tuple[str, ...] = DEFAULT_LORA_TARGETS
-    """UNet module names (suffixes) that get LoRA layers: the attention projections by default."""
+    """Module names (suffixes) of the UNet or transformer that get LoRA layers: the attention projections by
+    default."""
     full_finetune: bool = False
-    """Train every UNet weight instead of a LoRA adapter (the reference is then a frozen copy)."""
+    """Train every weight of the UNet or transformer instead of a LoRA adapter (the reference is then a frozen
+    copy)."""
+    gradient_checkpointing: bool = False
+    """Recompute the UNet's or transformer's activations in the backward pass (diffusers'
+    `enable_gradient_checkpointing`): the memory of one block instead of all, for DRaFT through several steps
+    or large models at high resolution, for about a third more compute. Same gradients."""
     max_grad_norm: float = 1.0
     """Gradients are clipped to this global norm."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -132,6 +141,11 @@ class RunConfig:
         """How many of each kind of actor a Ray run starts (the fields that count them)."""
         return {"samplers": 0, "scorers": 0, "train_workers": self.train_workers}
 
+    def pipelined(self) -> bool:
+        """Whether the next epoch's sampling overlaps this epoch's training: never for a run that samples
+        nothing (people's labels); see SamplingConfig.pipeline."""
+        return False
+
     def defining_settings(self) -> dict:
         """What makes the run the run it is (every field but RUNTIME_FIELDS, and the job's kind), as JSON
         values: recorded in each checkpoint, and a resume under the same name must match them."""
@@ -145,6 +159,12 @@ class RunConfig:
                 check(math.isfinite(value), field.name, value, "a finite number")
         check(self.seed >= 0, "seed", self.seed, "0 or more")
         check_model_name(self.model)
+        check(
+            not (self.model in GPU_ONLY_MODELS and self.device == "cpu"),
+            "device",
+            self.device,
+            f"'cuda' or 'auto' for {self.model} (full size, for GPU work)",
+        )
         check(self.epochs >= 1, "epochs", self.epochs, "at least 1")
         check(self.lora_rank >= 1, "lora_rank", self.lora_rank, "at least 1")
         check(len(self.lora_targets) > 0, "lora_targets", self.lora_targets, "at least one module name")
@@ -208,6 +228,29 @@ class SamplingConfig(RunConfig):
     sampler_resource: str | None = None
     """A custom Ray resource each sampler also asks one unit of, to keep samplers on the node types that
     offer it (cluster.yaml's `resources`); default: none."""
+    pipeline: Literal["auto", "on", "off"] = "off"
+    """D3PO and DDPO: the samplers draw epoch e+1 while the train workers train epoch e, so every epoch after
+    the first samples with the weights of two epochs before (one epoch stale, logged as `sample_staleness`).
+    'on' also runs in one process (no overlap there; the same numbers as on Ray); 'auto': on when each
+    sampler and each train worker has a whole GPU of its own (sampler_gpus and worker_gpus at least 1; on a
+    shared CPU the two would only take turns). Off by default: on the tiny model the stale samples learned
+    less on each of 3 seeds (README, "Pipelined epochs")."""
+
+    can_pipeline: ClassVar[bool] = False  # the algorithms whose epoch samples first, then trains
+
+    def pipelined(self) -> bool:
+        """Whether the next epoch's sampling overlaps this epoch's training (see `pipeline`)."""
+        if self.pipeline == "auto":
+            own_gpus = self.ray and self.sampler_gpus >= 1 and self.worker_gpus >= 1
+            return self.can_pipeline and own_gpus
+        return self.pipeline == "on"
+
+    def defining_settings(self) -> dict:
+        """As RunConfig's, with `pipeline` resolved: a pipelined run samples from other weights, so it is
+        another run; an unpipelined one records nothing (checkpoints from before the field still match)."""
+        settings = super().defining_settings()
+        del settings["pipeline"]
+        return settings | ({"pipelined": True} if self.pipelined() else {})
 
     def trained_on(self) -> tuple[str, str]:
         """(what the run learns from, which): the reward, for the job's first line and MLflow's tags."""
@@ -232,6 +275,14 @@ class SamplingConfig(RunConfig):
         check_gpus("sampler_gpus", self.sampler_gpus)
         check_gpus("scorer_gpus", self.scorer_gpus)
         check_resource("sampler_resource", self.sampler_resource)
+        check(self.pipeline in ("auto", "on", "off"), "pipeline", self.pipeline, "'auto', 'on' or 'off'")
+        check(
+            self.can_pipeline or self.pipeline != "on",
+            "pipeline",
+            self.pipeline,
+            f"'auto' or 'off' for {self.algorithm or 'this job'}: its learner finishes or scores its own "
+            "samples with the current weights, so there is no sampling to overlap",
+        )
         load_prompts(self.prompts)  # a ValueError naming the set or file and what was expected
         check(self.num_steps >= 1, "num_steps", self.num_steps, "at least 1")
         check(self.guidance_scale >= 1, "guidance_scale", self.guidance_scale, "at least 1")

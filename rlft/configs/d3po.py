@@ -15,9 +15,10 @@ HUMAN = "human:"
 class D3POConfig(SamplingConfig):
     reward: str = "jpeg-compressibility"
     """Reward whose order within each group decides the preferred sample: jpeg-compressibility,
-    jpeg-incompressibility, smoothness, brightness, aesthetic, imagereward (hub weights), aesthetic:<folder>
-    or imagereward:<folder> (local weights); several joined by commas (a,b): a sample is preferred only when
-    it is at least as good on every reward and better on one. People's labels: jobs/d3po_labels.py."""
+    jpeg-incompressibility, smoothness, brightness, color-alignment, aesthetic, imagereward, pickscore (hub
+    weights), aesthetic:<folder>, imagereward:<folder> or pickscore:<folder> (local weights); several joined
+    by commas (a,b): a sample is preferred only when it is at least as good on every reward and better on one.
+    People's labels: jobs/d3po_labels.py."""
     epochs: int = 12
     """Sampling-and-training rounds (12 raise the tiny default's evaluation reward beyond noise, forward and
     not reversed, on seeds 0-2; see the README)."""
@@ -33,7 +34,8 @@ class D3POConfig(SamplingConfig):
     tiny default, best-worst of 4 raised the evaluation reward beyond 3 standard errors on seeds 0-2, every
     pair of 2 on two of them (see the README)."""
     eta: float = 1.0
-    """DDIM stochasticity; must be > 0, since the loss needs each step's log-probability."""
+    """DDIM stochasticity, or for flow-matching models (SD3) the SDE's noise level (Flow-GRPO uses 0.7); must
+    be > 0, since the loss needs each step's log-probability."""
     beta: float = 0.1
     """DPO temperature on the log-ratio difference."""
     clip: float = 0.1
@@ -46,6 +48,7 @@ class D3POConfig(SamplingConfig):
     """(pair, timestep) items per optimizer step."""
 
     algorithm: ClassVar[str] = "d3po"
+    can_pipeline: ClassVar[bool] = True
 
     def describe(self) -> tuple[str, str]:
         """(the algorithm's name, an epoch's work) for the job's first line."""
@@ -83,7 +86,12 @@ class D3POConfig(SamplingConfig):
             "best-worst needs one reward (several rewards have no single best sample)",
         )
         check(self.group_size >= 2, "group_size", self.group_size, "at least 2 (D3PO compares samples)")
-        check(self.eta > 0, "eta", self.eta, "> 0 (D3PO needs log-probabilities, undefined at eta = 0)")
+        check(
+            self.eta > 0,
+            "eta",
+            self.eta,
+            "> 0 (D3PO needs log-probabilities; at 0 a DDIM or flow step is deterministic)",
+        )
         check(self.beta > 0, "beta", self.beta, "positive")
         check(0 < self.clip < 1, "clip", self.clip, "in (0, 1)")
         check(self.lr > 0, "lr", self.lr, "positive")

@@ -13,7 +13,8 @@ from rlft.rewards.registry import get_reward
 class DDPOConfig(SamplingConfig):
     reward: str = "jpeg-compressibility"
     """Reward to maximise (one): jpeg-compressibility, jpeg-incompressibility, color-alignment, smoothness,
-    brightness, aesthetic, imagereward (hub weights), aesthetic:<folder> or imagereward:<folder>."""
+    brightness, aesthetic, imagereward, pickscore (hub weights), aesthetic:<folder>, imagereward:<folder> or
+    pickscore:<folder>."""
     epochs: int = 12
     """Sampling-and-training rounds."""
     num_steps: int = 10
@@ -36,7 +37,8 @@ class DDPOConfig(SamplingConfig):
     lets each prompt's own samples set its baseline from its first epoch. With the batch's statistics the
     prompts' differences in JPEG size swamp the samples' (measured: no learning; see the README)."""
     eta: float = 1.0
-    """DDIM stochasticity; must be > 0, since the loss needs each step's log-probability."""
+    """DDIM stochasticity, or for flow-matching models (SD3) the SDE's noise level; must be > 0, since the
+    loss needs each step's log-probability."""
     clip_range: float = 0.2
     """PPO clip range on the ratio policy/sampler. ddpo-pytorch uses 1e-4 at lr 3e-4 on SD 1.5; here one
     optimizer step moves a step's log-probability by about 1e-3 to 1e-2, so 1e-4 clips nearly every item
@@ -54,6 +56,7 @@ class DDPOConfig(SamplingConfig):
     """(sample, timestep) items per optimizer step."""
 
     algorithm: ClassVar[str] = "ddpo"
+    can_pipeline: ClassVar[bool] = True
 
     def describe(self) -> tuple[str, str]:
         """(the algorithm's name, an epoch's work) for the job's first line."""
@@ -92,7 +95,12 @@ class DDPOConfig(SamplingConfig):
         )
         check(self.stat_buffer >= 1, "stat_buffer", self.stat_buffer, "at least 1")
         check(self.stat_min_count >= 1, "stat_min_count", self.stat_min_count, "at least 1")
-        check(self.eta > 0, "eta", self.eta, "> 0 (DDPO needs log-probabilities, undefined at eta = 0)")
+        check(
+            self.eta > 0,
+            "eta",
+            self.eta,
+            "> 0 (DDPO needs log-probabilities; at 0 a DDIM or flow step is deterministic)",
+        )
         check(0 < self.clip_range < 1, "clip_range", self.clip_range, "in (0, 1)")
         check(self.adv_clip_max > 0, "adv_clip_max", self.adv_clip_max, "positive")
         check(0 < self.timestep_fraction <= 1, "timestep_fraction", self.timestep_fraction, "in (0, 1]")

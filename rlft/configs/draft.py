@@ -14,7 +14,8 @@ from rlft.rewards.registry import get_reward
 class DRaFTConfig(SamplingConfig):
     reward: str = "smoothness"
     """Differentiable reward backpropagated through the last steps of sampling: smoothness, brightness,
-    aesthetic, imagereward (hub weights), aesthetic:<folder> or imagereward:<folder> (local weights)."""
+    color-alignment-soft, aesthetic, imagereward, pickscore (hub weights), aesthetic:<folder>,
+    imagereward:<folder> or pickscore:<folder> (local weights)."""
     epochs: int = 4
     """Sampling-and-training rounds (4 raise the tiny default's evaluation reward beyond 8 standard errors,
     and the reversed twin's falls, on seeds 0-2; see the README)."""
@@ -33,7 +34,8 @@ class DRaFTConfig(SamplingConfig):
     steps_per_epoch: int = 4
     """Optimizer steps per epoch, each on a fresh batch."""
     eta: float = 0.0
-    """DDIM stochasticity (0: deterministic sampling, as DRaFT uses)."""
+    """DDIM stochasticity, or for flow-matching models the SDE's noise level (0: deterministic sampling, the
+    ODE's Euler steps for SD3, as DRaFT uses)."""
     lr: float = 1e-2
     """AdamW learning rate (the paper uses 2e-4 on SD 1.5 with rank-8 LoRA)."""
 

@@ -9,7 +9,7 @@ Follows `diffusers/schedulers/scheduling_ddim.py`, `DDIMScheduler.step`, diffuse
    global RNG; `prev_sample` may be given instead, to score a step that was already taken.
 3. Returns the step's Gaussian mean and standard deviation, and `ddim_step_with_logprob` adds the
    log-density of `prev_sample` under them, averaged over the non-batch dimensions as ddpo-pytorch
-   and the official D3PO code do.
+   and the official D3PO code do, in float32 at least (a bfloat16 model's log-ratios need it).
 4. Dropped: `use_clipped_model_output`, `thresholding` (refused), `variance_noise`, the
    `return_dict` wrapper. Kept: the three prediction types and `clip_sample`.
 5. `predicted_x0` exposes the step's x_0 prediction alone (upstream's `pred_original_sample`), for ReFL.
@@ -133,6 +133,14 @@ def ddim_step_with_logprob(
         scheduler, eps, timestep, sample, eta=eta, prev_sample=prev_sample, generator=generator
     )
     # The sample is data, not a function of the parameters: only the mean carries gradient.
-    x = prev_sample.detach()
+    return prev_sample, gaussian_log_prob(prev_sample.detach(), mean, std)
+
+
+def gaussian_log_prob(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+    """log N(x; mean, std^2) averaged over the non-batch dimensions, (B,), computed in float32 at least: in
+    bfloat16 the log-density (about -1 per element) keeps 3 significant digits, too few for the log-ratios
+    D3PO and DDPO take between the policy and the reference."""
+    dtype = torch.promote_types(mean.dtype, torch.float32)
+    x, mean, std = x.to(dtype), mean.to(dtype), std.to(dtype)
     log_prob = -((x - mean) ** 2) / (2 * std**2) - torch.log(std) - math.log(math.sqrt(2 * math.pi))
-    return prev_sample, log_prob.mean(dim=tuple(range(1, log_prob.ndim)))
+    return log_prob.mean(dim=tuple(range(1, log_prob.ndim)))

@@ -1,11 +1,10 @@
-"""Building and loading Stable Diffusion pipelines: a hub id or folder, the offline tiny models, SD 1.5.
+"""The Stable Diffusion 1.x-shaped models rlft builds offline, and the tiny parts the other families share.
 
 "tiny" is pretrained on rlft/diffusion/world.py's captioned shapes (rlft/diffusion/pretrain.py) and ships
-with the package as safetensors; "tiny-random" is the same architecture with random weights (noise in, noise
-out), for tests that need only speed.
-
-Every pipeline comes back with a `DDIMScheduler` (the sampler's log-probabilities need DDIM), the safety
-checker off, all weights frozen and the progress bar off. Names are checked before anything is built.
+with the package as safetensors (`load_tiny_pretrained`); "tiny-random" is the same architecture with random
+weights (noise in, noise out), for tests that need only speed; "sd15-random" is Stable Diffusion 1.5's
+architecture with random weights, for GPU speed and memory work. rlft/diffusion/loading.py loads any model
+by name.
 """
 
 import json
@@ -14,10 +13,13 @@ from importlib.resources import files
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-from rlft.diffusion.names import check_model_name
 
 # The pretrained tiny model's weights, inside the package (written by jobs/pretrain_tiny.py).
 TINY_MODEL_FOLDER = files("rlft.diffusion") / "tiny_model"
@@ -31,43 +33,6 @@ TINY_TOKENIZER_TEXT = (
     "a photo of a cat dog horse monkey rabbit zebra spider bird sheep deer cow goat lion frog chicken duck "
     "goose bee pig turkey fly llama camel bat gorilla hedgehog kangaroo an the painting picture of in on with"
 )
-
-
-def load_pipeline(
-    name_or_path: str,
-    *,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
-) -> StableDiffusionPipeline:
-    """A frozen `StableDiffusionPipeline` with a DDIM scheduler, on `device` in `dtype`.
-
-    "tiny" loads the pretrained tiny model shipped with the package; "tiny-random" builds its architecture
-    with random weights from `seed` (DESIGN.md, "The tiny model"); "sd15-random" builds the Stable Diffusion
-    1.5 architecture with random weights, for speed and memory work; anything else is a hub id or a local
-    folder, loaded with diffusers' `from_pretrained`.
-    """
-    kind = check_model_name(name_or_path)
-    if kind == "tiny":
-        pipe = load_tiny_pretrained()
-    elif kind == "tiny-folder":
-        pipe = load_tiny_pretrained(name_or_path)
-    elif kind == "tiny-random":
-        pipe = build_tiny_pipeline(seed)
-    elif kind == "sd15-random":
-        pipe = build_sd15_random_pipeline(seed)
-    else:
-        pipe = StableDiffusionPipeline.from_pretrained(
-            name_or_path, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False
-        )
-        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    # Casting only when asked: diffusers warns on any dtype cast of a built model.
-    pipe = pipe.to(device) if dtype == torch.float32 else pipe.to(device=device, dtype=dtype)
-    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
-        module.requires_grad_(False)
-        module.eval()
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def _assemble(unet, vae, text_encoder, tokenizer) -> StableDiffusionPipeline:
@@ -115,24 +80,41 @@ def build_tiny_tokenizer(text: str = TINY_TOKENIZER_TEXT) -> CLIPTokenizer:
         )
 
 
-def tiny_parts(
-    vocab_size: int, seed: int = 0, scaling_factor: float = 0.18215
-) -> tuple[UNet2DConditionModel, AutoencoderKL, CLIPTextModel]:
-    """The tiny architecture, random weights from `seed`: a 1 M-parameter UNet over 16x16x4 latents, a
-    two-block VAE for 32x32 images and a two-layer CLIP text encoder of width 32."""
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        sample_size=16,
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=4,
-        norm_num_groups=8,
+WIDTH = 32  # the tiny text encoders' width, and their pooled projections'
+# The tiny UNet over 16x16x4 latents (1 M parameters with cross-attention of width 32), which tiny-sdxl's
+# UNet extends with SDXL's added conditioning.
+TINY_UNET = dict(
+    sample_size=16,
+    block_out_channels=(32, 64),
+    layers_per_block=1,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+    attention_head_dim=4,
+    norm_num_groups=8,
+)
+
+
+def clip_config(vocab_size: int) -> CLIPTextConfig:
+    """A two-layer CLIP text encoder of width 32 for the tiny tokenizer (whose last two tokens are the start
+    and end of text)."""
+    return CLIPTextConfig(
+        vocab_size=vocab_size,
+        hidden_size=WIDTH,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        max_position_embeddings=77,
+        projection_dim=WIDTH,
+        bos_token_id=vocab_size - 2,
+        eos_token_id=vocab_size - 1,
+        pad_token_id=vocab_size - 1,
     )
-    torch.manual_seed(seed + 1)
-    vae = AutoencoderKL(
+
+
+def tiny_vae(seed: int, scaling_factor: float, shift_factor: float | None = None) -> AutoencoderKL:
+    """The tiny two-block VAE (32x32 images, 16x16x4 latents), random weights from `seed`."""
+    torch.manual_seed(seed)
+    return AutoencoderKL(
         block_out_channels=(32, 64),
         down_block_types=("DownEncoderBlock2D",) * 2,
         up_block_types=("UpDecoderBlock2D",) * 2,
@@ -140,21 +122,20 @@ def tiny_parts(
         norm_num_groups=8,
         sample_size=32,
         scaling_factor=scaling_factor,
+        shift_factor=shift_factor,
     )
+
+
+def tiny_parts(
+    vocab_size: int, seed: int = 0, scaling_factor: float = 0.18215
+) -> tuple[UNet2DConditionModel, AutoencoderKL, CLIPTextModel]:
+    """The tiny architecture, random weights from `seed`: a 1 M-parameter UNet over 16x16x4 latents, a
+    two-block VAE for 32x32 images and a two-layer CLIP text encoder of width 32."""
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**TINY_UNET, cross_attention_dim=WIDTH)
+    vae = tiny_vae(seed + 1, scaling_factor)
     torch.manual_seed(seed + 2)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=vocab_size,
-            hidden_size=32,
-            intermediate_size=37,
-            num_attention_heads=4,
-            num_hidden_layers=2,
-            max_position_embeddings=77,
-            bos_token_id=vocab_size - 2,  # build_tiny_tokenizer's last two tokens
-            eos_token_id=vocab_size - 1,
-            pad_token_id=vocab_size - 1,
-        )
-    )
+    text_encoder = CLIPTextModel(clip_config(vocab_size))
     return unet, vae, text_encoder
 
 
@@ -187,6 +168,19 @@ def load_tiny_pretrained(folder: str | Path | None = None) -> StableDiffusionPip
     return _assemble(*parts, tokenizer)
 
 
+# Stable Diffusion's VAE (its latent channels and size differ: 4 in SD 1.x, 16 in SD3 and FLUX) and the CLIP
+# ViT-L/14 text encoder of SD 1.x, SD3 and FLUX (rlft/diffusion/full_size.py builds the last two).
+SD_VAE = dict(
+    block_out_channels=(128, 256, 512, 512),
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    layers_per_block=2,
+)
+CLIP_L = dict(
+    hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12, projection_dim=768
+)
+
+
 def build_sd15_random_pipeline(seed: int = 0) -> StableDiffusionPipeline:
     """Stable Diffusion 1.5's architecture (860 M-parameter UNet, 512x512 images) with random weights.
 
@@ -197,25 +191,9 @@ def build_sd15_random_pipeline(seed: int = 0) -> StableDiffusionPipeline:
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
     torch.manual_seed(seed + 1)
-    vae = AutoencoderKL(
-        block_out_channels=(128, 256, 512, 512),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        latent_channels=4,
-        layers_per_block=2,
-        sample_size=512,
-    )
+    vae = AutoencoderKL(**SD_VAE, latent_channels=4, sample_size=512)
     torch.manual_seed(seed + 2)
     text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=49408,
-            hidden_size=768,
-            intermediate_size=3072,
-            num_attention_heads=12,
-            num_hidden_layers=12,
-            max_position_embeddings=77,
-            hidden_act="quick_gelu",
-            projection_dim=768,
-        )
+        CLIPTextConfig(vocab_size=49408, max_position_embeddings=77, hidden_act="quick_gelu", **CLIP_L)
     )
     return _assemble(unet, vae, text_encoder, tokenizer)

@@ -8,25 +8,58 @@ import json
 import re
 from pathlib import Path
 
-BUILTIN_MODELS = ("tiny", "tiny-random", "sd15-random")
-DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # the UNet's attention projections
+BUILTIN_MODELS = (
+    "tiny",
+    "tiny-random",
+    "sd15-random",
+    "tiny-sdxl",
+    "tiny-sd3",
+    "tiny-flux",
+    "sd35-random",
+    "flux-random",
+)
+GPU_ONLY_MODELS = ("sd35-random", "flux-random")  # 13-17 B parameters: refused on a CPU
+# The attention projections of the UNet, and of SD3's transformer (its image stream; the text stream's are
+# add_q_proj, add_k_proj, add_v_proj and to_add_out).
+DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 # Hub ids are "owner/name" with letters, digits, '-', '_' and '.' (huggingface_hub's own rule).
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 
-PIPELINE_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")  # what training loads
+# The pipeline classes rlft trains (rlft/diffusion/families.py), and the parts training loads from each.
+_TWO_ENCODERS = ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
+PIPELINE_PARTS = {
+    "StableDiffusionPipeline": ("unet", "vae", "text_encoder", "tokenizer", "scheduler"),
+    "StableDiffusionXLPipeline": ("unet", *_TWO_ENCODERS),
+    "StableDiffusion3Pipeline": ("transformer", *_TWO_ENCODERS),
+    "FluxPipeline": ("transformer", *_TWO_ENCODERS),
+}
+SUPPORTED_PIPELINES = tuple(PIPELINE_PARTS)
+
+
+def check_pipeline_class(name: str, where: str) -> None:
+    """A ValueError naming the pipeline class and the supported ones when rlft cannot train it."""
+    if name not in PIPELINE_PARTS:
+        raise ValueError(
+            f"{where}: pipeline class {name} is not supported; supported: {', '.join(SUPPORTED_PIPELINES)}"
+        )
 
 
 def check_pipeline_folder(path: Path, name: str) -> None:
     """A ValueError naming the folder when its model_index.json cannot describe a loadable pipeline (not
-    JSON, or a part training needs missing from it or from the folder): found before any run is opened."""
+    JSON, a class rlft does not train, or a part training needs missing from it or from the folder): found
+    before any run is opened."""
     try:
         index = json.loads((path / "model_index.json").read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"model folder {name!r}: model_index.json is not JSON ({error})") from None
+    if not isinstance(index, dict):
+        raise ValueError(f"model folder {name!r}: model_index.json is not a JSON object")
+    class_name = index.get("_class_name", "StableDiffusionPipeline")
+    check_pipeline_class(str(class_name), f"model folder {name!r}")
     missing = [
         part
-        for part in PIPELINE_PARTS
-        if not isinstance(index, dict) or not isinstance(index.get(part), list) or not (path / part).is_dir()
+        for part in PIPELINE_PARTS[class_name]
+        if not isinstance(index.get(part), list) or not (path / part).is_dir()
     ]
     if missing:
         raise ValueError(
@@ -36,13 +69,13 @@ def check_pipeline_folder(path: Path, name: str) -> None:
 
 
 def check_model_name(name: str) -> str:
-    """The kind of model `name` is ("tiny", "tiny-random", "sd15-random", "tiny-folder" (a folder written by
+    """The kind of model `name` is (one of BUILTIN_MODELS, "tiny-folder" (a folder written by
     jobs/pretrain_tiny.py), "folder" or "hub"), or a ValueError saying why."""
     if name in BUILTIN_MODELS:
         return name
     if not name.strip():
         raise ValueError(
-            "model name is empty: use 'tiny', 'tiny-random', 'sd15-random', a pipeline folder or a hub id"
+            f"model name is empty: use one of {', '.join(BUILTIN_MODELS)}, a pipeline folder or a hub id"
         )
     path = Path(name).expanduser()
     if path.is_dir():
@@ -59,8 +92,7 @@ def check_model_name(name: str) -> str:
         raise ValueError(f"model folder {name!r} does not exist")
     if not _HUB_ID.match(name) or ".." in name or name.endswith(".git"):
         raise ValueError(
-            f"model {name!r} is not allowed: use 'tiny', 'tiny-random', 'sd15-random', an existing pipeline "
-            "folder, "
-            "or a hub id like 'stable-diffusion-v1-5/stable-diffusion-v1-5'"
+            f"model {name!r} is not allowed: use one of {', '.join(BUILTIN_MODELS)}, an existing pipeline "
+            "folder, or a hub id like 'stable-diffusion-v1-5/stable-diffusion-v1-5'"
         )
     return "hub"

@@ -47,8 +47,9 @@ class Sampler:
 
         use_threads(cfg)
         self.pipe, self.policy = build_policy(cfg, pick_device(cfg.device))
-        for module in (self.pipe.unet, self.pipe.vae, self.pipe.text_encoder):
-            module.requires_grad_(False)
+        for module in self.pipe.components.values():
+            if isinstance(module, torch.nn.Module):
+                module.requires_grad_(False)
         self.settings = settings
         self.version: int | None = None  # None: the base weights, as built
 

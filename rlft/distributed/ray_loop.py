@@ -1,4 +1,5 @@
-"""The Ray pipeline: sampler and scorer actors, a Ray Data shuffle, Ray Train workers; one epoch at a time.
+"""The Ray pipeline: sampler and scorer actors, a Ray Data shuffle, Ray Train workers; one epoch at a time,
+or, pipelined (`--pipeline on`), the next epoch's chunks sampled while this epoch trains.
 
 The driver owns the loop (rlft/loop.py's `run_epochs`: resume, one line per epoch, checkpoint, MLflow).
 Per epoch: the prompts are cut into chunks that the samplers take in turn (each chunk has its own noise
@@ -6,9 +7,13 @@ seed, so the numbers do not depend on how many samplers there are); scorers scor
 arrives; D3PO pairs are formed from the reward order; the epoch's items become a Ray Dataset, globally
 shuffled with the epoch's seed and split into equal shares, one per train worker; the workers train and
 rank 0 publishes the new weights, which reach every sampler through one object-store reference.
+Pipelined, the next epoch's chunks go to the samplers before the workers start, with the weights the
+workers start from (`RayBackend.prefetch`); each sampler loads newer weights with its next call.
 """
 
+import itertools
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import ray
@@ -69,12 +74,25 @@ class RayTrained:
         self.workers, self.samplers = workers, samplers
         self._state: dict = {}
         self._adapter: dict[str, bytes] = {}
+        self._versions = itertools.count(1)
         self.weights = Weights(0, [None])
+        # A pipelined run's next sampling weights, and the samplers' handle on them.
+        self.sampling_weights: dict[str, Tensor] | None = None
+        self._sampling_ref: Weights | None = None
 
     def fetch(self) -> None:
         """Copy the workers' newest state to the driver and give the samplers a reference to it."""
         self._state, self._adapter = self.workers.state(), self.workers.adapter_files()
-        self.weights = Weights(self.weights.version + 1, [ray.put(self._state["weights"])])
+        self.weights = Weights(next(self._versions), [ray.put(self._state["weights"])])
+
+    def keep_for_sampling(self) -> Weights:
+        """The current weights become the next epoch's sampling weights (a pipelined run)."""
+        self.sampling_weights, self._sampling_ref = self._state["weights"], self.weights
+        return self.weights
+
+    def for_sampling(self) -> tuple[Weights, int]:
+        """(the weights an epoch samples with, how many epochs' updates they lack)."""
+        return (self.weights, 0) if self._sampling_ref is None else (self._sampling_ref, 1)
 
     def sync_samplers(self) -> float:
         start = time.perf_counter()
@@ -82,11 +100,16 @@ class RayTrained:
         return time.perf_counter() - start
 
     def state(self) -> dict:
-        return self._state
+        if self.sampling_weights is None:
+            return self._state
+        return self._state | {"sampling_weights": self.sampling_weights}
 
     def load(self, state: dict) -> None:
-        self.workers.load(state)
+        self.workers.load({"weights": state["weights"], "optimizer": state["optimizer"]})
         self.fetch()
+        self.sampling_weights = state.get("sampling_weights")
+        if self.sampling_weights is not None:
+            self._sampling_ref = Weights(next(self._versions), [ray.put(self.sampling_weights)])
         self.sync_samplers()
 
     def adapter_files(self) -> dict[str, bytes]:
@@ -112,12 +135,25 @@ class RayBackend:
 
     def __init__(self, cfg: D3POConfig | DRaFTConfig, trained: RayTrained, samplers, scorers, log: Log):
         self.cfg, self.trained, self.samplers, self.scorers, self.log = cfg, trained, samplers, scorers, log
+        self.prefetched: tuple[int, list[str], SamplingCalls] | None = None  # (epoch, prompts, calls)
 
     def sample(self, epoch: int, prompts: list[str], score: bool = True) -> Sampled:
-        samples, rewards, images, timing = sample_and_score(
-            self.cfg, epoch, prompts, self.samplers, self.scorers, self.trained.weights, self.log, score
-        )
-        return Sampled(samples, rewards, lambda: torch.cat(ray.get(images)), timing)
+        weights, staleness = self.trained.for_sampling()
+        prefetched, self.prefetched = self.prefetched, None
+        if prefetched is not None and prefetched[:2] == (epoch, prompts) and score:
+            calls = prefetched[2]  # sampled while the last epoch trained
+        else:
+            calls = launch_sampling(self.cfg, epoch, prompts, self.samplers, self.scorers, weights, score)
+        samples, rewards, images, timing = collect(calls, self.log)
+        return Sampled(samples, rewards, lambda: torch.cat(ray.get(images)), timing, staleness)
+
+    def prefetch(self, epoch: int, prompts: list[str]) -> None:
+        """Send the epoch's chunks to the samplers now, with the current weights: they sample and score
+        while the train workers train; none after the last epoch (only its weights are kept)."""
+        weights = self.trained.keep_for_sampling()
+        if epoch < self.cfg.epochs:
+            calls = launch_sampling(self.cfg, epoch, prompts, self.samplers, self.scorers, weights, True)
+            self.prefetched = (epoch, prompts, calls)
 
     def train(self, epoch: int, prompts: list[str], items: dict[str, Tensor]):
         metrics, replies, timing = train_on_workers(self.cfg, self.trained, epoch, prompts, items, self.log)
@@ -181,7 +217,16 @@ def ray_train(
         launched.stop()
 
 
-def sample_and_score(cfg, epoch, prompts, samplers, scorers, weights: Weights, log, score: bool = True):
+@dataclass
+class SamplingCalls:
+    """An epoch's sampler and scorer calls, sent and not yet waited for (object references)."""
+
+    samples: list
+    images: list
+    rewards: list | None  # None: not scored
+
+
+def launch_sampling(cfg, epoch, prompts, samplers, scorers, weights: Weights, score: bool) -> SamplingCalls:
     """The epoch's chunks over the samplers in turn, each chunk's images to a scorer as soon as sampled."""
     chunks = plan_chunks(prompts, cfg.sample_batch, cfg.seed, epoch)
     outs = [
@@ -190,16 +235,28 @@ def sample_and_score(cfg, epoch, prompts, samplers, scorers, weights: Weights, l
     ]
     images = [image_ref for _, image_ref in outs]
     group_size = cfg.sampling_settings()["group_size"]  # each image's prompt, for prompt-conditioned rewards
-    to_score = enumerate(zip(chunks, images, strict=True)) if score else []
-    rewards = [
-        scorers[i % len(scorers)].score.remote(ref, chunk_prompts(c, group_size)) for i, (c, ref) in to_score
-    ]
+    rewards = None
+    if score:
+        rewards = [
+            scorers[i % len(scorers)].score.remote(ref, chunk_prompts(c, group_size))
+            for i, (c, ref) in enumerate(zip(chunks, images, strict=True))
+        ]
+    return SamplingCalls([s for s, _ in outs], images, rewards)
+
+
+def collect(calls: SamplingCalls, log: Log):
+    """(samples, rewards or None, the images' references, the seconds waited for each phase)."""
     start = time.perf_counter()
-    samples = concat_samples(wait([s for s, _ in outs], "sampling", log))
+    samples = concat_samples(wait(calls.samples, "sampling", log))
     sampled = time.perf_counter()
-    rewards = torch.cat(wait(rewards, "scoring", log)) if score else None
+    rewards = None if calls.rewards is None else torch.cat(wait(calls.rewards, "scoring", log))
     timing = {"time_sample_s": sampled - start, "time_score_s": time.perf_counter() - sampled}
-    return samples, rewards, images, timing
+    return samples, rewards, calls.images, timing
+
+
+def sample_and_score(cfg, epoch, prompts, samplers, scorers, weights: Weights, log, score: bool = True):
+    """`launch_sampling`, then `collect`."""
+    return collect(launch_sampling(cfg, epoch, prompts, samplers, scorers, weights, score), log)
 
 
 def train_on_workers(cfg, trained: RayTrained, epoch, prompts, items, log):
@@ -211,11 +268,10 @@ def train_on_workers(cfg, trained: RayTrained, epoch, prompts, items, log):
         epoch, prompts, lambda: first.pop() if first else dataset_shards(items, cfg, epoch), log
     )
     trained_at = time.perf_counter()
-    timing = {
-        "time_shuffle_s": shuffled - start,
-        "time_train_s": trained_at - shuffled,
-        "time_sync_s": trained.sync_samplers(),
-    }
+    # Pipelined, the samplers are busy with the next epoch: each loads new weights with its next call.
+    synced = 0.0 if cfg.pipelined() else trained.sync_samplers()
+    timing = {"time_shuffle_s": shuffled - start, "time_train_s": trained_at - shuffled}
+    timing["time_sync_s"] = synced
     keys = replies[0]["metrics"]
     metrics = {k: sum(r["metrics"][k] for r in replies) / len(replies) for k in keys}
     return metrics, replies, timing

@@ -82,10 +82,10 @@ def worker_loop(config: dict) -> None:
     trained = LocalTrained(policy, learner.optimizer)
 
     def train(epoch: int, prompts: list[str], shard) -> dict:
-        embeds, uncond = encode_prompts(pipe, prompts)
+        cond, uncond = encode_prompts(pipe, prompts)
         batches = shard.iter_torch_batches(batch_size=cfg.batch_size // world, device=device)
         generator = stream_generator(cfg.seed, epoch, "train", rank, device)
-        metrics, rewards = algorithm.train(learner, batches, embeds, uncond, generator, prompts)
+        metrics, rewards = algorithm.train(learner, batches, cond, uncond, generator, prompts)
         return {"metrics": metrics, "rewards": rewards}
 
     commands, replies = config["commands"][rank], config["replies"]

@@ -111,11 +111,11 @@ def local_trainer(
         policy.load_state_dict(start)
     learner = make_learner(cfg, pipe, policy)
     items = {k: v.to(pipe.device) for k, v in items.items()}
-    embeds, uncond = encode_prompts(pipe, prompts)
+    cond, uncond = encode_prompts(pipe, prompts)
 
     def train_epoch(epoch: int) -> dict[str, float]:
         order = item_order(len(items["prompt"]), cfg, epoch)
-        return learner.train_epoch(iterate_batches(items, cfg.batch_size, order), embeds, uncond)
+        return learner.train_epoch(iterate_batches(items, cfg.batch_size, order), cond, uncond)
 
     yield LocalTrained(policy, learner.optimizer), train_epoch
 

@@ -1,9 +1,9 @@
 """The config of `jobs/d3po_labels.py`: D3PO on the pairs people labelled in a batch folder.
 
 Only the fields that matter for it. What the batch fixes is read from its manifest, not asked for: the
-model, the denoising steps, guidance and eta (training recomputes the sampler's log-probabilities) and,
-when the batch was sampled from an adapter, that adapter's LoRA shape (training continues it). The resolved
-values are fields of the config, so MLflow logs exactly what is trained.
+model, the denoising steps, guidance, eta and resolution (training recomputes the sampler's
+log-probabilities) and, when the batch was sampled from an adapter, that adapter's LoRA shape (training
+continues it). The resolved values are fields of the config, so MLflow logs exactly what is trained.
 """
 
 from dataclasses import dataclass, field
@@ -44,6 +44,7 @@ class D3POLabelsConfig(RunConfig):
     num_steps: int = field(init=False, default=0)
     guidance_scale: float = field(init=False, default=0.0)
     eta: float = field(init=False, default=0.0)
+    resolution: int | None = field(init=False, default=None)
 
     algorithm: ClassVar[str] = "d3po"  # its learner: D3PO's (rlft/algorithms/registry.py)
 
@@ -58,6 +59,7 @@ class D3POLabelsConfig(RunConfig):
             num_steps=settings["num_steps"],
             guidance_scale=settings["guidance_scale"],
             eta=settings["eta"],
+            resolution=settings.get("resolution"),  # batches written before it was recorded: the model's
         )
         if self.seed is None:
             fixed["seed"] = manifest["seed"]

@@ -27,7 +27,7 @@ class SampleGroupsConfig:
     out: str
     """Folder for the batch (created; must not already hold a complete batch)."""
     model: str = "tiny"
-    """'tiny' (offline, 32x32), 'sd15-random', a hub id or a pipeline folder."""
+    """'tiny' (offline, 32x32), another of rlft's built-in models, a hub id or a pipeline folder."""
     adapter: str | None = None
     """LoRA adapter folder to sample from (runs/<run>/adapter); default: the base model."""
     groups: int = 8

@@ -6,9 +6,10 @@ Names (`--reward`):
   for compressibility (JPEG size grows with high-frequency content, which total variation measures), and
   `brightness` the simplest differentiable reward there is. The JPEG rewards return float32; the
   differentiable ones keep the images' dtype (float64 for gradient checks). They ignore the prompts.
-- Model-based: `aesthetic` (the LAION aesthetic predictor, rlft/rewards/aesthetic.py) and `imagereward`
-  (rlft/rewards/imagereward.py, which needs the prompts), from the hub, or `aesthetic:<folder>` /
-  `imagereward:<folder>` from a local folder. Both are differentiable. Their weights load on the first call,
+- Model-based: `aesthetic` (the LAION aesthetic predictor, rlft/rewards/aesthetic.py), `imagereward`
+  (rlft/rewards/imagereward.py) and `pickscore` (rlft/rewards/pickscore.py; both need the prompts), from the
+  hub, or `aesthetic:<folder>`, `imagereward:<folder>`, `pickscore:<folder>` from a local folder. All three
+  are differentiable. Their weights load on the first call,
   once per process, and move to the images' device; `get_reward` only checks the folder, so a config that
   names one is validated in well under a second.
 - World (the tiny model's captions, rlft/diffusion/world.py; both need the prompts and refuse any other with a
@@ -33,6 +34,8 @@ from rlft.rewards.aesthetic import AestheticScore
 from rlft.rewards.aesthetic import check_folder as check_aesthetic_folder
 from rlft.rewards.imagereward import ImageRewardScore
 from rlft.rewards.imagereward import check_folder as check_imagereward_folder
+from rlft.rewards.pickscore import PickScore
+from rlft.rewards.pickscore import check_folder as check_pickscore_folder
 from rlft.rewards.world_judge import color_alignment, color_alignment_soft
 
 # fn(images (B, 3, H, W), prompts: list[str] | None = None) -> (B,), or (B, R) for several rewards
@@ -99,6 +102,7 @@ REWARDS: dict[str, Reward] = {
 MODEL_REWARDS = {
     "aesthetic": (check_aesthetic_folder, AestheticScore, "LAION aesthetic predictor, 1-10", False),
     "imagereward": (check_imagereward_folder, ImageRewardScore, "ImageReward of image and prompt", True),
+    "pickscore": (check_pickscore_folder, PickScore, "PickScore of image and prompt (CLIP-H)", True),
 }
 KNOWN = f"{', '.join(REWARDS)}, {', '.join(f'{n}[:<folder>]' for n in MODEL_REWARDS)}"
 

@@ -3,6 +3,7 @@ import math
 import torch
 
 from rlft.algorithms.d3po import D3POLearner, pair_items, pairs_from_rewards
+from rlft.diffusion.families import denoiser_for
 from rlft.diffusion.policy import Policy
 from rlft.diffusion.sampling import sample_trajectories
 
@@ -49,13 +50,12 @@ def test_learner_moves_the_policy_towards_the_preferred_steps(tiny_pipe):
     items = pair_items(
         out["latents"], out["group"], out["timesteps"], torch.tensor([0, 2, 4, 6]), torch.tensor([1, 3, 5, 7])
     )
-    embeds = out["prompt_embeds"][::2]  # one row per prompt
-    learner = D3POLearner(
-        policy, tiny_pipe.scheduler, lr=1e-2, beta=1.0, clip=0.5, guidance_scale=5.0, eta=1.0
-    )
-    first = learner.step(items, embeds, out["uncond_embeds"])
+    denoiser = denoiser_for(tiny_pipe)
+    cond, uncond = denoiser.encode(["a photo of a cat"] * 4)  # one row per prompt
+    learner = D3POLearner(policy, denoiser, lr=1e-2, beta=1.0, clip=0.5, guidance_scale=5.0, eta=1.0)
+    first = learner.step(items, cond, uncond)
     assert abs(first["loss"] - math.log(2)) < 1e-6  # policy == reference at the start
     for _ in range(15):
-        last = learner.step(items, embeds, out["uncond_embeds"])
+        last = learner.step(items, cond, uncond)
     assert last["loss"] < math.log(2) - 0.01
     assert last["preference_accuracy"] >= 0.85  # of the 20 (pair, step) items

@@ -2,7 +2,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
-from rlft.diffusion.ddim import ddim_step, ddim_step_with_logprob, predicted_x0
+from rlft.diffusion.ddim import ddim_step, ddim_step_with_logprob, gaussian_log_prob, predicted_x0
 
 
 @pytest.fixture
@@ -28,6 +28,25 @@ def test_log_prob_is_the_gaussian_density_averaged_over_pixels(scheduler):
     expected = torch.distributions.Normal(mean, std).log_prob(prev).mean(dim=(1, 2, 3))
     torch.testing.assert_close(log_prob, expected)
     assert log_prob.shape == (3,)
+
+
+def test_a_bfloat16_models_log_prob_is_computed_in_float32():
+    """Policy and reference means a bfloat16 rounding apart must give different log-probabilities, to the
+    digits of the same sum taken in float64 (in bfloat16 it keeps about 3 significant digits)."""
+    g = torch.Generator().manual_seed(0)
+    x, mean = (
+        torch.randn(2, 16, 64, 64, generator=g).bfloat16(),
+        torch.randn(2, 16, 64, 64, generator=g).bfloat16(),
+    )
+    nudged = mean + torch.full_like(mean, 2**-7)  # another bfloat16 mean, as a LoRA update makes
+    std = torch.full((2, 1, 1, 1), 0.3).bfloat16()
+    log_ratio = gaussian_log_prob(x, nudged, std) - gaussian_log_prob(x, mean, std)
+    exact = (
+        torch.distributions.Normal(nudged.double(), std.double()).log_prob(x.double())
+        - torch.distributions.Normal(mean.double(), std.double()).log_prob(x.double())
+    ).mean(dim=(1, 2, 3))
+    assert log_ratio.dtype == torch.float32
+    torch.testing.assert_close(log_ratio.double(), exact, rtol=1e-3, atol=1e-5)
 
 
 def test_step_matches_diffusers_for_the_same_generator(scheduler):

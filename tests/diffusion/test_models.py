@@ -7,7 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from rlft.diffusion.models import TINY_MODEL_FOLDER, build_tiny_pipeline, load_pipeline
+from rlft.diffusion.loading import load_pipeline
+from rlft.diffusion.models import TINY_MODEL_FOLDER, build_tiny_pipeline
 from rlft.diffusion.names import check_model_name
 from rlft.diffusion.sampling import sample_trajectories
 
@@ -48,7 +49,7 @@ def test_the_shipped_tiny_model_is_the_recorded_one_and_reproduces_its_first_sam
 )
 def test_bad_model_names_fail_before_building(name, message, monkeypatch):
     built = []
-    monkeypatch.setattr("rlft.diffusion.models.build_tiny_pipeline", lambda *a, **k: built.append(1))
+    monkeypatch.setattr("rlft.diffusion.loading.build_tiny_pipeline", lambda *a, **k: built.append(1))
     with pytest.raises(ValueError, match=message):
         load_pipeline(name)
     assert not built

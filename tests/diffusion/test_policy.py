@@ -1,5 +1,7 @@
 import torch
 
+from rlft.diffusion.families import denoiser_for
+from rlft.diffusion.loading import load_pipeline
 from rlft.diffusion.models import build_tiny_pipeline
 from rlft.diffusion.policy import Policy
 from rlft.diffusion.sampling import sample_trajectories
@@ -71,3 +73,23 @@ def test_state_dict_moves_the_adapter_between_policies(tiny_pipe):
     a = sample_trajectories(tiny_pipe, ["a photo of a dog"], **kwargs)["images"]
     b = sample_trajectories(other_pipe, ["a photo of a dog"], **kwargs)["images"]
     torch.testing.assert_close(a, b)
+
+
+def test_a_bfloat16_models_lora_trains_in_float32_so_small_steps_are_not_rounded_away():
+    pipe = load_pipeline("tiny-sd3", dtype=torch.bfloat16)
+    policy = Policy(pipe.transformer, pipeline_class=type(pipe), part="transformer")
+    assert {p.dtype for p in policy.parameters()} == {torch.float32}
+    assert next(p for n, p in pipe.transformer.named_parameters() if "lora" not in n).dtype == torch.bfloat16
+    denoiser = denoiser_for(pipe)
+    cond, uncond = denoiser.encode(["a photo of a cat"])
+    latents = denoiser.initial_noise(1, 32, torch.Generator().manual_seed(0))
+    denoiser.set_timesteps(4)
+    output = denoiser.guided(policy.model, latents, denoiser.scheduler.timesteps[1], cond, uncond, 5.0)
+    assert output.dtype == torch.bfloat16
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-4)
+    before = {n: p.detach().clone() for n, p in pipe.transformer.named_parameters() if "lora_A" in n}
+    output.float().square().mean().backward()
+    optimizer.step()
+    after = dict(pipe.transformer.named_parameters())
+    moved = torch.cat([(after[n].detach() != before[n]).flatten() for n in before]).float().mean()
+    assert moved > 0.99  # in bfloat16 most of these 1e-4 steps on weights of about 0.1 round to nothing

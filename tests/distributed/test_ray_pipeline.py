@@ -48,6 +48,22 @@ def test_d3po_on_ray_gives_the_single_process_numbers_and_resumes_where_it_stopp
     assert client.get_run(tracker.run_id).info.status == "FINISHED"
 
 
+def test_pipelined_on_ray_the_samplers_draw_the_next_epoch_as_one_process_would_and_a_resume_does_too(
+    local_ray, tmp_path
+):
+    """Epoch e+1 is sampled while epoch e trains, with the weights epoch e trains from, on two samplers."""
+    cfg = D3POConfig(epochs=3, shuffle=False, pipeline="on", samplers=2, **SMALL)
+    reference = train_local(cfg, tmp_path / "single", log=print)
+    ray_train(
+        D3POConfig(epochs=2, shuffle=False, pipeline="on", samplers=2, **SMALL), tmp_path / "ray", log=print
+    )
+    lines = []
+    resumed = ray_train(cfg, tmp_path / "ray", log=lines.append)
+    assert f"resuming {tmp_path / 'ray'} after epoch 1" in lines
+    _same(reference, resumed, ("reward_mean", "loss", "eval_gain_mean", "sample_staleness"))
+    assert [h["sample_staleness"] for h in resumed] == [0, 1, 1]
+
+
 @pytest.mark.parametrize("variant", ["draft-k", "draft-lv", "full"])
 def test_draft_on_ray_gives_the_single_process_numbers(local_ray, tmp_path, variant):
     cfg = DRaFTConfig(

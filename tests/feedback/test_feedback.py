@@ -14,7 +14,7 @@ from rlft.diffusion.policy import build_policy
 from rlft.epoch import concat_samples, epoch_prompts, plan_chunks, sample_chunk
 from rlft.feedback import batch_folder
 from rlft.feedback.batch_folder import MANIFEST, TRAJECTORIES, read_manifest
-from rlft.feedback.human import labelled_items
+from rlft.feedback.human import labelled_items, train_human
 from rlft.feedback.labels import Label, connect, save_label
 from rlft.feedback.labels_config import D3POLabelsConfig
 from rlft.feedback.sample_groups import SampleGroupsConfig, policy_config, sample_groups
@@ -191,7 +191,7 @@ def test_labelled_items_refuses_labels_made_for_another_manifest(batch):
 def test_the_labels_config_takes_the_batchs_sampling_and_refuses_what_would_not_match(batch, tmp_path):
     manifest, _ = read_manifest(batch)
     cfg = D3POLabelsConfig(batch=str(batch), ray=False)  # training recomputes the sampler's log-probabilities
-    settings = {k: manifest["settings"][k] for k in ("num_steps", "guidance_scale", "eta")}
+    settings = {k: manifest["settings"][k] for k in ("num_steps", "guidance_scale", "eta", "resolution")}
     assert {k: getattr(cfg, k) for k in settings} == settings and settings["num_steps"] == 3
     assert (cfg.model, cfg.seed) == (manifest["model"], manifest["seed"])
     assert (cfg.lora_rank, cfg.lora_alpha, cfg.full_finetune) == (4, None, False)  # no start adapter
@@ -199,6 +199,15 @@ def test_the_labels_config_takes_the_batchs_sampling_and_refuses_what_would_not_
         D3POLabelsConfig(batch=str(batch), seed=1)  # the tiny model's weights come from the seed
     with pytest.raises(ValueError, match=r"batch='.*nowhere' is not allowed: .*holds no manifest.json"):
         D3POLabelsConfig(batch=str(tmp_path / "nowhere"))
+
+
+def test_a_pass_over_the_labelled_pairs_in_this_process_writes_the_adapter(batch, tmp_path):
+    label(batch, "ann", 0, "g0000-2", "g0000-0")
+    label(batch, "ann", 1, "g0001-1", "g0001-2")
+    cfg = D3POLabelsConfig(batch=str(batch), ray=False, epochs=1, batch_size=6)
+    (metrics,) = train_human(cfg, tmp_path / "run", log=lambda line: None)
+    assert metrics["pairs"] == 6 and 0 < metrics["loss"] < 1  # beta * clipped log-ratios: near log 2
+    assert (tmp_path / "run" / "adapter" / "pytorch_lora_weights.safetensors").is_file()
 
 
 @pytest.mark.slow

@@ -1,8 +1,8 @@
-"""`--reward aesthetic` and `--reward imagereward` (no folder) load through the real hub code: transformers'
-`from_pretrained` and `hf_hub_download` for the aesthetic predictor, the image-reward package's own `load`
-for ImageReward. No hub can be reached here, so each test fills the caches that code reads (Hugging Face's
-cache under HF_HOME, and ~/.cache/ImageReward) with random weights, as a first download would, and runs
-the DRaFT job on the tiny model offline (HF_HUB_OFFLINE=1) - slow tier."""
+"""`--reward aesthetic`, `pickscore` and `imagereward` (no folder) load through the real hub code:
+transformers' `from_pretrained` and `hf_hub_download` for the aesthetic predictor and PickScore, the
+image-reward package's own `load` for ImageReward. No hub can be reached here, so each test fills the caches
+that code reads (Hugging Face's cache under HF_HOME, and ~/.cache/ImageReward) with random weights, as a
+first download would, and runs the DRaFT job on the tiny model offline (HF_HUB_OFFLINE=1) - slow tier."""
 
 import os
 import shutil
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from processes import SMALL_EVAL
 
-from rlft.rewards import aesthetic
+from rlft.rewards import aesthetic, pickscore
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -74,6 +74,24 @@ def test_reward_aesthetic_loads_clip_and_the_head_through_the_hub_cache(tmp_path
     result = draft_job("aesthetic", home, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "reward aesthetic" in result.stdout and "epoch   0 | eval" in result.stdout
+
+
+def test_reward_pickscore_loads_the_model_and_the_processors_tokenizer_through_the_hub_cache(
+    tmp_path, reward_folders
+):
+    folder = reward_folders / "pickscore"
+    home = tmp_path / "home"
+    failed = draft_job("pickscore", home, tmp_path)
+    assert failed.returncode != 0
+    assert f"reward 'pickscore': cannot load {pickscore.HUB_MODEL}" in failed.stderr
+    assert "use pickscore:<folder>" in failed.stderr
+    model = {name: folder / name for name in ("config.json", "model.safetensors")}
+    tokenizer = {f.name: f for f in folder.iterdir() if f.name not in model}
+    cache_snapshot(home / "hf", pickscore.HUB_MODEL, model)
+    cache_snapshot(home / "hf", pickscore.HUB_PROCESSOR, tokenizer)
+    result = draft_job("pickscore", home, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "reward pickscore" in result.stdout and "epoch   0 | eval" in result.stdout
 
 
 def test_reward_imagereward_loads_through_the_packages_own_load(tmp_path, reward_folders):

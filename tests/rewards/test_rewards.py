@@ -48,17 +48,20 @@ def test_unknown_or_non_differentiable_rewards_are_refused_by_name():
 def test_model_rewards_are_named_without_loading_any_weights():
     start = time.perf_counter()
     aesthetic, imagereward = get_reward("aesthetic"), get_reward("imagereward", differentiable=True)
+    pickscore = get_reward("pickscore", differentiable=True)
     assert time.perf_counter() - start < 1.0  # config validation must not load a model
     assert aesthetic.differentiable and not aesthetic.needs_prompts
     assert imagereward.differentiable and imagereward.needs_prompts
+    assert pickscore.differentiable and pickscore.needs_prompts
 
 
-@pytest.mark.parametrize("kind", ["aesthetic", "imagereward"])
+@pytest.mark.parametrize("kind", ["aesthetic", "imagereward", "pickscore"])
 def test_a_reward_folder_that_does_not_exist_is_named_with_the_files_expected(kind, tmp_path):
     folder = tmp_path / "nowhere"
     expected = {
         "aesthetic": "config.json, model.safetensors or pytorch_model.bin",
         "imagereward": "ImageReward.pt",
+        "pickscore": "config.json and model.safetensors or pytorch_model.bin .a transformers CLIPModel.",
     }
     with pytest.raises(ValueError, match=f"folder '{folder}' does not exist; expected {expected[kind]}"):
         get_reward(f"{kind}:{folder}")
