@@ -5,7 +5,8 @@ policy that sampled it. The shared baseline D3PO and DRaFT are compared with (be
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from rlft.configs.base import SamplingConfig, check, check_divides, refuse_labels
+from rlft.configs.base import SamplingConfig
+from rlft.configs.checks import check, check_divides, refuse_labels
 from rlft.rewards.registry import get_reward
 
 

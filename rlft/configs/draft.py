@@ -6,7 +6,8 @@ AlignProp (arXiv 2310.03739), a random truncation K at each optimizer step."""
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from rlft.configs.base import SamplingConfig, check, check_divides, refuse_labels
+from rlft.configs.base import SamplingConfig
+from rlft.configs.checks import check, check_divides, refuse_labels
 from rlft.rewards.registry import get_reward
 
 

@@ -9,7 +9,8 @@ continues it). The resolved values are fields of the config, so MLflow logs exac
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from rlft.configs.base import RunConfig, check, check_divides
+from rlft.configs.base import RunConfig
+from rlft.configs.checks import check, check_divides
 from rlft.diffusion.names import BUILTIN_MODELS, DEFAULT_LORA_TARGETS
 from rlft.feedback.batch_folder import read_manifest
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 from rlft.configs import D3POConfig
-from rlft.configs.base import check
+from rlft.configs.checks import check
 from rlft.diffusion.adapters import adapter_digest, adapter_file, adapter_lora_shape, load_adapter
 from rlft.diffusion.policy import build_policy
 from rlft.epoch import concat_samples, epoch_prompts, plan_chunks, sample_chunk
