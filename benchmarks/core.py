@@ -8,9 +8,11 @@ Prints, for the same model and inputs in one run:
    same run (target >= 50 %).
 
 Runs without Ray or MLflow:  python benchmarks/core.py [--model tiny] [--threads 2] [--device cpu]
+(`--json PATH` also writes the figures there, for benchmarks/report.py.)
 """
 
 import argparse
+import json
 import statistics
 import time
 
@@ -70,6 +72,7 @@ def main() -> None:
         "--batch-size", type=int, default=16, help="(pair, timestep) items per optimizer step"
     )
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", default=None, help="also write the figures to this file")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -154,6 +157,11 @@ def main() -> None:
         f"flops     {rate / 1e9:8.1f} GFLOP/s | matmul peak {peak / 1e9:.1f} GFLOP/s | "
         f"{100 * rate / peak:.1f} % of peak (target >= 50 %)"
     )
+    if args.json:
+        figures = dict(sampler_over_pipeline=t_stock / t_ours, d3po_ms_per_item=1e3 * seconds / count)
+        figures |= dict(d3po_flops=rate, matmul_peak_flops=peak, threads=torch.get_num_threads())
+        with open(args.json, "w") as f:
+            json.dump(figures, f)
 
 
 if __name__ == "__main__":

@@ -8,10 +8,11 @@ ratio pipelined / sequential (issue target: at most 0.7). The runs alternate (se
 pipelined, sequential, ... for --repeats) so that the machine's drift falls on both. The evaluation runs only
 at the end: evaluated every epoch, it would queue behind the next epoch's sampling. Needs no GPU or MLflow.
 
-    python benchmarks/pipelined_epochs.py [--epochs 5] [--pairs 16] [--repeats 2]
+    python benchmarks/pipelined_epochs.py [--epochs 5] [--pairs 16] [--repeats 2] [--json PATH]
 """
 
 import argparse
+import json
 import statistics
 import tempfile
 from pathlib import Path
@@ -35,6 +36,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--pairs", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--json", default=None, help="also write the figures to this file")
     args = parser.parse_args()
     common = dict(epochs=args.epochs, pairs_per_epoch=args.pairs, threads=1, track=False)
     common |= dict(eval_every=args.epochs, image_every=args.epochs)
@@ -69,6 +71,11 @@ def main() -> None:
         end="",
     )
     print("target <= 0.7)")
+    if args.json:
+        figures = dict(pipelined_over_sequential=statistics.mean(ratios))
+        figures |= {f"{mode}_epoch_s": statistics.mean(epochs[mode]) for mode in ("off", "on")}
+        with open(args.json, "w") as f:
+            json.dump(figures, f)
 
 
 if __name__ == "__main__":

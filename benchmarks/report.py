@@ -1,0 +1,127 @@
+"""One report of every speed and memory figure on this machine, each against its target, from one sitting:
+runs `core.py` at 1 and 2 threads, `ray_pipeline.py` at 2 threads, `pipelined_epochs.py`, and the default
+D3PO job in one process for its peak memory, one after another (never side by side: they would share the
+cores), and prints one Markdown table. Times are given as ratios measured in the same run wherever the
+target is a ratio; start-up is given in seconds and as a multiple of the same run's single-process epoch.
+
+    python benchmarks/report.py             # about 15 minutes on 2 cores
+    python benchmarks/report.py --readme    # also rewrites README.md's table between its report markers
+
+Needs no GPU or MLflow (the Ray figures need Ray).
+"""
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+from datetime import date
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+README = HERE.parent / "README.md"
+START, END = "<!-- benchmarks/report.py: start -->", "<!-- benchmarks/report.py: end -->"
+
+
+def run_benchmark(script: str, *flags: str) -> dict:
+    """Run benchmarks/<script> with `flags` (its output shown as it goes); the figures it wrote."""
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "figures.json"
+        print(f"$ python benchmarks/{script} {' '.join(flags)}", flush=True)
+        subprocess.run([sys.executable, str(HERE / script), *flags, "--json", str(out)], check=True)
+        return json.loads(out.read_text())
+
+
+def one_process_peak_bytes() -> float:
+    """Peak RSS of the default D3PO job in one process (2 epochs, no MLflow): the largest child's maxrss."""
+    with tempfile.TemporaryDirectory() as folder:
+        flags = ["--no-ray", "--epochs", "2", "--no-track", "--runs-dir", folder, "--run-name", "memory"]
+        print(f"$ python jobs/d3po.py {' '.join(flags[:-4])}", flush=True)
+        subprocess.run([sys.executable, str(HERE.parent / "jobs" / "d3po.py"), *flags], check=True)
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024.0  # kB on Linux
+
+
+def rows(core1: dict, core2: dict, ray: dict, pipelined: dict, one_process: float) -> list[tuple[str, ...]]:
+    """(figure, measured, target, met) for each figure, from the benchmarks' figures."""
+    start_up = ray["ray_init_s"] + ray["init_to_ready_s"]
+    split = f"{ray['ray_init_s']:.1f} + {ray['init_to_ready_s']:.1f}"
+    rate1, rate2 = (100 * c["d3po_flops"] / c["matmul_peak_flops"] for c in (core1, core2))
+    figures = [  # (figure, value, as shown, target)
+        ("sampler / stock pipeline, 1 thread", core1["sampler_over_pipeline"], "{:.3f}", ">= 0.95"),
+        ("sampler / stock pipeline, 2 threads", core2["sampler_over_pipeline"], "{:.3f}", ">= 0.95"),
+        ("D3PO update, FLOP rate / matmul peak, 1 thread", rate1, "{:.0f} %", ""),
+        ("D3PO update, FLOP rate / matmul peak, 2 threads", rate2, "{:.0f} %", ">= 55 %"),
+        ("Ray epoch / single-process epoch, 2 threads", ray["ray_over_single"], "{:.3f}", "<= 1.10"),
+        (
+            "pipelined / sequential epoch on Ray, 1 thread each",
+            pipelined["pipelined_over_sequential"],
+            "{:.3f}",
+            "<= 0.70",
+        ),
+        (
+            "local Ray: ray.init + until the actors are ready (the first epoch starts)",
+            start_up,
+            f"{{:.1f}} s ({split}; {start_up / ray['single_epoch_s']:.1f} single-process epochs)",
+            "<= 10 s",
+        ),
+        (
+            "local Ray run, whole process tree, peak (PSS)",
+            ray["tree_peak_bytes"] / 1e9,
+            "{:.2f} GB",
+            "< 3 GB",
+        ),
+        ("one process, peak (RSS)", one_process / 1e9, "{:.2f} GB", "< 0.8 GB"),
+    ]
+    return [(f, shown.format(value), target, meets(value, target)) for f, value, shown, target in figures]
+
+
+def meets(value: float, target: str) -> str:
+    """'yes' or '**no**' for a target written as '>= 0.95', '<= 10 s' or '< 3 GB' (its unit the value's);
+    '' for no target."""
+    if not target:
+        return ""
+    sign, number = target.split()[:2]
+    bound = float(number)
+    met = {">=": value >= bound, "<=": value <= bound, "<": value < bound}[sign]
+    return "yes" if met else "**no**"
+
+
+def table(measured: list[tuple[str, ...]]) -> str:
+    lines = ["| figure | measured | target | met |", "| --- | --- | --- | --- |"]
+    lines += ["| " + " | ".join(r) + " |" for r in measured]
+    where = f"{platform.machine()}, {os.cpu_count()} cores, {date.today():%d %B %Y}"
+    return f"`python benchmarks/report.py` on this machine ({where}):\n\n" + "\n".join(lines)
+
+
+def rewrite_readme(text: str) -> None:
+    readme = README.read_text()
+    if START not in readme or END not in readme:
+        raise ValueError(f"README.md has no {START} ... {END} block to rewrite")
+    head, rest = readme.split(START, 1)
+    _, tail = rest.split(END, 1)
+    README.write_text(f"{head}{START}\n{text}\n{END}{tail}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--readme", action="store_true", help="rewrite README.md's table with this one")
+    args = parser.parse_args()
+    core1 = run_benchmark("core.py", "--threads", "1")
+    core2 = run_benchmark("core.py", "--threads", "2")
+    ray = run_benchmark("ray_pipeline.py", "--threads", "2")
+    pipelined = run_benchmark("pipelined_epochs.py")
+    one_process = one_process_peak_bytes()
+    text = table(rows(core1, core2, ray, pipelined, one_process))
+    print("\n" + text)
+    if args.readme:
+        rewrite_readme(text)
+        print(f"\nrewrote the table in {README}")
+
+
+if __name__ == "__main__":
+    main()
