@@ -1,5 +1,5 @@
 """Whole training loops on the pretrained tiny model, judged on the fixed evaluation set (the same prompts and
-noise at every evaluation) against a reversed control, over three seeds (slow tier, several minutes each)."""
+noise at every evaluation) against a reversed control, over two seeds or more (slow tier, minutes each)."""
 
 import dataclasses
 import math
@@ -23,8 +23,11 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 
 
-SEEDS = (0, 1, 2)
-DRAFT_SEEDS = (0, 1, 2)
+# Two seeds each, to keep CI within its 90 minutes on 2 cores (the full slow tier took 76 of CI's 83 minutes
+# on 1 December 2026); the README's and docs/results.md's figures come from three seeds each
+# (`python benchmarks/learning.py --seeds 0 1 2`).
+SEEDS = (0, 1)
+DRAFT_SEEDS = (0, 1)
 
 
 def _gain(history: list[dict]) -> tuple[float, float]:
