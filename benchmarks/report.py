@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -36,12 +35,16 @@ def run_benchmark(script: str, *flags: str) -> dict:
 
 
 def one_process_peak_bytes() -> float:
-    """Peak RSS of the default D3PO job in one process (2 epochs, no MLflow): the largest child's maxrss."""
+    """Peak RSS of the default D3PO job in one process (2 epochs, no MLflow), from its own resource usage."""
     with tempfile.TemporaryDirectory() as folder:
         flags = ["--no-ray", "--epochs", "2", "--no-track", "--runs-dir", folder, "--run-name", "memory"]
         print(f"$ python jobs/d3po.py {' '.join(flags[:-4])}", flush=True)
-        subprocess.run([sys.executable, str(HERE.parent / "jobs" / "d3po.py"), *flags], check=True)
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024.0  # kB on Linux
+        job = subprocess.Popen([sys.executable, str(HERE.parent / "jobs" / "d3po.py"), *flags])
+        _, status, usage = os.wait4(job.pid, 0)  # this child's usage alone, not the earlier benchmarks'
+        job.returncode = os.waitstatus_to_exitcode(status)
+        if job.returncode != 0:
+            raise subprocess.CalledProcessError(job.returncode, job.args)
+    return usage.ru_maxrss * 1024.0  # kB on Linux
 
 
 def rows(core1: dict, core2: dict, ray: dict, pipelined: dict, one_process: float) -> list[tuple[str, ...]]:
