@@ -4,7 +4,7 @@ D3PO job in one process for its peak memory, one after another (never side by si
 cores), and prints one Markdown table. Times are given as ratios measured in the same run wherever the
 target is a ratio; start-up is given in seconds and as a multiple of the same run's single-process epoch.
 
-    python benchmarks/report.py             # about 15 minutes on 2 cores
+    python benchmarks/report.py             # about 17 minutes on 2 cores
     python benchmarks/report.py --readme    # also rewrites README.md's table between its report markers
 
 Needs no GPU or MLflow (the Ray figures need Ray).

@@ -48,8 +48,8 @@ def test_a_full_size_model_on_a_cpu_is_refused_before_anything_is_built(name):
 @pytest.fixture
 def one_layer_deep(monkeypatch):
     """The full-size builders one block deep, with narrow feed-forward layers inside the text encoders and
-    a shallow VAE (bf16 matrix products crawl on a CPU; 19 minutes in CI before): every width, vocabulary and
-    sequence length a prompt embedding or latent shows is kept."""
+    a shallow VAE (bf16 matrix products crawl on a CPU: the two tests took 19 minutes of a full CI run
+    before): every width, vocabulary and sequence length a prompt embedding or latent shows is kept."""
     monkeypatch.setitem(full_size.SD35_LARGE_TRANSFORMER, "num_layers", 1)
     monkeypatch.setitem(full_size.FLUX_DEV_TRANSFORMER, "num_layers", 1)
     monkeypatch.setitem(full_size.FLUX_DEV_TRANSFORMER, "num_single_layers", 1)
