@@ -3,9 +3,9 @@ loads it.
 
 The VAE first, then the UNet with the text encoder; one progress line every --log-every steps. The shipped
 weights (rlft/diffusion/tiny_model; model.json records the settings, losses and times) are this command's
-defaults with `--threads 1`: 58 minutes on one thread of a 2-core machine that was doing other work too (VAE
-17, UNet 39). Deterministic on a CPU for a given seed and thread count. More steps sharpen the shapes:
-`--settings.unet-steps 6000`, or `--device cuda` with larger batches.
+defaults with `--threads 2` on a 2-core machine: 64 minutes (VAE 12, UNet 51; another job shared the cores
+for the first 13). Deterministic on a CPU for a given seed and thread count. `--device cuda` trains on a GPU
+(not timed here).
 """
 
 from dataclasses import dataclass

@@ -10,6 +10,7 @@ initialisation all come from seeded generators. The result is three safetensors 
 
 import hashlib
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -40,18 +41,20 @@ class PretrainSettings:
     vae_lr: float = 1e-3
     kl_weight: float = 1e-6
     """Weight of the latents' KL divergence to N(0, 1) against the reconstruction MSE."""
-    unet_steps: int = 1500
+    unet_steps: int = 5000
     """UNet and text-encoder optimizer steps."""
     unet_batch: int = 64
     unet_lr: float = 2e-3
+    """The peak learning rate: reached after 200 warm-up steps, then a cosine down to a tenth of it."""
     empty_caption_fraction: float = 0.1
     """Captions replaced by "" in training, so the model also learns the unconditional output that
     classifier-free guidance needs."""
     snr_gamma: float = 5.0
     """Min-SNR loss weighting (Hang et al., arXiv 2303.09556): each timestep's loss is weighted by
     min(SNR, gamma) / SNR, which speeds convergence severalfold; 0 turns it off."""
-    ema_decay: float = 0.999
-    """The saved UNet and text encoder are an exponential moving average of the trained ones."""
+    ema_decay: float = 0.998
+    """The saved UNet and text encoder are an exponential moving average of the trained ones (over about
+    the last 1 / (1 - decay) steps: 500 at 0.998)."""
     vae_max_seconds: float | None = None
     """Stop the VAE phase after this many seconds (the steps run are recorded); None: run every step."""
     unet_max_seconds: float | None = None
@@ -63,6 +66,15 @@ class PretrainSettings:
 
 def _warmup(step: int, warmup: int = 200) -> float:
     return min(1.0, (step + 1) / warmup)
+
+
+def warmup_cosine(step: int, steps: int, warmup: int = 200, floor: float = 0.1) -> float:
+    """The learning rate's factor at `step` of `steps`: linear warm-up over `warmup` steps, then a cosine
+    from 1 down to `floor` at the last step."""
+    if step < warmup:
+        return (step + 1) / warmup
+    done = (step - warmup) / max(1, steps - 1 - warmup)
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
 
 
 def _progress(log: Log, phase: str, step: int, steps: int, losses: list[Tensor], start: float) -> None:
@@ -147,7 +159,7 @@ def train_denoiser(
     modules = torch.nn.ModuleDict({"unet": unet, "text_encoder": text_encoder})
     ema = AveragedModel(modules, multi_avg_fn=get_ema_multi_avg_fn(s.ema_decay))
     optimizer = torch.optim.AdamW(modules.parameters(), lr=s.unet_lr, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, s.unet_steps))
     means, stds = latents
     modules.train()
     losses, start, step, device = [], time.perf_counter(), 0, ids.device

@@ -62,10 +62,10 @@ def _check_learns(cfg, tmp_path):
     assert gain - reverse_gain > 3 * math.hypot(se, reverse_se), (gain, se, reverse_gain, reverse_se)
 
 
-# Measured (`python benchmarks/learning.py`, one process, November 2026), best-worst pairs of groups of 4,
-# 64 evaluation images: seed 0 +0.054 +- 0.009 kB (reversed -0.096), seed 1 +0.303 +- 0.014 (reversed -0.094),
-# seed 2 +0.294 +- 0.014 (reversed -0.132). DRaFT-K, 4 epochs, 32 images: seed 0 +0.82 +- 0.08 (reversed
-# -1.59), seed 1 +0.76 +- 0.08 (-1.54), seed 2 +0.73 +- 0.08 (-1.61).
+# Measured on the model pretrained on 1 December 2026 (`python benchmarks/learning.py --threads 1`, one process,
+# 32 evaluation images): D3PO default (best-worst pairs of groups of 4) seed 0 +0.134 +- 0.025 kB (reversed
+# -0.110), seed 1 +0.130 +- 0.019 (-0.029), seed 2 +0.144 +- 0.023 (-0.014). DRaFT-K, 4 epochs: seed 0 +0.63 +-
+# 0.06 (reversed -2.12), seed 1 +0.63 +- 0.06 (-2.26), seed 2 +0.60 +- 0.06 (-2.29).
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -90,7 +90,8 @@ def test_draft_lv_raises_the_differentiable_reward(tmp_path):
     assert gain > 3 * se, (gain, se)
 
 
-# DDPO learns far less per sampled image than D3PO here (docs/results.md): with its defaults (independent
+# On the tiny model shipped before 1 December 2026: DDPO learns far less per sampled image than D3PO here
+# (docs/results.md): with its defaults (independent
 # noise, per-prompt statistics, lr 2e-3, 12 epochs) brightness moved +0.011 +- 0.003 (seed 0) and
 # +0.001 +- 0.002 (seed 1). It learns with the samples of a prompt sharing their initial noise (their rewards
 # then differ only by the denoising steps the advantages credit), advantages within each group, D3PO's lr and

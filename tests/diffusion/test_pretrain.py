@@ -5,7 +5,7 @@ import json
 import torch
 
 from rlft.diffusion.models import load_tiny_pretrained
-from rlft.diffusion.pretrain import PretrainSettings, pretrain, unbias_ema
+from rlft.diffusion.pretrain import PretrainSettings, pretrain, unbias_ema, warmup_cosine
 
 TINY_RUN = PretrainSettings(images=64, vae_steps=2, vae_batch=4, unet_steps=3, unet_batch=4, log_every=1)
 
@@ -37,3 +37,12 @@ def test_unbiasing_removes_the_initial_weights_share_of_the_moving_average():
     torch.testing.assert_close(unbiased["w"], trained)
     assert unbiased["steps"] == 3  # integer buffers are left alone
     assert unbias_ema(average, initial, decay=0.5, updates=1) is average
+
+
+def test_the_learning_rate_warms_up_then_falls_along_a_cosine_to_a_tenth():
+    # 1,000 steps: 200 of warm-up, then 799 intervals of cosine from 1 to 0.1.
+    assert warmup_cosine(0, 1000) == 1 / 200 and warmup_cosine(199, 1000) == 1.0
+    assert warmup_cosine(200, 1000) == 1.0
+    assert abs(warmup_cosine(200 + 799 // 2, 1000) - 0.55) < 0.002  # half-way: (1 + 0.1) / 2
+    assert abs(warmup_cosine(999, 1000) - 0.1) < 1e-12
+    assert warmup_cosine(5000, 1000) == warmup_cosine(999, 1000)  # past the end: stays at the floor
