@@ -62,10 +62,10 @@ def _check_learns(cfg, tmp_path):
     assert gain - reverse_gain > 3 * math.hypot(se, reverse_se), (gain, se, reverse_gain, reverse_se)
 
 
-# Measured on the model pretrained on 1 December 2026 (`python benchmarks/learning.py --threads 1`, one process,
-# 32 evaluation images): D3PO default (best-worst pairs of groups of 4) seed 0 +0.134 +- 0.025 kB (reversed
-# -0.110), seed 1 +0.130 +- 0.019 (-0.029), seed 2 +0.144 +- 0.023 (-0.014). DRaFT-K, 4 epochs: seed 0 +0.63 +-
-# 0.06 (reversed -2.12), seed 1 +0.63 +- 0.06 (-2.26), seed 2 +0.60 +- 0.06 (-2.29).
+# Measured on the model pretrained on 1 December 2026 (`python benchmarks/learning.py --threads 1`, one
+# process, 32 evaluation images): D3PO default (best-worst pairs of groups of 4) seed 0 +0.134 +- 0.025 kB
+# (reversed -0.110), seed 1 +0.130 +- 0.019 (-0.029), seed 2 +0.144 +- 0.023 (-0.014). DRaFT-K, 4 epochs:
+# seed 0 +0.63 +- 0.06 (reversed -2.12), seed 1 +0.63 +- 0.06 (-2.26), seed 2 +0.60 +- 0.06 (-2.29).
 
 
 @pytest.mark.parametrize("seed", SEEDS)
