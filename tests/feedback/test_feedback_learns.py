@@ -2,15 +2,19 @@
 D3PO trains on the labels, and the adapter follows the rule on held-out prompts it never saw, where the same
 training on the opposite labels does not.
 
-The rule: best = the brightest image of each group, worst = the darkest (the mean of the PNG the page shows).
-The evaluation set (rlft/evaluation.py: the shapes-eval prompts, fixed noise) is scored by the same measure,
-the brightness reward, for the base model and both adapters on the same prompts and noise, so the gains are
-paired image by image. The control matters: at lr 1e-2 D3PO moves this model in ways of its own. The first
-rule tried, "best = the plainest background" by JPEG size, gave held-out images 0.1 kB smaller (6 standard
-errors) after three rounds with the labels reversed as well as not, and one round of it did no better than
-its reversal; colour alignment (rlft/rewards/world_judge.py) fell by 0.33 whichever way its labels pointed.
-On the pretrained tiny model (November 2026) seeds 0-3 gained 0.023-0.13 in mean brightness, 4-11 standard
-errors over the base and 7-11 over the control; about 4 minutes on one core.
+The rule: best = the plainest image of each group, worst = the busiest, "plain" read as the size of the image
+the page shows saved as a JPEG (the D3PO paper's compressibility task; a person would judge it by eye, by the
+stripes and noise). The evaluation set (rlft/evaluation.py: the shapes-eval prompts, fixed noise) is scored by
+the same measure, the JPEG compressibility reward, for the base model and both adapters on the same prompts
+and noise, so the gains are paired image by image. The control matters: D3PO moves this model in ways of its
+own, the same way whichever way the labels point, and more the longer it trains on one batch. On the tiny
+model pretrained on 1 December 2026 (64 groups of 4, one pass at lr 6e-3, one thread, 1 December 2026; the
+test runs seed 0): seed 0 gained +0.073 +- 0.017 kB (4.3 SE) and +0.100 +- 0.021 over the control (4.7 SE);
+seed 1 +0.060 +- 0.016 (3.8 SE), +0.119 +- 0.018 over the control; seed 2 +0.023 +- 0.012 (1.9 SE), +0.060 +-
+0.016 over the control (3.7 SE). Two passes over the batch drifted: seed 1's control rose by +0.009, and its
+gain over the control fell to 1.9 SE; 32 groups at lr 1e-2 went the wrong way on seed 1 (the control +0.15 kB
+more compressible). The earlier rule, the brightest image, drifted on this model too: both adapters came out
+brighter (+0.047 and +0.073 at lr 1e-2), and lr 3e-3 moved neither. About 4 minutes on one core.
 """
 
 import io
@@ -37,26 +41,28 @@ from rlft.feedback.label_server import create_app
 from rlft.feedback.labels_config import D3POLabelsConfig
 from rlft.feedback.sample_groups import SampleGroupsConfig, sample_groups
 from rlft.local import local_evaluate
+from rlft.rewards.registry import jpeg_size_kb
 
 pytestmark = pytest.mark.slow
 
-# 5 denoising steps rather than 10 buy twice the prompts for the same training time, which is what made
-# the seeds agree: with 16 groups at 10 steps one seed in three gained only 2.4 standard errors over the
-# control.
+# 5 denoising steps rather than 10 buy twice the prompts for the same training time, and 64 groups seen once
+# rather than 32 seen twice kept the reward-independent drift below the labels' signal on every seed tried.
 SEED, STEPS = 0, 5
-SAMPLING = dict(groups=32, group_size=4, num_steps=STEPS, seed=SEED, threads=1)
-TRAINING = dict(epochs=2, lr=1e-2, ray=False, threads=1, track=False)
-# The evaluation: the fixed evaluation set, sampled as the batch was, scored by brightness.
-EVALUATION = dict(reward="brightness", num_steps=STEPS, seed=SEED, ray=False, threads=1, track=False)
+SAMPLING = dict(groups=64, group_size=4, num_steps=STEPS, seed=SEED, threads=1)
+TRAINING = dict(epochs=1, lr=6e-3, ray=False, threads=1, track=False)
+# The evaluation: the fixed evaluation set, sampled as the batch was, scored by the rule's own measure.
+EVALUATION = dict(
+    reward="jpeg-compressibility", num_steps=STEPS, seed=SEED, ray=False, threads=1, track=False
+)
 
 
-def brightness(image: Tensor, prompt: str) -> float:
-    """How bright an image (3, H, W) in [0, 1] looks to this person: its mean."""
-    return image.mean().item()
+def plainness(image: Tensor, prompt: str) -> float:
+    """How plain an image (3, H, W) in [0, 1] looks to this person: minus its size as a JPEG, in kB."""
+    return -jpeg_size_kb(image[None])[0].item()
 
 
-def darkness(image: Tensor, prompt: str) -> float:
-    return -brightness(image, prompt)
+def busyness(image: Tensor, prompt: str) -> float:
+    return -plainness(image, prompt)
 
 
 def page_image(url: str) -> Tensor:
@@ -109,20 +115,20 @@ def evaluate_adapters(cfg: D3POConfig, adapters: list[Path]) -> list[Tensor]:
     return rewards
 
 
-def test_d3po_on_a_persons_brightest_and_darkest_labels_brightens_held_out_prompts(tmp_path):
-    batch = sample_groups(SampleGroupsConfig(out=str(tmp_path / "brighter"), **SAMPLING))
-    control = shutil.copytree(batch, tmp_path / "darker")  # the same images for a person of opposite taste
-    assert label_over_http(batch, "ann", brightness) == SAMPLING["groups"]
-    assert label_over_http(control, "ann", darkness) == SAMPLING["groups"]
+def test_d3po_on_a_persons_plainest_and_busiest_labels_makes_held_out_images_plainer(tmp_path):
+    batch = sample_groups(SampleGroupsConfig(out=str(tmp_path / "plainer"), **SAMPLING))
+    control = shutil.copytree(batch, tmp_path / "busier")  # the same images for a person of opposite taste
+    assert label_over_http(batch, "ann", plainness) == SAMPLING["groups"]
+    assert label_over_http(control, "ann", busyness) == SAMPLING["groups"]
     runs = str(tmp_path / "runs")
     adapters = [
         train_on_labels(D3POLabelsConfig(batch=str(f), runs_dir=runs, **TRAINING)) for f in (batch, control)
     ]
 
-    base, brighter, darker = evaluate_adapters(D3POConfig(**EVALUATION), adapters)
-    gain, against_control = eval_metrics(brighter, base), eval_metrics(brighter, darker)
-    print(f"brightness: base {base.mean():.4f}, brighter {brighter.mean():.4f}, darker {darker.mean():.4f}")
-    for name, m in (("base", gain), ("the darker adapter", against_control)):
+    base, plainer, busier = evaluate_adapters(D3POConfig(**EVALUATION), adapters)
+    gain, against_control = eval_metrics(plainer, base), eval_metrics(plainer, busier)
+    print(f"minus JPEG kB: base {base.mean():.4f}, plainer {plainer.mean():.4f}, busier {busier.mean():.4f}")
+    for name, m in (("base", gain), ("the busier adapter", against_control)):
         print(f"gain over {name}: {m['eval_gain_mean']:+.4f} +- {m['eval_gain_se']:.4f}")
     assert gain["eval_gain_mean"] > 3 * gain["eval_gain_se"], gain
     assert against_control["eval_gain_mean"] > 3 * against_control["eval_gain_se"], against_control
