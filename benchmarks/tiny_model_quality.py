@@ -84,7 +84,7 @@ def main() -> None:
         print(row(f"{name}, CFG {args.guidance:g}", images, prompts))
     if args.grid:
         path = save_grid(before_after_grid(real[:16], images[:16]), Path(args.grid))
-        print(f"\nwrote {path}: the world's images of {prompts[0]!r} and the next 15 held-out captions, ")
+        print(f"\nwrote {path}: the world's images of {prompts[0]!r} and the next 15 held-out captions,")
         print("each row of them followed by the pretrained model's samples of the same captions")
     print(f"\nthe pretrained model loaded in {loaded:.2f} s; chance: colour 1/8, shape 1/4, background 1/4")
 

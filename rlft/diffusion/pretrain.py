@@ -72,7 +72,7 @@ def warmup_cosine(step: int, steps: int, warmup: int = 200, floor: float = 0.1) 
     """The learning rate's factor at `step` of `steps`: linear warm-up over `warmup` steps, then a cosine
     from 1 down to `floor` at the last step."""
     if step < warmup:
-        return (step + 1) / warmup
+        return _warmup(step, warmup)
     done = (step - warmup) / max(1, steps - 1 - warmup)
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
 

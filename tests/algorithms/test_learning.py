@@ -91,18 +91,18 @@ def test_draft_lv_raises_the_differentiable_reward(tmp_path):
 
 
 # On the tiny model shipped before 1 December 2026: DDPO learns far less per sampled image than D3PO here
-# (docs/results.md): with its defaults (independent
-# noise, per-prompt statistics, lr 2e-3, 12 epochs) brightness moved +0.011 +- 0.003 (seed 0) and
-# +0.001 +- 0.002 (seed 1). It learns with the samples of a prompt sharing their initial noise (their rewards
-# then differ only by the denoising steps the advantages credit), advantages within each group, D3PO's lr and
-# batch, and 20 epochs. Its gain is small, so it is judged on 128 evaluation images: on 32 the same adapters
-# read +0.026 +- 0.009 and +0.027 +- 0.010 (2.9 and 2.6 SE, December 2026), on 128 seed 0 +0.031 +- 0.004
-# (reversed -0.020 +- 0.004) and seed 1 +0.029 +- 0.004 (reversed -0.027 +- 0.003). (An earlier tree gave
-# +0.049 +- 0.011 and +0.029 +- 0.009 on 32: whole RL runs move with float-level changes.)
-# The tiny model pretrained on 1 December 2026 draws its world far more faithfully, and the same setting on it
-# gained +0.006 +- 0.003 (2 SE) on seed 1 (seed 0 passed); on JPEG compressibility seed 0 read -0.000 +- 0.008
-# and seed 1 +0.130 +- 0.013. Until DDPO is tuned again for today's model, this test runs on the model the
-# setting was tuned and measured on (its weights kept in tests/data, loaded like any pretraining folder).
+# (docs/results.md): with its defaults (independent noise, per-prompt statistics, lr 2e-3, 12 epochs)
+# brightness moved +0.011 +- 0.003 (seed 0) and +0.001 +- 0.002 (seed 1). It learns with the samples of a
+# prompt sharing their initial noise (their rewards then differ only by the denoising steps the advantages
+# credit), advantages within each group, D3PO's lr and batch, and 20 epochs. Its gain is small, so it is
+# judged on 128 evaluation images: on 32 the same adapters read +0.026 +- 0.009 and +0.027 +- 0.010 (2.9 and
+# 2.6 SE, December 2026), on 128 seed 0 +0.031 +- 0.004 (reversed -0.020 +- 0.004) and seed 1 +0.029 +- 0.004
+# (reversed -0.027 +- 0.003). (An earlier tree gave +0.049 +- 0.011 and +0.029 +- 0.009 on 32: whole RL runs
+# move with float-level changes.) The tiny model pretrained on 1 December 2026 draws its world far more
+# faithfully, and the same setting on it gained +0.006 +- 0.003 (2 SE) on seed 1 (seed 0 passed); on JPEG
+# compressibility seed 0 read -0.000 +- 0.008 and seed 1 +0.130 +- 0.013. Until DDPO is tuned again for
+# today's model, this test runs on the model the setting was tuned and measured on (its weights kept in
+# tests/data, loaded like any pretraining folder).
 BEFORE_DECEMBER_MODEL = str(Path(__file__).parents[1] / "data" / "tiny_model_before_2026_12")
 DDPO_LEARNS = dict(
     model=BEFORE_DECEMBER_MODEL,
