@@ -1,8 +1,8 @@
 """Ray Train workers held for a whole run: one long-lived `TorchTrainer.fit()`, fed epoch by epoch.
 
 A new `fit()` per epoch costs tens of seconds of start-up (DESIGN.md), so `fit()` runs once, in a driver
-thread, and its train function serves commands until told to stop. Each worker reads its own queue;
-replies come back on one shared queue:
+thread, and its train function serves commands until told to stop. Each worker reads its own box of one
+mailbox actor (rlft/distributed/mailbox.py); replies come back in one shared box:
   join, generation   the first command a (re)started group takes: the driver's count of groups so far
   publish            rank 0 puts its weights, optimizer state and adapter in the object store
   load, state        every worker loads the trained state (a resumed run, or a restarted group)
@@ -17,7 +17,7 @@ Faults: when a worker dies (its node lost), Train starts the whole group again (
 for the lost group is taken; replies carry their group's generation, so late ones from the lost group are
 dropped. The driver then raises `WorkersRestarted`, and its caller loads the last checkpoint and repeats
 the epoch: every random draw of an epoch is seeded, so the repeat gives the numbers the lost one would have.
-The queues live on the driver's node, so they outlive any worker node.
+The mailbox lives on the driver's node, so it outlives any worker node.
 
 The model and algorithm code is imported inside `worker_loop`, not by this module: Train's controller
 unpickles the train function, so a module-level import would load diffusers and peft there too.
@@ -28,6 +28,7 @@ import threading
 import time
 import traceback
 from pathlib import Path
+from queue import Empty
 
 import ray
 import ray.train
@@ -36,11 +37,11 @@ import torch
 import torch.distributed as dist
 from ray.train import FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
-from ray.util.queue import Empty, Queue
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from rlft.configs import D3POConfig, DRaFTConfig
 from rlft.distributed.actors import custom_resource, use_threads
+from rlft.distributed.mailbox import open_boxes
 from rlft.epoch import stream_generator
 
 
@@ -123,8 +124,7 @@ class TrainWorkers:
         self.count, self.ready_timeout_s = cfg.train_workers, cfg.ready_timeout_s
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         options = {"num_cpus": 0, "scheduling_strategy": here}
-        self.commands = [Queue(actor_options=options) for _ in range(self.count)]
-        self.replies = Queue(actor_options=options)
+        *self.commands, self.replies = open_boxes([*map(str, range(self.count)), "replies"], **options)
         resources = {"CPU": cfg.actor_cpus} | ({"GPU": cfg.worker_gpus} if cfg.worker_gpus else {})
         resources |= custom_resource(cfg.worker_resource)
         # Train gives up on a group that cannot start in this time (its default, 60 s, is shorter than an
@@ -186,14 +186,14 @@ class TrainWorkers:
             if reply is not None and reply.get("kind") == "started":
                 ranks.add(reply["rank"])
         self.generation += 1
-        for queue in self.commands:
-            queue.put({"kind": "join", "generation": self.generation})
+        for box in self.commands:
+            box.put({"kind": "join", "generation": self.generation})
 
     def ask(self, commands: list[dict], wait_log=None) -> list[dict]:
         """Send command i to worker i; the replies in rank order. A worker's error raises RuntimeError; a
         lost and restarted group raises WorkersRestarted (the new group has joined and holds base weights)."""
-        for queue, command in zip(self.commands, commands, strict=True):
-            queue.put(command)
+        for box, command in zip(self.commands, commands, strict=True):
+            box.put(command)
         replies, start = [], time.perf_counter()
         while len(replies) < self.count:
             reply = self._next_reply(time.perf_counter() - start, None, "answer")
@@ -234,6 +234,6 @@ class TrainWorkers:
         return ray.get(self.latest["adapter"][0])
 
     def stop(self, timeout_s: float = 60.0) -> None:
-        for queue in self.commands:
-            queue.put({"kind": "stop"})
+        for box in self.commands:
+            box.put({"kind": "stop"})
         self.thread.join(timeout_s)
