@@ -4,10 +4,10 @@ Prints the mean epoch time of each (the first epoch of each is left out: it pays
 ratio (target: at most 1.10 on 2 cores), the weight-sync time per epoch, and where each epoch's time goes
 (sample, score, shuffle, train, sync; the rest is checkpointing and logging in the driver). Also prints the
 start-up the ratio leaves out: `ray.init`, then until the sampler, scorer and train worker have their models
-(the Ray run's first epoch starts then), and the peak memory of the Ray run's whole process tree (driver,
-GCS, raylet, actors, workers; PSS, so shared pages count once) in a second, 2-epoch Ray run: sampling it
-costs CPU, so the timed run goes without it. The Ray runs go first, so the tree holds
-nothing the single-process run left behind. Needs no GPU or MLflow.
+(the Ray run's first epoch starts then), and the peak memory of a Ray run's whole process tree (driver, GCS,
+raylet, actors, workers; PSS, so shared pages count once). Memory is read in a second, 2-epoch Ray run,
+because reading it costs CPU the timed run would lose. The Ray runs go first, so the tree holds nothing the
+single-process run left behind. Needs no GPU or MLflow.
 
     python benchmarks/ray_pipeline.py [--epochs 4] [--pairs 16] [--threads N] [--json PATH]
 """
