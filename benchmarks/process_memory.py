@@ -1,5 +1,5 @@
 """The peak memory of this process and every process below it (Ray's GCS, raylet, workers and actors, all
-started under a local `ray.init`), sampled in a thread while a block runs.
+started under a local `ray.init`), sampled in a thread while a block runs; and the CPU time they use.
 
 Memory is counted as PSS (each shared page split among the processes sharing it), so the torch libraries
 every Ray worker maps are not counted once per worker; where PSS cannot be read, RSS is used instead.
@@ -22,6 +22,18 @@ def tree_memory(root: psutil.Process) -> tuple[float, dict[str, float]]:
             continue  # a process that ended between the listing and the reading
         by_name[name] = by_name.get(name, 0.0) + used
     return sum(by_name.values()), by_name
+
+
+def cpu_seconds(processes: list[psutil.Process]) -> dict[int, tuple[str, float]]:
+    """{pid: (name, user + system CPU seconds so far)} of those of `processes` still alive."""
+    used = {}
+    for process in processes:
+        try:
+            times = process.cpu_times()
+            used[process.pid] = (process.name(), times.user + times.system)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return used
 
 
 class PeakTreeMemory:

@@ -7,7 +7,14 @@ start-up the ratio leaves out: `ray.init`, then until the sampler, scorer and tr
 (the Ray run's first epoch starts then), and the peak memory of a Ray run's whole process tree (driver, GCS,
 raylet, actors, workers; PSS, so shared pages count once). Memory is read in a second, 2-epoch Ray run,
 because reading it costs CPU the timed run would lose. The Ray runs go first, so the tree holds nothing the
-single-process run left behind. Needs no GPU or MLflow.
+single-process run left behind.
+
+Last, what the Ray run's own processes cost the computation: the single-process run once more while a local
+Ray run's whole tree (its actors built, waiting for work) sits idle beside it, its epoch against the
+single-process epoch alone, and the share of a core the idle tree used meanwhile. Every Ray worker process
+wakes its main thread about every 10 ms while it waits for a task (`strace` shows it), so an idle tree costs
+the computation beside it CPU, and on 2 cores each interruption stalls the other torch thread too.
+Needs no GPU or MLflow.
 
     python benchmarks/ray_pipeline.py [--epochs 4] [--pairs 16] [--threads N] [--json PATH]
 """
@@ -19,11 +26,13 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import psutil
 import ray
-from process_memory import PeakTreeMemory
+from process_memory import PeakTreeMemory, cpu_seconds
 
 from rlft.configs import D3POConfig
 from rlft.distributed.cluster import start_ray
+from rlft.distributed.launch import launch
 from rlft.distributed.ray_loop import ray_train
 from rlft.local import train_local
 
@@ -37,7 +46,7 @@ def summary(name: str, history: list[dict], total: float) -> float:
     rest = epoch - sum(phases.values())
     start_up = total - sum(h["epoch_time_s"] for h in history)
     split = " | ".join(f"{p[5:-2]} {v:5.2f}" for p, v in phases.items()) + f" | rest {rest:5.2f}"
-    print(f"{name:14s} epoch {epoch:6.2f} s | {split} | start-up and wrap-up {start_up:5.1f} s")
+    print(f"{name:15s} epoch {epoch:6.2f} s | {split} | start-up and wrap-up {start_up:5.1f} s")
     return epoch
 
 
@@ -65,6 +74,30 @@ def run_on_ray(cfg: D3POConfig, folder: Path) -> tuple[list[dict], float, float,
     return history, started - start, ready.at - started, total
 
 
+def beside_idle_ray(cfg: D3POConfig, folder: Path) -> tuple[list[dict], float, float, dict[str, float]]:
+    """The single-process run beside a local Ray run's idle tree: (its history, its seconds, the share of a
+    core the tree used meanwhile, that share by process name)."""
+    start_ray(cfg, log=lambda line: None)
+    launched = launch(cfg, folder / "idle", log=lambda line: None)
+    try:
+        launched.workers.wait_started()
+        ray.get([actor.__ray_ready__.remote() for actor in launched.samplers + launched.scorers])
+        tree = psutil.Process().children(recursive=True)
+        before = cpu_seconds(tree)
+        start = time.perf_counter()
+        history = train_local(cfg, folder / "beside", log=lambda line: None)
+        total = time.perf_counter() - start
+        after = cpu_seconds(tree)
+    finally:
+        launched.stop()
+        ray.shutdown()
+    by_name: dict[str, float] = {}
+    for pid, (name, seconds) in after.items():
+        if pid in before:
+            by_name[name] = by_name.get(name, 0.0) + (seconds - before[pid][1]) / total
+    return history, total, sum(by_name.values()), by_name
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -85,6 +118,7 @@ def main() -> None:
         start_single = time.perf_counter()
         single = train_local(cfg, Path(folder) / "single", log=lambda line: None)
         single_total = time.perf_counter() - start_single
+        beside, beside_total, idle_share, idle_by_name = beside_idle_ray(cfg, Path(folder))
     print(f"D3PO, tiny model, {args.pairs} pairs x {cfg.num_steps} steps per epoch, {args.epochs} epochs")
     a = summary("single-process", single, single_total)
     b = summary("ray", on_ray, ray_total)
@@ -93,9 +127,17 @@ def main() -> None:
     peak = ", ".join(f"{name} {used / 1e9:.2f}" for name, used in largest_first)
     print(f"memory        {tree.bytes / 1e9:6.2f} GB at a 2-epoch Ray run's peak (PSS, GB: {peak})")
     print(f"ratio         {b / a:6.3f} (ray / single-process epoch time; target <= 1.10)")
+    c = summary("beside idle Ray", beside, beside_total)
+    busiest = sorted(idle_by_name.items(), key=lambda item: -item[1])[:6]
+    shares = ", ".join(f"{name} {100 * share:.1f}" for name, share in busiest)
+    print(
+        f"idle Ray      {c / a:6.3f} (single-process epoch beside an idle Ray run's tree / alone); the tree "
+        f"({len(idle_by_name)} process names) used {100 * idle_share:.0f} % of a core (busiest, %: {shares})"
+    )
     if args.json:
         figures = dict(ray_over_single=b / a, ray_epoch_s=b, single_epoch_s=a)
         figures |= dict(ray_init_s=ray_init_s, init_to_ready_s=to_ready, tree_peak_bytes=tree.bytes)
+        figures |= dict(beside_idle_ray_over_single=c / a, idle_tree_core_share=idle_share)
         with open(args.json, "w") as f:
             json.dump(figures, f)
 

@@ -20,6 +20,11 @@ from rlft.configs import RunConfig
 
 QUIET = dict(logging_level=logging.ERROR, log_to_driver=False)
 
+# A local Ray has no node to drain, so Ray Train's preemption watcher (an actor polling for node drains)
+# would be one more process waking every 10 ms beside the computation (benchmarks/ray_pipeline.py measures
+# what an idle Ray tree costs); a variable the user set is left alone.
+LOCAL_RAY_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+
 
 def start_ray(cfg: RunConfig, log: Log = print) -> bool:
     """Join cfg.ray_address, RAY_ADDRESS or a cluster `ray start` made here, else start a local Ray (True).
@@ -41,6 +46,8 @@ def start_ray(cfg: RunConfig, log: Log = print) -> bool:
             # Logical CPUs beyond the cores: actors, train workers and Ray Data tasks each hold one, and on
             # two cores a Data pipeline feeding a train worker otherwise hangs (DESIGN.md).
             cpus = max(os.cpu_count() or 1, math.ceil(demand(cfg)["CPU"]) + 2)
+            for name, value in LOCAL_RAY_ENV.items():  # read by the processes this Ray starts
+                os.environ.setdefault(name, value)
             ray.init(num_cpus=cpus, include_dashboard=False, **QUIET)  # no dashboard: less load
             started = True
         where = (

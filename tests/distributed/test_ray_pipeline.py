@@ -2,6 +2,7 @@
 
 import math
 
+import psutil
 import pytest
 import ray
 import torch
@@ -98,6 +99,31 @@ def test_two_samplers_and_two_train_workers_sample_the_same_first_epoch_and_trai
     assert all(math.isfinite(h["loss"]) and h["grad_norm"] > 0 for h in many)
     weights = torch.load(tmp_path / "many" / "checkpoint" / "state.pt", weights_only=True)["weights"]
     assert any(v.abs().sum() > 0 for k, v in weights.items() if "lora_B" in k)  # the workers trained
+
+
+def _ray_process_titles() -> set[str]:
+    """The titles of the Ray workers and actors below this process ("ray::Sampler", ...)."""
+    titles = set()
+    for process in psutil.Process().children(recursive=True):
+        try:
+            title = " ".join(process.cmdline())
+        except psutil.Error:
+            continue  # ended between the listing and the reading
+        if title.startswith("ray::"):
+            titles.add(title.split()[0].split(".")[0])
+    return titles
+
+
+def test_a_local_ray_run_holds_no_preemption_watcher(local_ray, tmp_path):
+    """Nothing drains a one-machine Ray; the watcher would be one more process waking every 10 ms."""
+    seen = []
+    ray_train(
+        D3POConfig(epochs=1, **SMALL),
+        tmp_path,
+        log=lambda line: seen.append(_ray_process_titles()) if " ready (" in line else None,
+    )
+    assert {"ray::Sampler", "ray::RayTrainWorker", "ray::TrainController", "ray::Mailbox"} <= seen[0]
+    assert "ray::PreemptionWatcher" not in seen[0]
 
 
 def test_what_the_cluster_can_never_hold_is_named():
