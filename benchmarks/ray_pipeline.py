@@ -16,7 +16,7 @@ wakes its main thread about every 10 ms while it waits for a task (`strace` show
 the computation beside it CPU, and on 2 cores each interruption stalls the other torch thread too.
 Needs no GPU or MLflow.
 
-    python benchmarks/ray_pipeline.py [--epochs 4] [--pairs 16] [--threads N] [--json PATH]
+    python benchmarks/ray_pipeline.py [--epochs 4] [--pairs 16] [--threads N] [--scorers 1] [--json PATH]
 """
 
 import argparse
@@ -105,9 +105,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--pairs", type=int, default=16)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--scorers", type=int, default=1, help="0: the samplers score their own images")
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     args = parser.parse_args()
-    cfg = D3POConfig(epochs=args.epochs, pairs_per_epoch=args.pairs, threads=args.threads, track=False)
+    counts = dict(epochs=args.epochs, pairs_per_epoch=args.pairs, scorers=args.scorers)
+    cfg = D3POConfig(threads=args.threads, track=False, **counts)
     with tempfile.TemporaryDirectory() as folder:
         # The timed run goes without the memory sampler: reading every process's PSS twice a second takes
         # about a third of a core here, which slowed the Ray epochs it watched (ratio 1.73 with it).

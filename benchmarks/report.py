@@ -59,6 +59,12 @@ def rows(core1: dict, core2: dict, ray: dict, pipelined: dict, one_process: floa
         ("D3PO update, FLOP rate / matmul peak, 2 threads", rate2, "{:.0f} %", ">= 55 %"),
         ("Ray epoch / single-process epoch, 2 threads", ray["ray_over_single"], "{:.3f}", "<= 1.10"),
         (
+            "single-process epoch beside a local Ray run's idle process tree / alone, 2 threads",
+            ray["beside_idle_ray_over_single"],
+            f"{{:.3f}} (the idle tree used {100 * ray['idle_tree_core_share']:.0f} % of a core)",
+            "",
+        ),
+        (
             "pipelined / sequential epoch on Ray, 1 thread each",
             pipelined["pipelined_over_sequential"],
             "{:.3f}",

@@ -188,7 +188,8 @@ class SamplingConfig(RunConfig):
     sampler_gpus: float = 0.0
     """GPUs per sampler (a fraction shares a GPU; 0: a CPU actor)."""
     scorers: int = 1
-    """Scorer actors turning images into rewards."""
+    """Scorer actors turning images into rewards; 0: each sampler scores its own images (one process
+    fewer; on a GPU the reward shares the sampler's)."""
     scorer_gpus: float = 0.0
     """GPUs per scorer (a fraction shares a GPU; 0: a CPU actor)."""
     sampler_resource: str | None = None
@@ -236,10 +237,16 @@ class SamplingConfig(RunConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for field in ("samplers", "scorers"):
-            check(getattr(self, field) >= 1, field, getattr(self, field), "at least 1")
+        check(self.samplers >= 1, "samplers", self.samplers, "at least 1")
+        check(self.scorers >= 0, "scorers", self.scorers, "0 (the samplers score) or more")
         check_gpus("sampler_gpus", self.sampler_gpus)
         check_gpus("scorer_gpus", self.scorer_gpus)
+        check(
+            self.scorers > 0 or self.scorer_gpus == 0,
+            "scorer_gpus",
+            self.scorer_gpus,
+            "0 with scorers=0 (each sampler scores its own images on its own GPU share)",
+        )
         check_resource("sampler_resource", self.sampler_resource)
         check(self.pipeline in ("auto", "on", "off"), "pipeline", self.pipeline, "'auto', 'on' or 'off'")
         check(

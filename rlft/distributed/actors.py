@@ -2,8 +2,10 @@
 the class lives in rlft/distributed/scorer.py).
 
 A sampler returns a chunk's samples and, as a second object, its images, so that a scorer fetches only the
-images and the driver only the latents. Weights arrive as `Weights`: a version number and one object-store
-reference the driver owns, so they outlive the train worker that made them.
+images and the driver only the latents. With `scorers=0` each sampler holds the reward too and returns the
+chunk's rewards as a third object: one process fewer, and on a GPU the reward shares the sampler's.
+Weights arrive as `Weights`: a version number and one object-store reference the driver owns, so they
+outlive the train worker that made them.
 
 Faults: an actor that dies (its process killed, its node lost) is restarted up to `max_failures` times and
 its unfinished calls are retried there. A restarted sampler starts from the base weights, so every `sample`
@@ -42,7 +44,8 @@ class Weights:
 
 
 class Sampler:
-    def __init__(self, cfg: SamplingConfig, settings: dict):
+    def __init__(self, cfg: SamplingConfig, settings: dict, reward: str | None = None):
+        """`reward`: the reward this sampler scores its own images with (`scorers=0`); None: it does not."""
         from rlft.diffusion.policy import build_policy, pick_device
 
         use_threads(cfg)
@@ -52,6 +55,7 @@ class Sampler:
                 module.requires_grad_(False)
         self.settings = settings
         self.version: int | None = None  # None: the base weights, as built
+        self.scorer = None if reward is None else Scorer(reward)
 
     def load_weights(self, weights: Weights) -> None:
         if weights.version != self.version:
@@ -65,12 +69,20 @@ class Sampler:
         samples = sample_chunk(self.pipe, chunk, self.settings | overrides)
         return samples, samples.pop("images", None)
 
+    def sample_and_score(
+        self, chunk: Chunk, weights: Weights, prompts: list[str], **overrides
+    ) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+        """(the chunk's samples without images, its images, their rewards); `prompts`: each image's prompt."""
+        samples, images = self.sample(chunk, weights, **overrides)
+        return samples, images, self.scorer.score(images, prompts)
+
     def pid(self) -> int:
         return os.getpid()
 
 
 def start_actors(cfg: SamplingConfig, settings: dict, reward: str) -> tuple[list, list]:
-    """cfg.samplers samplers and cfg.scorers scorers with the resources the config asks for."""
+    """cfg.samplers samplers and cfg.scorers scorers with the resources the config asks for; with no
+    scorers, each sampler scores its own images."""
     retries = dict(max_restarts=cfg.max_failures, max_task_retries=cfg.max_failures)
     sampler = ray.remote(Sampler).options(
         num_cpus=cfg.actor_cpus,
@@ -79,7 +91,8 @@ def start_actors(cfg: SamplingConfig, settings: dict, reward: str) -> tuple[list
         **retries,
     )
     scorer = ray.remote(Scorer).options(num_cpus=cfg.actor_cpus, num_gpus=cfg.scorer_gpus, **retries)
-    samplers = [sampler.remote(cfg, settings) for _ in range(cfg.samplers)]
+    own_reward = reward if cfg.scorers == 0 else None
+    samplers = [sampler.remote(cfg, settings, own_reward) for _ in range(cfg.samplers)]
     scorers = [scorer.remote(reward) for _ in range(cfg.scorers)]
     return samplers, scorers
 

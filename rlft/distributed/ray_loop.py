@@ -167,19 +167,13 @@ class RayBackend:
     def evaluate(self) -> tuple[Tensor, Tensor]:
         """The samplers' current weights on the fixed evaluation set: its chunks over the samplers in turn,
         each chunk's images to a scorer as soon as sampled."""
-        chunks, settings = eval_chunks(self.cfg), eval_settings(self.cfg)
-        outs = [
-            self.samplers[i % len(self.samplers)]
-            .sample.options(num_returns=2)
-            .remote(chunk, self.trained.weights, **settings)
-            for i, chunk in enumerate(chunks)
-        ]
-        rewards = [
-            self.scorers[i % len(self.scorers)].score.remote(image_ref, chunk.prompts)
-            for i, (chunk, (_, image_ref)) in enumerate(zip(chunks, outs, strict=True))
-        ]
-        images = wait([image_ref for _, image_ref in outs], "evaluating", self.log)
-        return torch.cat(wait(rewards, "scoring the evaluation set", self.log)), torch.cat(images)
+        chunks = eval_chunks(self.cfg)
+        calls = sample_chunks(
+            chunks, [c.prompts for c in chunks], self.samplers, self.scorers, self.trained.weights, True,
+            **eval_settings(self.cfg),
+        )  # fmt: skip
+        images = wait(calls.images, "evaluating", self.log)
+        return torch.cat(wait(calls.rewards, "scoring the evaluation set", self.log)), torch.cat(images)
 
 
 def ray_train(
@@ -229,17 +223,35 @@ class SamplingCalls:
 def launch_sampling(cfg, epoch, prompts, samplers, scorers, weights: Weights, score: bool) -> SamplingCalls:
     """The epoch's chunks over the samplers in turn, each chunk's images to a scorer as soon as sampled."""
     chunks = plan_chunks(prompts, cfg.sample_batch, cfg.seed, epoch)
+    group_size = cfg.sampling_settings()["group_size"]  # each image's prompt, for prompt-conditioned rewards
+    image_prompts = [chunk_prompts(chunk, group_size) for chunk in chunks]
+    return sample_chunks(chunks, image_prompts, samplers, scorers, weights, score)
+
+
+def sample_chunks(
+    chunks: list[Chunk], image_prompts: list[list[str]], samplers, scorers, weights, score, **overrides
+) -> SamplingCalls:
+    """The chunks over the samplers in turn; with `score`, each chunk's images to a scorer as soon as
+    sampled, or, with no scorers, scored by the sampler that drew them. `image_prompts`: each chunk's
+    prompt per image."""
+    if score and not scorers:
+        outs = [
+            samplers[i % len(samplers)]
+            .sample_and_score.options(num_returns=3)
+            .remote(chunk, weights, prompts, **overrides)
+            for i, (chunk, prompts) in enumerate(zip(chunks, image_prompts, strict=True))
+        ]
+        return SamplingCalls(*map(list, zip(*outs, strict=True)))
     outs = [
-        samplers[i % len(samplers)].sample.options(num_returns=2).remote(chunk, weights)
+        samplers[i % len(samplers)].sample.options(num_returns=2).remote(chunk, weights, **overrides)
         for i, chunk in enumerate(chunks)
     ]
     images = [image_ref for _, image_ref in outs]
-    group_size = cfg.sampling_settings()["group_size"]  # each image's prompt, for prompt-conditioned rewards
     rewards = None
     if score:
         rewards = [
-            scorers[i % len(scorers)].score.remote(ref, chunk_prompts(c, group_size))
-            for i, (c, ref) in enumerate(zip(chunks, images, strict=True))
+            scorers[i % len(scorers)].score.remote(ref, prompts)
+            for i, (ref, prompts) in enumerate(zip(images, image_prompts, strict=True))
         ]
     return SamplingCalls([s for s, _ in outs], images, rewards)
 
