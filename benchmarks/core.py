@@ -5,7 +5,7 @@ Prints, for the same model and inputs in one run:
    `StableDiffusionPipeline.__call__`, and their ratio (target >= 0.95);
 2. D3PO training time per (pair, timestep) item over a whole epoch, its FLOP rate (FLOPs counted with
    `torch.utils.flop_counter`), and that rate against this machine's matrix-multiply peak measured in the
-   same run (target >= 50 %).
+   same run (target >= 55 % at 2 threads on a CPU).
 
 Runs without Ray or MLflow:  python benchmarks/core.py [--model tiny] [--threads 2] [--device cpu]
 (`--json PATH` also writes the figures there, for benchmarks/report.py.)
@@ -155,7 +155,7 @@ def main() -> None:
     )
     print(
         f"flops     {rate / 1e9:8.1f} GFLOP/s | matmul peak {peak / 1e9:.1f} GFLOP/s | "
-        f"{100 * rate / peak:.1f} % of peak (target >= 50 %)"
+        f"{100 * rate / peak:.1f} % of peak (target >= 55 %)"
     )
     if args.json:
         figures = dict(sampler_over_pipeline=t_stock / t_ours, d3po_ms_per_item=1e3 * seconds / count)
