@@ -166,7 +166,7 @@ class RayBackend:
 
     def evaluate(self) -> tuple[Tensor, Tensor]:
         """The samplers' current weights on the fixed evaluation set: its chunks over the samplers in turn,
-        each chunk's images to a scorer as soon as sampled."""
+        each chunk's images to a scorer as soon as sampled (with no scorers, scored by their sampler)."""
         chunks = eval_chunks(self.cfg)
         calls = sample_chunks(
             chunks, [c.prompts for c in chunks], self.samplers, self.scorers, self.trained.weights, True,
@@ -241,7 +241,7 @@ def sample_chunks(
             .remote(chunk, weights, prompts, **overrides)
             for i, (chunk, prompts) in enumerate(zip(chunks, image_prompts, strict=True))
         ]
-        return SamplingCalls(*map(list, zip(*outs, strict=True)))
+        return SamplingCalls([o[0] for o in outs], [o[1] for o in outs], [o[2] for o in outs])
     outs = [
         samplers[i % len(samplers)].sample.options(num_returns=2).remote(chunk, weights, **overrides)
         for i, chunk in enumerate(chunks)
