@@ -85,15 +85,19 @@ def test_the_tree_memory_counts_a_child_process():
 
 
 def test_the_cpu_time_of_a_busy_child_is_counted_and_an_ended_one_left_out():
-    spin = "import time\nend = time.time() + 3\nwhile time.time() < end: pass"
-    busy = subprocess.Popen([sys.executable, "-c", spin])
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     ended = subprocess.Popen([sys.executable, "-c", "pass"])
-    children = process_memory.psutil.Process().children()
-    ended.wait(timeout=30)
-    time.sleep(1.5)
     try:
+        children = process_memory.psutil.Process().children()
+        assert {busy.pid, ended.pid} <= {child.pid for child in children}  # both listed while alive
+        ended.wait(timeout=30)
+        deadline = time.monotonic() + 30  # half a CPU-second takes well under a second alone
         used = process_memory.cpu_seconds(children)
+        while used[busy.pid][1] < 0.5 and time.monotonic() < deadline:
+            time.sleep(0.1)
+            used = process_memory.cpu_seconds(children)
     finally:
+        busy.kill()
         busy.wait(timeout=30)
-    assert used[busy.pid][1] >= 0.5  # spinning for 1.5 s, on a core shared with at most a few others
+    assert used[busy.pid][1] >= 0.5
     assert ended.pid not in used

@@ -167,11 +167,10 @@ class RayBackend:
     def evaluate(self) -> tuple[Tensor, Tensor]:
         """The samplers' current weights on the fixed evaluation set: its chunks over the samplers in turn,
         each chunk's images to a scorer as soon as sampled (with no scorers, scored by their sampler)."""
-        chunks = eval_chunks(self.cfg)
-        calls = sample_chunks(
-            chunks, [c.prompts for c in chunks], self.samplers, self.scorers, self.trained.weights, True,
-            **eval_settings(self.cfg),
-        )  # fmt: skip
+        chunks, settings = eval_chunks(self.cfg), eval_settings(self.cfg)
+        prompts = [chunk.prompts for chunk in chunks]  # one image per prompt
+        weights = self.trained.weights
+        calls = sample_chunks(chunks, prompts, self.samplers, self.scorers, weights, True, **settings)
         images = wait(calls.images, "evaluating", self.log)
         return torch.cat(wait(calls.rewards, "scoring the evaluation set", self.log)), torch.cat(images)
 
