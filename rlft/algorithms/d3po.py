@@ -16,6 +16,7 @@ from rlft.algorithms.backend import (
     Algorithm,
     Backend,
     GradSync,
+    adamw,
     apply_gradients,
     mean_metrics,
     pipeline_next,
@@ -141,7 +142,7 @@ class D3POLearner:
         self.policy, self.denoiser = policy, denoiser
         self.beta, self.clip, self.guidance_scale, self.eta = beta, clip, guidance_scale, eta
         self.max_grad_norm, self.grad_sync = max_grad_norm, grad_sync
-        self.optimizer = torch.optim.AdamW(policy.parameters(), lr=lr, weight_decay=1e-4)
+        self.optimizer = adamw(policy.parameters(), lr)
 
     def _logp(self, model, batch: dict[str, Tensor], cond: Cond, uncond: Cond) -> Tensor:
         """log-probs of the w and l steps under `model`: (2N,), w first."""

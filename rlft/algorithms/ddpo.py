@@ -18,6 +18,7 @@ from rlft.algorithms.backend import (
     Algorithm,
     Backend,
     GradSync,
+    adamw,
     apply_gradients,
     mean_metrics,
     pipeline_next,
@@ -79,7 +80,7 @@ class DDPOLearner:
         self.clip_range, self.adv_clip_max = clip_range, adv_clip_max
         self.guidance_scale, self.eta = guidance_scale, eta
         self.max_grad_norm, self.grad_sync = max_grad_norm, grad_sync
-        self.optimizer = torch.optim.AdamW(policy.parameters(), lr=lr, weight_decay=1e-4)
+        self.optimizer = adamw(policy.parameters(), lr)
 
     def step(self, batch: dict[str, Tensor], cond: Cond, uncond: Cond) -> dict[str, float]:
         """One optimizer step on a batch of items (see `ddpo_items`); cond has one row per prompt."""

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import Tensor
 
-from rlft.algorithms.backend import Algorithm, Backend, GradSync, apply_gradients, mean_metrics
+from rlft.algorithms.backend import Algorithm, Backend, GradSync, adamw, apply_gradients, mean_metrics
 from rlft.algorithms.draft_losses import RewardFn, denoise_steps, draft_k_loss, draft_lv_loss, refl_loss
 from rlft.configs import DRaFTConfig
 from rlft.diffusion.families import Cond, Denoiser, denoiser_for
@@ -69,7 +69,7 @@ class DRaFTLearner:
         self.num_steps, self.k, self.lv_copies, self.truncation = num_steps, k, lv_copies, truncation
         self.guidance_scale, self.eta, self.max_grad_norm = guidance_scale, eta, max_grad_norm
         self.grad_sync = grad_sync
-        self.optimizer = torch.optim.AdamW(policy.parameters(), lr=lr, weight_decay=1e-4)
+        self.optimizer = adamw(policy.parameters(), lr)
 
     def step(
         self,

@@ -23,7 +23,7 @@ RUNTIME_FIELDS = frozenset(
     {"epochs", "threads", "device", "run_name", "runs_dir", "storage", "track", "ray", "ray_address"}
     | {"samplers", "sampler_gpus", "scorers", "scorer_gpus", "train_workers", "worker_gpus", "actor_cpus"}
     | {"sampler_resource", "worker_resource", "ready_timeout_s", "max_failures", "sample_batch"}
-    | {"eval_every", "image_every"}
+    | {"eval_every", "image_every", "compile"}
 )
 
 
@@ -53,6 +53,15 @@ class RunConfig:
     """Recompute the UNet's or transformer's activations in the backward pass (diffusers'
     `enable_gradient_checkpointing`): the memory of one block instead of all, for DRaFT through several steps
     or large models at high resolution, for about a third more compute. Same gradients."""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """The frozen model's weights and arithmetic, in sampling and training: 'bfloat16' halves their memory and
+    runs on a GPU's bfloat16 matrix units. The LoRA weights and their optimizer stay float32 (as diffusers'
+    training scripts keep them: a bfloat16 weight rounds small steps away) and log-probabilities are taken in
+    float32. Full fine-tuning trains every weight, so it needs float32."""
+    compile: bool = False
+    """`torch.compile` the UNet or transformer where it samples and trains: the first calls compile it (a few
+    minutes, again after each new batch shape), the later ones run faster (D3PO's update about 1.3x on a
+    2-core CPU, `python benchmarks/core.py --compile`). Numbers agree with uncompiled ones to rounding."""
     max_grad_norm: float = 1.0
     """Gradients are clipped to this global norm."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -114,8 +123,11 @@ class RunConfig:
 
     def defining_settings(self) -> dict:
         """What makes the run the run it is (every field but RUNTIME_FIELDS, and the job's kind), as JSON
-        values: recorded in each checkpoint, and a resume under the same name must match them."""
+        values: recorded in each checkpoint, and a resume under the same name must match them. A float32
+        run records no dtype, so checkpoints from before the field still match."""
         fields = {k: v for k, v in dataclasses.asdict(self).items() if k not in RUNTIME_FIELDS}
+        if self.dtype == "float32":
+            del fields["dtype"]
         return json.loads(json.dumps({"job": type(self).__name__, "algorithm": self.algorithm} | fields))
 
     def __post_init__(self) -> None:
@@ -136,6 +148,13 @@ class RunConfig:
         check(len(self.lora_targets) > 0, "lora_targets", self.lora_targets, "at least one module name")
         check(self.lora_alpha is None or self.lora_alpha > 0, "lora_alpha", self.lora_alpha, "positive")
         check(self.max_grad_norm > 0, "max_grad_norm", self.max_grad_norm, "positive")
+        check(self.dtype in ("float32", "bfloat16"), "dtype", self.dtype, "'float32' or 'bfloat16'")
+        check(
+            self.dtype == "float32" or not self.full_finetune,
+            "dtype",
+            self.dtype,
+            "'float32' with full_finetune (bfloat16 weights would round small steps away)",
+        )
         check(self.threads is None or self.threads >= 1, "threads", self.threads, "at least 1")
         check(self.train_workers >= 1, "train_workers", self.train_workers, "at least 1")
         check_gpus("worker_gpus", self.worker_gpus)

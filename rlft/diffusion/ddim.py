@@ -9,7 +9,8 @@ Follows `diffusers/schedulers/scheduling_ddim.py`, `DDIMScheduler.step`, diffuse
    global RNG; `prev_sample` may be given instead, to score a step that was already taken.
 3. Returns the step's Gaussian mean and standard deviation, and `ddim_step_with_logprob` adds the
    log-density of `prev_sample` under them, averaged over the non-batch dimensions as ddpo-pytorch
-   and the official D3PO code do, in float32 at least (a bfloat16 model's log-ratios need it).
+   and the official D3PO code do. The step is computed in float32 at least (a bfloat16 model's last steps
+   and log-ratios need it; upstream keeps the sample's dtype) and returns x_{t-1} in the sample's dtype.
 4. Dropped: `use_clipped_model_output`, `thresholding` (refused), `variance_noise`, the
    `return_dict` wrapper. Kept: the three prediction types and `clip_sample`.
 5. `predicted_x0` exposes the step's x_0 prediction alone (upstream's `pred_original_sample`), for ReFL.
@@ -75,10 +76,11 @@ def ddim_step(
     noise: Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """One DDIM step from x_t to x_{t-1}; returns (prev_sample, mean, std).
+    """One DDIM step from x_t to x_{t-1}; returns (prev_sample in the sample's dtype, mean and std in float32
+    at least).
 
     eps: the model output (B, C, H, W), interpreted by `scheduler.config.prediction_type`.
-    With eta == 0 the step is deterministic and prev_sample == mean.
+    With eta == 0 the step is deterministic and prev_sample == mean (in the sample's dtype).
     """
     if scheduler.num_inference_steps is None:
         raise ValueError("call scheduler.set_timesteps(num_steps) before stepping")
@@ -86,6 +88,10 @@ def ddim_step(
         raise ValueError("scheduler.config.thresholding is not supported by ddim_step")
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
+    # In float32 at least, back to the sample's dtype at the end: in bfloat16, 1 - alpha_t / alpha_prev
+    # rounds to 0 or below over the last steps, and their log-probabilities to NaN.
+    dtype, work = sample.dtype, torch.promote_types(sample.dtype, torch.float32)
+    eps, sample = eps.to(work), sample.to(work)
     t = _timesteps(timestep, sample)
     step_size = scheduler.config.num_train_timesteps // scheduler.num_inference_steps
     t_prev = t - step_size
@@ -107,12 +113,10 @@ def ddim_step(
     if prev_sample is None:
         if eta > 0:
             if noise is None:
-                noise = torch.randn(
-                    sample.shape, generator=generator, device=sample.device, dtype=sample.dtype
-                )
-            prev_sample = mean + std * noise
+                noise = torch.randn(sample.shape, generator=generator, device=sample.device, dtype=dtype)
+            prev_sample = (mean + std * noise).to(dtype)
         else:
-            prev_sample = mean
+            prev_sample = mean.to(dtype)
     return prev_sample, mean, std
 
 

@@ -131,10 +131,13 @@ class Denoiser:
         return noise.to(self.device) * getattr(self.scheduler, "init_noise_sigma", 1.0)  # flow: 1
 
     def decode(self, latents: Tensor) -> Tensor:
-        """Latents (B, C, h, w) to images (B, 3, H, W) in [0, 1]; differentiable."""
+        """Latents (B, C, h, w) to images (B, 3, H, W) in [0, 1], in float32 at least whatever the model's
+        dtype (rewards and image logs take float32); differentiable."""
         vae = self.pipe.vae
         shift = getattr(vae.config, "shift_factor", None) or 0.0
+        latents = latents.to(vae.dtype)  # a float32 x_0 prediction (ReFL) into a bfloat16 VAE
         images = vae.decode(latents / vae.config.scaling_factor + shift).sample
+        images = images.to(torch.promote_types(images.dtype, torch.float32))  # float64 (grad checks) stays
         return (images / 2 + 0.5).clamp(0, 1)
 
 

@@ -181,6 +181,8 @@ class PolicySettings(Protocol):
     lora_targets: tuple[str, ...]
     full_finetune: bool
     gradient_checkpointing: bool
+    dtype: str
+    compile: bool
 
 
 def build_policy(cfg: PolicySettings, device: torch.device | None = None) -> tuple:
@@ -188,7 +190,8 @@ def build_policy(cfg: PolicySettings, device: torch.device | None = None) -> tup
     through `pipe` uses the current weights."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    pipe = load_pipeline(cfg.model, seed=cfg.seed, device=device or pick_device(cfg.device))
+    device = device or pick_device(cfg.device)
+    pipe = load_pipeline(cfg.model, seed=cfg.seed, device=device, dtype=getattr(torch, cfg.dtype))
     denoiser = denoiser_for(pipe)
     torch.manual_seed(cfg.seed)  # the LoRA A-matrix init
     policy = Policy(
@@ -202,4 +205,6 @@ def build_policy(cfg: PolicySettings, device: torch.device | None = None) -> tup
     )
     if cfg.gradient_checkpointing:
         denoiser.model.enable_gradient_checkpointing()
+    if cfg.compile:  # in place: the pipeline, the policy and its reference all call the compiled forward
+        denoiser.model.compile()
     return pipe, policy

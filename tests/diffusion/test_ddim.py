@@ -96,3 +96,24 @@ def test_gradient_flows_through_the_mean_only(scheduler):
     log_prob.sum().backward()
     assert eps.grad is not None and eps.grad.abs().sum() > 0
     assert prev.grad is None
+
+
+def test_a_bfloat16_sample_steps_in_float32_to_the_last_step(scheduler):
+    """In bfloat16, 1 - alpha_t / alpha_prev rounds to 0 or below over the last steps: the step's noise
+    level and log-probability were NaN there. Computed in float32, the step gives what float32 gives for
+    the same (bfloat16-rounded) inputs, and x_{t-1} comes back in the sample's dtype."""
+    scheduler.set_timesteps(20)  # the tiny model's default
+    g = torch.Generator().manual_seed(0)
+    sample, eps = (
+        torch.randn(2, 4, 8, 8, generator=g).bfloat16(),
+        torch.randn(2, 4, 8, 8, generator=g).bfloat16(),
+    )
+    last = scheduler.timesteps[-3:]  # where std is smallest
+    steps = [ddim_step_with_logprob(scheduler, eps, t, sample, eta=1.0, generator=g) for t in last]
+    assert all(torch.isfinite(log_prob).all() for _, log_prob in steps)
+    for t, (prev, _) in zip(last, steps, strict=True):
+        assert prev.dtype == torch.bfloat16
+        _, mean, std = ddim_step(scheduler, eps, t, sample, eta=1.0, prev_sample=prev)
+        _, mean32, std32 = ddim_step(scheduler, eps.float(), t, sample.float(), eta=1.0, prev_sample=prev)
+        assert mean.dtype == torch.float32 and (std > 0).all()
+        torch.testing.assert_close((mean, std), (mean32, std32))

@@ -1,9 +1,12 @@
+import dataclasses
+
 import torch
 
+from rlft.configs import D3POConfig
 from rlft.diffusion.families import denoiser_for
 from rlft.diffusion.loading import load_pipeline
 from rlft.diffusion.models import build_tiny_pipeline
-from rlft.diffusion.policy import Policy
+from rlft.diffusion.policy import Policy, build_policy
 from rlft.diffusion.sampling import sample_trajectories
 
 
@@ -93,3 +96,47 @@ def test_a_bfloat16_models_lora_trains_in_float32_so_small_steps_are_not_rounded
     after = dict(pipe.transformer.named_parameters())
     moved = torch.cat([(after[n].detach() != before[n]).flatten() for n in before]).float().mean()
     assert moved > 0.99  # in bfloat16 most of these 1e-4 steps on weights of about 0.1 round to nothing
+
+
+def _unet_outputs(pipe, policy: Policy) -> tuple[torch.Tensor, torch.Tensor]:
+    """The UNet's output for fixed inputs under the policy and under its reference."""
+    denoiser = denoiser_for(pipe)
+    cond, _ = denoiser.encode(["a red circle", "a blue square"])
+    latents = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(3)).to(pipe.unet.dtype)
+    t = torch.tensor([501, 101])
+    with torch.no_grad():
+        with policy.reference() as reference:
+            base = denoiser.call(reference, latents, t, cond)
+        return denoiser.call(policy.model, latents, t, cond).float(), base.float()
+
+
+def test_a_compiled_policy_gives_the_uncompiled_numbers_and_its_reference_stays_the_base(monkeypatch):
+    """--compile compiles the UNet in place. Its compiled forward must follow the adapter switch (the
+    reference is the same module with the adapter off) and the weights a sampler receives. Compiled with
+    dynamo's graph capture and AOT autograd but not inductor's C++ code (minutes on a CPU): what can go
+    wrong between the policy and its reference happens in the capture and its guards."""
+    compile_module = torch.nn.Module.compile
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda m, **kw: compile_module(m, backend="aot_eager"))
+    cfg = D3POConfig(ray=False, device="cpu")
+    eager_pipe, eager = build_policy(cfg)
+    compiled_pipe, compiled = build_policy(dataclasses.replace(cfg, compile=True))
+    assert compiled_pipe.unet._compiled_call_impl is not None and eager_pipe.unet._compiled_call_impl is None
+    _perturb(eager)
+    compiled.load_state_dict(eager.state_dict())  # as a sampler receives new weights
+    policy_out, base_out = _unet_outputs(compiled_pipe, compiled)
+    assert (policy_out - base_out).abs().max() > 1e-3
+    torch.testing.assert_close((policy_out, base_out), _unet_outputs(eager_pipe, eager))
+
+
+def test_a_bfloat16_run_keeps_its_lora_in_float32_and_scores_as_float32_does_to_bfloat16_precision():
+    cfg = D3POConfig(ray=False, device="cpu")
+    pipe32, policy32 = build_policy(cfg)
+    pipe16, policy16 = build_policy(dataclasses.replace(cfg, dtype="bfloat16"))
+    assert pipe16.unet.dtype == pipe16.vae.dtype == pipe16.text_encoder.dtype == torch.bfloat16
+    assert {p.dtype for p in policy16.parameters()} == {torch.float32}
+    _perturb(policy32)
+    policy16.load_state_dict(policy32.state_dict())
+    for out16, out32 in zip(_unet_outputs(pipe16, policy16), _unet_outputs(pipe32, policy32), strict=True):
+        assert (out16 - out32).abs().mean() < 0.02 * out32.abs().mean()
+    images = denoiser_for(pipe16).decode(torch.zeros(1, 4, 4, 4))
+    assert images.dtype == torch.float32  # rewards and image logs take float32

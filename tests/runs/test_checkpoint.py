@@ -31,6 +31,15 @@ def test_the_defining_settings_leave_out_where_and_how_fast_a_run_goes():
     assert D3POConfig(epochs=30, threads=1, ray=False).defining_settings() == settings
 
 
+def test_a_bfloat16_run_is_another_run_and_a_compiled_one_the_same(tmp_path):
+    folder = tmp_path / "checkpoint"
+    save_checkpoint(folder, **SAVED, settings=D3POConfig().defining_settings())
+    assert "dtype" not in D3POConfig().defining_settings()  # as checkpoints from before the field
+    check_same_run(folder, D3POConfig(compile=True).defining_settings(), "r")  # how fast, not what
+    with pytest.raises(OtherRun, match=r"dtype was None, now 'bfloat16'"):
+        check_same_run(folder, D3POConfig(dtype="bfloat16").defining_settings(), "r")
+
+
 def test_a_changed_setting_is_named_with_both_values(tmp_path):
     folder = tmp_path / "checkpoint"
     save_checkpoint(folder, **SAVED, settings=D3POConfig().defining_settings())

@@ -45,6 +45,12 @@ JOBS = {  # what each job file runs
         (D3POConfig, {"samplers": 0}, "samplers=0 is not allowed: at least 1"),
         (DRaFTConfig, {"scorers": -1}, "scorers=-1 is not allowed: 0 \\(the samplers score\\) or more"),
         (D3POConfig, {"scorers": 0, "scorer_gpus": 0.5}, "scorer_gpus=0.5 is not allowed: 0 with scorers=0"),
+        (D3POConfig, {"dtype": "float16"}, "dtype='float16' is not allowed: 'float32' or 'bfloat16'"),
+        (
+            DRaFTConfig,
+            {"dtype": "bfloat16", "full_finetune": True},
+            "dtype='bfloat16' is not allowed: 'float32' with full_finetune",
+        ),
     ],
 )
 def test_bad_values_name_the_field(config, kwargs, message):
@@ -54,7 +60,7 @@ def test_bad_values_name_the_field(config, kwargs, message):
 
 def float_fields(config_type) -> list[str]:
     """Every field a float may be given to, including the optional ones (lora_alpha)."""
-    return [f.name for f in dataclasses.fields(config_type) if "float" in str(f.type)]
+    return [f.name for f in dataclasses.fields(config_type) if f.type in (float, float | None)]
 
 
 @pytest.mark.parametrize(
