@@ -1,12 +1,16 @@
-"""Peak memory and time of one DRaFT-K=1 step and one D3PO step, for any model family.
+"""Peak memory and time of a DRaFT-K step (for each K asked) and of a D3PO step, for any model family.
 
 For a GPU check of the large families (`sd35-random` is Stable Diffusion 3.5 Large's shape and `flux-random`
 is FLUX.1-dev's, both with random weights; rlft/diffusion/full_size.py):
 
     python benchmarks/family_memory.py --model sd35-random --device cuda --dtype bfloat16
 
+and DRaFT-K's memory and time against K on SD 1.5's shape (each K samples to K steps before the end):
+
+    python benchmarks/family_memory.py --model sd15-random --dtype bfloat16 --num-steps 50 --k 1,5,10,20,50
+
 Each step is rlft's own code: a LoRA `Policy` on the UNet or transformer with gradient checkpointing (on
-by default), the `DRaFTLearner` with k=1 on latents sampled to one step before the end, and the
+by default), the `DRaFTLearner` with k=K on latents sampled to K steps before the end, and the
 `D3POLearner` on (pair, timestep) items of a sampled pair. The steps are timed after one warm-up (a warm-up
 step and each timed one all update the LoRA). Memory is, on CUDA, the peak allocated during the step; on a
 CPU, the process's peak resident size so far. The time spent sampling the latents is printed separately.
@@ -77,10 +81,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lora-rank", type=int, default=8)
     parser.add_argument("--guidance-scale", type=float, default=4.5)
     parser.add_argument("--reward", default="brightness", help="DRaFT's differentiable reward")
+    parser.add_argument("--k", default="1", help="DRaFT's K, or several: 1,5,10 (each at most --num-steps)")
     parser.add_argument("--no-gradient-checkpointing", action="store_true")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    try:
+        args.k = [int(k) for k in args.k.split(",")]
+    except ValueError:
+        parser.error(f"--k {args.k!r}: whole numbers separated by commas, such as 1,5,10")
+    if not all(1 <= k <= args.num_steps for k in args.k):
+        parser.error(f"--k {args.k}: each K from 1 to --num-steps ({args.num_steps})")
+    return args
 
 
 def run(args: argparse.Namespace) -> list[dict]:
@@ -113,27 +125,29 @@ def run(args: argparse.Namespace) -> list[dict]:
     )
     rows = []
 
-    # DRaFT-K=1: sample to one step before the end without gradient, then the learner's step.
-    start = time.perf_counter()
+    # DRaFT-K: sample to K steps before the end without gradient, then the learner's step through K steps.
     generator = torch.Generator(device).manual_seed(0)
-    latents = sample_trajectories(
-        pipe, prompts, eta=0.0, generator=generator, skip_last=1, with_logprob=False, **sampling
-    )["latents"][:, -1]
-    sampled = time.perf_counter() - start
-    draft = DRaFTLearner(
-        denoiser,
-        policy,
-        get_reward(args.reward, differentiable=True).fn,
-        lr=1e-4,
-        num_steps=args.num_steps,
-        k=1,
-        guidance_scale=args.guidance_scale,
-    )
+    for k in args.k:
+        start = time.perf_counter()
+        latents = sample_trajectories(
+            pipe, prompts, eta=0.0, generator=generator, skip_last=k, with_logprob=False, **sampling
+        )["latents"][:, -1]
+        sampled = time.perf_counter() - start
+        draft = DRaFTLearner(
+            denoiser,
+            policy,
+            get_reward(args.reward, differentiable=True).fn,
+            lr=1e-4,
+            num_steps=args.num_steps,
+            k=k,
+            guidance_scale=args.guidance_scale,
+        )
 
-    def draft_step():
-        return draft.step(latents, cond, uncond, generator, prompts)[0]
+        def draft_step(draft=draft, latents=latents):
+            return draft.step(latents, cond, uncond, generator, prompts)[0]
 
-    rows.append(measure("DRaFT-K=1", draft_step, policy, device, args.repeats) | {"sampled": sampled})
+        row = measure(f"DRaFT-K={k}", draft_step, policy, device, args.repeats)
+        rows.append(row | {"sampled": sampled})
 
     # D3PO: one pair per prompt (two samples sharing x_T, with log-probabilities); a step on one item of each
     # pair, pair i at step i * S / batch, the first member preferred (speed and memory do not depend on it).

@@ -14,7 +14,8 @@ Ray run's whole tree (its actors built, waiting for work) sits idle beside it, i
 single-process epoch alone, and the share of a core the idle tree used meanwhile. Every Ray worker process
 wakes its main thread about every 10 ms while it waits for a task (`strace` shows it), so an idle tree costs
 the computation beside it CPU, and on 2 cores each interruption stalls the other torch thread too.
-Needs no GPU or MLflow.
+Needs no GPU or MLflow; on a GPU, `--model sd15-random --samplers 2 --sampler-gpus 0.25 --worker-gpus 0.5`
+puts two samplers and the train worker on one GPU (benchmarks/gpu.sh).
 
     python benchmarks/ray_pipeline.py [--epochs 4] [--pairs 16] [--threads N] [--scorers 1] [--json PATH]
 """
@@ -106,10 +107,18 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=16)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--scorers", type=int, default=1, help="0: the samplers score their own images")
+    parser.add_argument("--model", default="tiny", help="any rlft model name (sd15-random: on a GPU)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--samplers", type=int, default=1)
+    parser.add_argument("--sampler-gpus", type=float, default=0.0, help="a fraction shares a GPU")
+    parser.add_argument("--worker-gpus", type=float, default=0.0)
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     args = parser.parse_args()
-    counts = dict(epochs=args.epochs, pairs_per_epoch=args.pairs, scorers=args.scorers)
-    cfg = D3POConfig(threads=args.threads, track=False, **counts)
+    counts = dict(
+        epochs=args.epochs, pairs_per_epoch=args.pairs, scorers=args.scorers, samplers=args.samplers
+    )
+    gpus = dict(sampler_gpus=args.sampler_gpus, worker_gpus=args.worker_gpus)
+    cfg = D3POConfig(model=args.model, dtype=args.dtype, threads=args.threads, track=False, **counts, **gpus)
     with tempfile.TemporaryDirectory() as folder:
         # The timed run goes without the memory sampler: reading every process's PSS twice a second takes
         # about a third of a core here, which slowed the Ray epochs it watched (ratio 1.73 with it).
@@ -121,7 +130,11 @@ def main() -> None:
         single = train_local(cfg, Path(folder) / "single", log=lambda line: None)
         single_total = time.perf_counter() - start_single
         beside, beside_total, idle_share, idle_by_name = beside_idle_ray(cfg, Path(folder))
-    print(f"D3PO, tiny model, {args.pairs} pairs x {cfg.num_steps} steps per epoch, {args.epochs} epochs")
+    print(
+        f"D3PO, {cfg.model} ({cfg.dtype}), {args.pairs} pairs x {cfg.num_steps} steps per epoch, "
+        f"{args.epochs} epochs; {cfg.samplers} sampler(s) with {cfg.sampler_gpus} GPU each, a train worker "
+        f"with {cfg.worker_gpus}"
+    )
     a = summary("single-process", single, single_total)
     b = summary("ray", on_ray, ray_total)
     print(f"ray.init      {ray_init_s:6.2f} s, then {to_ready:.2f} s until the actors are ready")

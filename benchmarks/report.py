@@ -1,10 +1,11 @@
 """One report of every speed and memory figure on this machine, each against its target, from one sitting:
-runs `core.py` at 1 and 2 threads, `ray_pipeline.py` at 2 threads, `pipelined_epochs.py`, and the default
-D3PO job in one process for its peak memory, one after another (never side by side: they would share the
-cores), and prints one Markdown table. Times are given as ratios measured in the same run wherever the
-target is a ratio; start-up is given in seconds and as a multiple of the same run's single-process epoch.
+runs `core.py` at 1 and 2 threads (and at 2 with --compile), `ray_pipeline.py` at 2 threads,
+`pipelined_epochs.py`, and the default D3PO job in one process for its peak memory, one after another (never
+side by side: they would share the cores), and prints one Markdown table. Times are given as ratios
+measured in the same run wherever the target is a ratio; start-up is given in seconds and as a multiple of
+the same run's single-process epoch.
 
-    python benchmarks/report.py             # about 17 minutes on 2 cores
+    python benchmarks/report.py             # about 25 minutes on 2 cores
     python benchmarks/report.py --readme    # also rewrites README.md's table between its report markers
 
 Needs no GPU or MLflow (the Ray figures need Ray).
@@ -47,16 +48,45 @@ def one_process_peak_bytes() -> float:
     return usage.ru_maxrss * 1024.0  # kB on Linux
 
 
-def rows(core1: dict, core2: dict, ray: dict, pipelined: dict, one_process: float) -> list[tuple[str, ...]]:
-    """(figure, measured, target, met) for each figure, from the benchmarks' figures."""
+def time_split(shares: list) -> str:
+    """'38 / 20 / 21 / 21 % (FLOPs 68 / 24 / 8 / 0 %)' from core.py's (kind, time share, FLOP share) list."""
+    times = " / ".join(f"{100 * time:.0f}" for _, time, _ in shares)
+    return f"{times} % (FLOPs {' / '.join(f'{100 * flops:.0f}' for _, _, flops in shares)} %)"
+
+
+def rows(
+    core1: dict, core2: dict, compiled: dict, ray: dict, pipelined: dict, one_process: float
+) -> list[tuple[str, ...]]:
+    """(figure, measured, target, met) for each figure, from the benchmarks' figures (`compiled`: core.py at
+    2 threads with --compile)."""
     start_up = ray["ray_init_s"] + ray["init_to_ready_s"]
     split = f"{ray['ray_init_s']:.1f} + {ray['init_to_ready_s']:.1f}"
-    rate1, rate2 = (100 * c["d3po_flops"] / c["matmul_peak_flops"] for c in (core1, core2))
+    rate1, rate2, rate_c = (100 * c["d3po_flops"] / c["matmul_peak_flops"] for c in (core1, core2, compiled))
+    kinds = "/".join(kind for kind, _, _ in core2["d3po_time_shares"])
     figures = [  # (figure, value, as shown, target)
         ("sampler / stock pipeline, 1 thread", core1["sampler_over_pipeline"], "{:.3f}", ">= 0.95"),
         ("sampler / stock pipeline, 2 threads", core2["sampler_over_pipeline"], "{:.3f}", ">= 0.95"),
+        (
+            "sampler, FLOP rate / matmul peak, 2 threads",
+            100 * core2["sampler_flops"] / core2["matmul_peak_flops"],
+            "{:.0f} %",
+            "",
+        ),
         ("D3PO update, FLOP rate / matmul peak, 1 thread", rate1, "{:.0f} %", ""),
         ("D3PO update, FLOP rate / matmul peak, 2 threads", rate2, "{:.0f} %", ">= 55 %"),
+        (
+            f"D3PO update's time by kind of op ({kinds}), 2 threads",
+            0,
+            time_split(core2["d3po_time_shares"]),
+            "",
+        ),
+        ("D3PO update with --compile, FLOP rate / matmul peak, 2 threads", rate_c, "{:.0f} %", ">= 55 %"),
+        (
+            "D3PO update with --compile / without, time per item, 2 threads",
+            compiled["d3po_ms_per_item"] / core2["d3po_ms_per_item"],
+            "{:.3f}",
+            "",
+        ),
         ("Ray epoch / single-process epoch, 2 threads", ray["ray_over_single"], "{:.3f}", "<= 1.10"),
         (
             "single-process epoch beside a local Ray run's idle process tree / alone, 2 threads",
@@ -122,10 +152,11 @@ def main() -> None:
     args = parser.parse_args()
     core1 = run_benchmark("core.py", "--threads", "1")
     core2 = run_benchmark("core.py", "--threads", "2")
+    compiled = run_benchmark("core.py", "--threads", "2", "--compile")
     ray = run_benchmark("ray_pipeline.py", "--threads", "2")
     pipelined = run_benchmark("pipelined_epochs.py")
     one_process = one_process_peak_bytes()
-    text = table(rows(core1, core2, ray, pipelined, one_process))
+    text = table(rows(core1, core2, compiled, ray, pipelined, one_process))
     print("\n" + text)
     if args.readme:
         rewrite_readme(text)

@@ -14,7 +14,10 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import process_memory  # noqa: E402
 import report  # noqa: E402
 
-CORE = {"sampler_over_pipeline": 0.97, "d3po_flops": 30e9, "matmul_peak_flops": 60e9}
+SHARES = [("convolution", 0.38, 0.68), ("matmul", 0.2, 0.24), ("attention", 0.21, 0.08), ("other", 0.21, 0.0)]
+CORE = {"sampler_over_pipeline": 0.97, "d3po_flops": 30e9, "matmul_peak_flops": 60e9, "sampler_flops": 15e9}
+CORE |= {"d3po_time_shares": SHARES, "d3po_ms_per_item": 30.0}
+COMPILED = CORE | {"d3po_flops": 36e9, "d3po_ms_per_item": 25.0}
 RAY = {
     "ray_init_s": 4.0,
     "init_to_ready_s": 30.0,
@@ -29,11 +32,18 @@ RAY = {
 def test_each_figure_is_judged_against_its_target():
     rows = {
         figure: (shown, met)
-        for figure, shown, _, met in report.rows(CORE, CORE, RAY, {"pipelined_over_sequential": 0.72}, 0.5e9)
+        for figure, shown, _, met in report.rows(
+            CORE, CORE, COMPILED, RAY, {"pipelined_over_sequential": 0.72}, 0.5e9
+        )
     }
     assert rows["sampler / stock pipeline, 2 threads"] == ("0.970", "yes")
     assert rows["D3PO update, FLOP rate / matmul peak, 2 threads"] == ("50 %", "**no**")
     assert rows["D3PO update, FLOP rate / matmul peak, 1 thread"] == ("50 %", "")  # no target
+    assert rows["sampler, FLOP rate / matmul peak, 2 threads"] == ("25 %", "")
+    split = rows["D3PO update's time by kind of op (convolution/matmul/attention/other), 2 threads"]
+    assert split == ("38 / 20 / 21 / 21 % (FLOPs 68 / 24 / 8 / 0 %)", "")
+    assert rows["D3PO update with --compile, FLOP rate / matmul peak, 2 threads"] == ("60 %", "yes")
+    assert rows["D3PO update with --compile / without, time per item, 2 threads"] == ("0.833", "")
     assert rows["Ray epoch / single-process epoch, 2 threads"] == ("1.180", "**no**")
     beside = rows["single-process epoch beside a local Ray run's idle process tree / alone, 2 threads"]
     assert beside == ("1.170 (the idle tree used 13 % of a core)", "")  # an explanation, no target
