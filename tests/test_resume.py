@@ -49,6 +49,18 @@ def test_a_resumed_run_equals_an_uninterrupted_one_and_logs_each_epoch_once(tmp_
     assert len(client.search_runs([client.get_run(tracker.run_id).info.experiment_id])) == 1
 
 
+def test_a_bfloat16_run_trains_in_the_whole_loop_and_resumes_to_the_same_numbers(tmp_path):
+    cfg = D3POConfig(epochs=2, dtype="bfloat16", **SMALL)
+    straight = train_local(cfg, tmp_path / "straight", log=print)
+    train_local(replace(cfg, epochs=1), tmp_path / "resumed", log=print)
+    resumed = train_local(cfg, tmp_path / "resumed", log=print)
+    for a, b in zip(straight, resumed, strict=True):
+        assert math.isfinite(a["loss"]) and math.isfinite(a["eval_gain_mean"]) and a["grad_norm"] > 0
+        assert a["loss"] == b["loss"] and a["eval_gain_mean"] == b["eval_gain_mean"]
+    weights = load_checkpoint(tmp_path / "resumed" / "checkpoint", None, print)[2]["weights"]
+    assert {w.dtype for w in weights.values()} == {torch.float32}  # the LoRA trains in float32
+
+
 def test_draft_resumes_too(tmp_path):
     small = dict(batch_size=2, steps_per_epoch=1, num_steps=3, threads=1)
     straight = train_local(DRaFTConfig(epochs=2, **small), tmp_path / "a", log=print)

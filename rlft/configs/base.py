@@ -60,8 +60,9 @@ class RunConfig:
     float32. Full fine-tuning trains every weight, so it needs float32."""
     compile: bool = False
     """`torch.compile` the UNet or transformer where it samples and trains: the first calls compile it (a few
-    minutes, again after each new batch shape), the later ones run faster (D3PO's update about 1.3x on a
-    2-core CPU, `python benchmarks/core.py --compile`). Numbers agree with uncompiled ones to rounding."""
+    minutes, again after each new batch shape), the later ones run faster (D3PO's update took 0.78x and
+    0.92x the time in two sittings on a 2-core CPU, `python benchmarks/core.py --compile`). Numbers agree
+    with uncompiled ones to rounding."""
     max_grad_norm: float = 1.0
     """Gradients are clipped to this global norm."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
