@@ -3,10 +3,12 @@
 Prints, for the same model and inputs in one run:
 1. images/s of `sample_trajectories` (recording every latent and log-prob) and of a plain
    `StableDiffusionPipeline.__call__`, and their ratio (target >= 0.95); the sampler's FLOP rate against
-   this machine's matrix-multiply peak measured in the same run (target on a GPU >= 40 %);
+   this machine's matrix-multiply peak (target on a GPU >= 40 %). The two samplers and the peak's matrix
+   products take turns in each timed round, and each one's best round counts;
 2. D3PO training time per (pair, timestep) item over a whole epoch, its FLOP rate (FLOPs counted with
    `torch.utils.flop_counter`, which this script teaches the CPU's attention kernels), and that rate
-   against the peak (target >= 55 % at 2 threads on a CPU, >= 30 % on a GPU); then, uncompiled, where the
+   against the peak (target >= 55 % at 2 threads on a CPU, >= 30 % on a GPU), the epoch and the peak's
+   products taking turns, their medians over the rounds compared; then, uncompiled, where the
    update's time goes: each kind of op's share of the time and of the FLOPs (torch.profiler).
 
 Runs without Ray or MLflow:  python benchmarks/core.py [--model tiny] [--threads 2] [--device cpu]
@@ -18,6 +20,7 @@ import argparse
 import json
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -35,19 +38,6 @@ from rlft.prompts import PROMPT_SETS
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
-
-
-def best_time(fn, device: torch.device, repeats: int) -> float:
-    """Fastest of `repeats` timed calls, after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 aten = torch.ops.aten
@@ -92,15 +82,36 @@ def where_time_goes(fn, flop_counts: dict, device: torch.device) -> list[tuple[s
     return [(k, times.get(k, 0.0) / total_time, flops.get(k, 0.0) / total_flops) for k in kinds]
 
 
-def matmul_peak(device: torch.device, dtype: torch.dtype) -> float:
-    """FLOP/s of a square matrix multiply: the machine's practical peak for this dtype.
+def matmul(device: torch.device, dtype: torch.dtype) -> tuple[Callable[[], None], float]:
+    """(a function doing three square matrix multiplies, their FLOPs): the machine's practical peak for this
+    dtype, timed in the same rounds as what it is compared with.
 
     2048 saturates a CPU core; a GPU needs 8192 to reach its peak (an H100 gives half of it at 2048).
     """
     n = 8192 if device.type == "cuda" else 2048
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    seconds = best_time(lambda: a @ b, device, repeats=5)
-    return 2 * n**3 / seconds
+
+    def products() -> None:
+        for _ in range(3):
+            a @ b
+
+    return products, 3 * 2 * n**3
+
+
+def rounds(fns: dict[str, Callable[[], None]], device: torch.device, repeats: int) -> dict[str, list[float]]:
+    """Each function's seconds in each of `repeats` rounds, after one warm-up call each. Within a round the
+    functions take turns, so the load of a shared machine, which drifts over minutes, falls on each alike."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            sync(device)
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+    return times
 
 
 def main() -> None:
@@ -161,13 +172,14 @@ def main() -> None:
         )
 
     images = 2 * args.pairs
-    t_stock = best_time(stock, device, args.repeats)
-    t_ours = best_time(ours, device, args.repeats)
+    products, product_flops = matmul(device, dtype)
+    sampling = rounds({"stock": stock, "ours": ours, "matmul": products}, device, args.repeats)
+    t_stock, t_ours = min(sampling["stock"]), min(sampling["ours"])
     print(
         f"sampler   {images / t_ours:8.2f} img/s | pipeline {images / t_stock:8.2f} img/s | "
         f"ratio {t_stock / t_ours:.3f} (target >= 0.95)"
     )
-    peak = matmul_peak(device, dtype)
+    peak = product_flops / min(sampling["matmul"])
     with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as counter:
         ours()
     sampler_rate = counter.get_total_flops() / t_ours
@@ -202,7 +214,11 @@ def main() -> None:
     with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as counter:
         epoch()
     flops = counter.get_total_flops()
-    seconds = statistics.median([best_time(epoch, device, 1) for _ in range(args.repeats)])
+    training = rounds({"epoch": epoch, "matmul": products}, device, args.repeats)
+    seconds, peak = (
+        statistics.median(training["epoch"]),
+        product_flops / statistics.median(training["matmul"]),
+    )
     count = items["timesteps"].shape[0]
     rate = flops / seconds
     print(

@@ -56,3 +56,13 @@ def test_the_time_split_covers_the_kinds_of_op_and_their_flops():
         "matmul",
         "convolution",
     ]
+
+
+def test_the_timed_functions_take_turns_in_each_round_so_drifting_load_falls_on_each_alike():
+    core = _benchmark()
+    calls = []
+    times = core.rounds(
+        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, torch.device("cpu"), repeats=3
+    )
+    assert calls == ["a", "b"] + ["a", "b"] * 3  # a warm-up call each, then three rounds
+    assert [len(t) for t in times.values()] == [3, 3] and all(s >= 0 for t in times.values() for s in t)
