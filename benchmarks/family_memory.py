@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         if isinstance(m, torch.nn.Module)
         for p in m.parameters()
     )
-    prompts = PROMPT_SETS["animals"][: args.batch]
+    prompts = list(PROMPT_SETS["animals"][: args.batch])  # a tuple: SD 1.x's encode_prompt takes a list
     cond, uncond = denoiser.encode(prompts)
     sampling = dict(num_steps=args.num_steps, guidance_scale=args.guidance_scale, resolution=resolution)
     print(

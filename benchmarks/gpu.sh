@@ -36,8 +36,11 @@ run "${core[@]}"
 run "${core[@]}" --compile
 run benchmarks/family_memory.py --model "$model" --device "$device" --dtype bfloat16 \
     --resolution "$resolution" --num-steps 50 --k 1,5,10,20,50 --repeats 2
-if "$python" -c "import ray" 2>/dev/null; then
-    run benchmarks/ray_pipeline.py --model "$model" --samplers 2 --sampler-gpus 0.25 --worker-gpus 0.5
-else
+if [ "$device" != cuda ]; then
+    echo "no GPU: the Ray pipeline on one GPU is not measured (on a CPU: benchmarks/ray_pipeline.py)" | tee -a "$log"
+elif "$python" -c "import ray" 2>/dev/null; then
+    run benchmarks/ray_pipeline.py --model "$model" --dtype bfloat16 --samplers 2 --sampler-gpus 0.25 \
+        --worker-gpus 0.5
+else  # Ray 2.60's wheel (79 MB) is larger than the 64 MiB a device call can carry
     echo "ray is not installed here: the Ray pipeline on one GPU is not measured" | tee -a "$log"
 fi

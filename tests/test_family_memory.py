@@ -42,3 +42,11 @@ def test_a_k_beyond_the_steps_is_refused_naming_the_flag(capsys):
         with pytest.raises(SystemExit):
             benchmark.parse_args(flags)
         assert message in capsys.readouterr().err
+
+
+def test_the_memory_benchmark_runs_the_sd15_family_too(capsys):
+    benchmark = (
+        _benchmark()
+    )  # the tiny model is SD 1.x's family, whose encode_prompt takes a list, not a tuple
+    rows = benchmark.run(benchmark.parse_args(["--model", "tiny", "--device", "cpu", "--num-steps", "2"]))
+    assert [row["step"] for row in rows] == ["DRaFT-K=1", "D3PO"] and all(row["updated"] for row in rows)
