@@ -1,21 +1,14 @@
 """benchmarks/core.py's FLOP accounting: the CPU's attention kernels counted, and the update's time split
 by kind of op (the figures the README's D3PO FLOP rate rests on)."""
 
-import importlib.util
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
+from benchmark_scripts import load
 from torch.utils.flop_counter import FlopCounterMode
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _benchmark():
-    spec = importlib.util.spec_from_file_location("core", ROOT / "benchmarks" / "core.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load("core")
 
 
 def test_attention_on_a_cpu_is_counted_as_two_matrix_products_forward_and_five_backward():

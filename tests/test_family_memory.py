@@ -1,20 +1,14 @@
 """benchmarks/family_memory.py on tiny-sd3, on CPU: both steps run rlft's learners, train the LoRA and are
 measured; the full-size runs of the same script need a GPU (README, "Model families")."""
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from benchmark_scripts import load
 
 
 def _benchmark():
-    spec = importlib.util.spec_from_file_location("family_memory", ROOT / "benchmarks" / "family_memory.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load("family_memory")
 
 
 def test_the_memory_benchmark_times_draft_steps_for_each_k_and_a_d3po_step_that_train_the_lora(capsys):
