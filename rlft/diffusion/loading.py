@@ -63,14 +63,27 @@ def load_pipeline(
         pipe = FULL_SIZE[kind](seed, device=device, dtype=dtype)
     else:
         pipe = load_pretrained(name_or_path, dtype)
-    # Casting only when asked: diffusers warns on any dtype cast of a built model.
-    pipe = pipe.to(device) if dtype == torch.float32 else pipe.to(device=device, dtype=dtype)
+    pipe = pipe.to(device) if dtype == torch.float32 else cast(pipe, device, dtype)
     for module in pipe.components.values():
         if isinstance(module, torch.nn.Module):
             module.requires_grad_(False)
             module.eval()
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def cast(pipe: DiffusionPipeline, device: str | torch.device, dtype: torch.dtype) -> DiffusionPipeline:
+    """`pipe` on `device` in `dtype`. diffusers warns on every dtype cast that some modules "should be kept in
+    float32" even when its list of them is empty, as it is for every model rlft builds: that warning is
+    silenced only when no component names a module to keep."""
+    keeps = any(getattr(m, "_keep_in_fp32_modules", None) for m in pipe.components.values())
+    level = diffusers.utils.logging.get_verbosity()
+    if not keeps:
+        diffusers.utils.logging.set_verbosity_error()
+    try:
+        return pipe.to(device=device, dtype=dtype)
+    finally:
+        diffusers.utils.logging.set_verbosity(level)
 
 
 def load_pretrained(name_or_path: str, dtype: torch.dtype) -> DiffusionPipeline:

@@ -105,3 +105,9 @@ def test_tiny_tokenizer_is_identical_every_time():
 
     ids = {tuple(build_tiny_tokenizer()("a photo of a dog, unseen words!").input_ids) for _ in range(5)}
     assert len(ids) == 1
+
+
+def test_a_bfloat16_tiny_model_loads_without_diffusers_empty_float32_warning(caplog):
+    pipe = load_pipeline("tiny", dtype=torch.bfloat16)
+    assert pipe.unet.dtype == pipe.vae.dtype == pipe.text_encoder.dtype == torch.bfloat16
+    assert "should be kept in float32" not in caplog.text  # "...: []", once per model in every process
