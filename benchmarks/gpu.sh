@@ -16,15 +16,15 @@ device=${2:-cuda}
 resolution=${3:-512}
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
+python=${PYTHON:-python3}
 if compgen -G ".whl/*.whl" >/dev/null; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
     export PYTHONPATH="/tmp/site:$here${PYTHONPATH:+:$PYTHONPATH}"
 else
     export PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export PYTHONUNBUFFERED=1
 log=${OUT:-/tmp}/gpu.log
-python=${PYTHON:-python3}
 run() {
     echo "\$ $*" | tee -a "$log"
     "$python" "$@" 2>&1 | tee -a "$log"

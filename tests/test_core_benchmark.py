@@ -7,12 +7,8 @@ from benchmark_scripts import load
 from torch.utils.flop_counter import FlopCounterMode
 
 
-def _benchmark():
-    return load("core")
-
-
 def test_attention_on_a_cpu_is_counted_as_two_matrix_products_forward_and_five_backward():
-    core = _benchmark()
+    core = load("core")
     q, k, v = (torch.randn(1, 2, 8, 4, requires_grad=True) for _ in range(3))  # (B, heads, L, E)
     with FlopCounterMode(display=False) as plain:
         F.scaled_dot_product_attention(q, k, v)
@@ -27,7 +23,7 @@ def test_attention_on_a_cpu_is_counted_as_two_matrix_products_forward_and_five_b
 
 
 def test_the_time_split_covers_the_kinds_of_op_and_their_flops():
-    core = _benchmark()
+    core = load("core")
     conv, x = torch.nn.Conv2d(8, 8, 3, padding=1), torch.randn(4, 8, 16, 16)
     a, b = torch.randn(64, 64), torch.randn(64, 64)
 
@@ -52,7 +48,7 @@ def test_the_time_split_covers_the_kinds_of_op_and_their_flops():
 
 
 def test_the_timed_functions_take_turns_in_each_round_so_drifting_load_falls_on_each_alike():
-    core = _benchmark()
+    core = load("core")
     calls = []
     times = core.rounds(
         {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, torch.device("cpu"), repeats=3

@@ -7,12 +7,8 @@ import pytest
 from benchmark_scripts import load
 
 
-def _benchmark():
-    return load("family_memory")
-
-
 def test_the_memory_benchmark_times_draft_steps_for_each_k_and_a_d3po_step_that_train_the_lora(capsys):
-    benchmark = _benchmark()
+    benchmark = load("family_memory")
     args = benchmark.parse_args(
         ["--model", "tiny-sd3", "--device", "cpu", "--num-steps", "3", "--batch", "2", "--k", "1,3"]
     )
@@ -28,7 +24,7 @@ def test_the_memory_benchmark_times_draft_steps_for_each_k_and_a_d3po_step_that_
 
 
 def test_a_k_beyond_the_steps_is_refused_naming_the_flag(capsys):
-    benchmark = _benchmark()
+    benchmark = load("family_memory")
     for flags, message in (
         (["--k", "1,50"], "each K from 1 to --num-steps (28)"),
         (["--k", "a"], "whole numbers"),
@@ -38,9 +34,7 @@ def test_a_k_beyond_the_steps_is_refused_naming_the_flag(capsys):
         assert message in capsys.readouterr().err
 
 
-def test_the_memory_benchmark_runs_the_sd15_family_too(capsys):
-    benchmark = (
-        _benchmark()
-    )  # the tiny model is SD 1.x's family, whose encode_prompt takes a list, not a tuple
+def test_the_memory_benchmark_runs_the_sd15_family_too():
+    benchmark = load("family_memory")  # the tiny model is SD 1.x's, whose encode_prompt takes a list
     rows = benchmark.run(benchmark.parse_args(["--model", "tiny", "--device", "cpu", "--num-steps", "2"]))
     assert [row["step"] for row in rows] == ["DRaFT-K=1", "D3PO"] and all(row["updated"] for row in rows)
