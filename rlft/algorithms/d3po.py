@@ -7,7 +7,10 @@ family against its `Denoiser` (rlft/diffusion/families.py). The epoch (`d3po_epo
 written once against a `Backend` (rlft/algorithms/backend.py): sample and score, pair, train.
 """
 
+from __future__ import annotations
+
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -23,9 +26,13 @@ from rlft.algorithms.backend import (
 )
 from rlft.algorithms.losses import d3po_loss
 from rlft.configs import D3POConfig
-from rlft.diffusion.families import Cond, Denoiser, denoiser_for
-from rlft.diffusion.policy import Policy
 from rlft.epoch import epoch_prompts
+
+# The model code (diffusers, peft) only for type checking and inside make_learner: a Ray run's driver imports
+# this module for the epoch and holds no model (seconds of imports and a few hundred MB saved there).
+if TYPE_CHECKING:
+    from rlft.diffusion.families import Cond, Denoiser
+    from rlft.diffusion.policy import Policy
 
 NO_PAIRS = {"loss": float("nan"), "preference_accuracy": float("nan"), "grad_norm": 0.0}
 
@@ -172,6 +179,8 @@ class D3POLearner:
 
 
 def make_learner(cfg: D3POConfig, pipe, policy: Policy, grad_sync: GradSync | None = None) -> D3POLearner:
+    from rlft.diffusion.families import denoiser_for
+
     denoiser = denoiser_for(pipe)
     denoiser.set_timesteps(cfg.num_steps, cfg.resolution)  # the steps the items were sampled at
     return D3POLearner(

@@ -8,7 +8,10 @@ once against a `Backend`, and its per-prompt statistics go into every checkpoint
 the advantages an uninterrupted one would.
 """
 
+from __future__ import annotations
+
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -25,9 +28,13 @@ from rlft.algorithms.backend import (
 )
 from rlft.algorithms.losses import ddpo_loss
 from rlft.configs import DDPOConfig
-from rlft.diffusion.families import Cond, Denoiser, denoiser_for
-from rlft.diffusion.policy import Policy
 from rlft.epoch import epoch_prompts, prompts_of, stream_generator
+
+# The model code (diffusers, peft) only for type checking and inside make_learner: a Ray run's driver imports
+# this module for the epoch and holds no model (seconds of imports and a few hundred MB saved there).
+if TYPE_CHECKING:
+    from rlft.diffusion.families import Cond, Denoiser
+    from rlft.diffusion.policy import Policy
 
 NO_ITEMS = {"loss": float("nan"), "grad_norm": 0.0}
 
@@ -103,6 +110,8 @@ class DDPOLearner:
 
 
 def make_learner(cfg: DDPOConfig, pipe, policy: Policy, grad_sync: GradSync | None = None) -> DDPOLearner:
+    from rlft.diffusion.families import denoiser_for
+
     denoiser = denoiser_for(pipe)
     denoiser.set_timesteps(cfg.num_steps, cfg.resolution)  # the steps the items were sampled at
     return DDPOLearner(

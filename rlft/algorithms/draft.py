@@ -20,7 +20,10 @@ The epoch (`draft_epoch`) is written once against a `Backend` (rlft/algorithms/b
 the gradient starts), train, and for the grid sample a few prompts to the end.
 """
 
+from __future__ import annotations
+
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -28,10 +31,14 @@ from torch import Tensor
 from rlft.algorithms.backend import Algorithm, Backend, GradSync, adamw, apply_gradients, mean_metrics
 from rlft.algorithms.draft_losses import RewardFn, denoise_steps, draft_k_loss, draft_lv_loss, refl_loss
 from rlft.configs import DRaFTConfig
-from rlft.diffusion.families import Cond, Denoiser, denoiser_for
-from rlft.diffusion.policy import Policy
 from rlft.epoch import Chunk, epoch_prompts, stream_seed
 from rlft.rewards.registry import get_reward
+
+# The model code (diffusers, peft) only for type checking and inside make_learner: a Ray run's driver imports
+# this module for the epoch and holds no model (seconds of imports and a few hundred MB saved there).
+if TYPE_CHECKING:
+    from rlft.diffusion.families import Cond, Denoiser
+    from rlft.diffusion.policy import Policy
 
 TRUNCATIONS = ("fixed", "random", "one")  # DRaFT-K; AlignProp's random K; ReFL's one random step
 
@@ -170,6 +177,8 @@ def show_chunk(cfg: DRaFTConfig, prompts: list[str], epoch: int) -> Chunk:
 
 
 def make_learner(cfg: DRaFTConfig, pipe, policy: Policy, grad_sync: GradSync | None = None) -> DRaFTLearner:
+    from rlft.diffusion.families import denoiser_for
+
     return DRaFTLearner(
         denoiser_for(pipe),
         policy,

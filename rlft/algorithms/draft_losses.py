@@ -4,13 +4,17 @@ the model being trained and the latents the sampler left. rlft/algorithms/draft.
 and applies them. A sample whose reward is NaN drops out of the loss (the mean runs over the finite
 rewards)."""
 
+from __future__ import annotations
+
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from rlft.diffusion.families import Cond, Denoiser
+if TYPE_CHECKING:  # the model code is imported by whoever builds the Denoiser
+    from rlft.diffusion.families import Cond, Denoiser
 
 RewardFn = Callable[[Tensor, list[str] | None], Tensor]  # (images, their prompts or None) -> (B,)
 
