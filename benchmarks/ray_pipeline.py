@@ -34,8 +34,6 @@ from process_memory import PeakTreeMemory, cpu_seconds
 from rlft.configs import D3POConfig
 from rlft.distributed.cluster import start_ray
 from rlft.distributed.launch import launch
-from rlft.distributed.ray_loop import ray_train
-from rlft.local import train_local
 
 PHASES = ("time_sample_s", "time_score_s", "time_shuffle_s", "time_train_s", "time_sync_s")
 
@@ -69,7 +67,11 @@ def run_on_ray(cfg: D3POConfig, folder: Path) -> tuple[list[dict], float, float,
     start = time.perf_counter()
     start_ray(cfg, log=lambda line: None)
     started = time.perf_counter()
-    history = ray_train(cfg, folder, log=ready)
+    # As the job does: the actors start, then the driver imports the training code while they load.
+    launched = launch(cfg, folder, log=ready)
+    from rlft.distributed.ray_loop import ray_train
+
+    history = ray_train(cfg, folder, log=ready, launched=launched)
     total = time.perf_counter() - started
     ray.shutdown()
     return history, started - start, ready.at - started, total
@@ -78,6 +80,8 @@ def run_on_ray(cfg: D3POConfig, folder: Path) -> tuple[list[dict], float, float,
 def beside_idle_ray(cfg: D3POConfig, folder: Path) -> tuple[list[dict], float, float, dict[str, float]]:
     """The single-process run beside a local Ray run's idle tree: (its history, its seconds, the share of a
     core the tree used meanwhile, that share by process name)."""
+    from rlft.local import train_local
+
     start_ray(cfg, log=lambda line: None)
     launched = launch(cfg, folder / "idle", log=lambda line: None)
     try:
@@ -125,6 +129,9 @@ def main() -> None:
         on_ray, ray_init_s, to_ready, ray_total = run_on_ray(cfg, Path(folder) / "ray")
         with PeakTreeMemory() as tree:
             run_on_ray(replace(cfg, epochs=2), Path(folder) / "memory")
+
+        # The model code, imported only now: the Ray runs above start as the job does.
+        from rlft.local import train_local
 
         start_single = time.perf_counter()
         single = train_local(cfg, Path(folder) / "single", log=lambda line: None)
