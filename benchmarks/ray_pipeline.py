@@ -4,7 +4,8 @@ Prints the mean epoch time of each (the first epoch of each is left out: it pays
 ratio (target: at most 1.10 on 2 cores), the weight-sync time per epoch, and where each epoch's time goes
 (sample, score, shuffle, train, sync; the rest is checkpointing and logging in the driver). Also prints the
 start-up the ratio leaves out: `ray.init`, then until the sampler, scorer and train worker have their models
-(the Ray run's first epoch starts then), and the peak memory of a Ray run's whole process tree (driver, GCS,
+(the Ray run's first epoch starts then) with the CPU seconds each process had used by then (on 2 cores the
+start-up is their sum over 2 at best), and the peak memory of a Ray run's whole process tree (driver, GCS,
 raylet, actors, workers; PSS, so shared pages count once). Memory is read in a second, 2-epoch Ray run,
 because reading it costs CPU the timed run would lose. The Ray runs go first, so the tree holds nothing the
 single-process run left behind.
@@ -50,19 +51,25 @@ def summary(name: str, history: list[dict], total: float) -> float:
 
 
 class FirstLine:
-    """A `log` that keeps the time the first line containing `text` arrived."""
+    """A `log` that keeps the time the first line containing `text` arrived, and the CPU seconds this process
+    and every process below it had used by then, by process name (this one: "driver")."""
 
     def __init__(self, text: str):
-        self.text, self.at = text, None
+        self.text, self.at, self.cpu_by_name = text, None, {}
 
     def __call__(self, line: str) -> None:
         if self.at is None and self.text in line:
             self.at = time.perf_counter()
+            driver = psutil.Process()
+            for pid, (name, seconds) in cpu_seconds([driver, *driver.children(recursive=True)]).items():
+                name = "driver" if pid == driver.pid else name
+                self.cpu_by_name[name] = self.cpu_by_name.get(name, 0.0) + seconds
 
 
-def run_on_ray(cfg: D3POConfig, folder: Path) -> tuple[list[dict], float, float, float]:
+def run_on_ray(cfg: D3POConfig, folder: Path) -> tuple[list[dict], float, float, float, dict[str, float]]:
     """A run on a new local Ray: (its history, ray.init's seconds, seconds from then until the actors are
-    ready, seconds from then to the end of the run)."""
+    ready, seconds from then to the end of the run, the CPU seconds each process name had used when the actors
+    were ready)."""
     ready = FirstLine(" ready (")
     start = time.perf_counter()
     start_ray(cfg, log=lambda line: None)
@@ -74,7 +81,7 @@ def run_on_ray(cfg: D3POConfig, folder: Path) -> tuple[list[dict], float, float,
     history = ray_train(cfg, folder, log=ready, launched=launched)
     total = time.perf_counter() - started
     ray.shutdown()
-    return history, started - start, ready.at - started, total
+    return history, started - start, ready.at - started, total, ready.cpu_by_name
 
 
 def beside_idle_ray(cfg: D3POConfig, folder: Path) -> tuple[list[dict], float, float, dict[str, float]]:
@@ -126,7 +133,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         # The timed run goes without the memory sampler: reading every process's PSS twice a second takes
         # about a third of a core here, which slowed the Ray epochs it watched (ratio 1.73 with it).
-        on_ray, ray_init_s, to_ready, ray_total = run_on_ray(cfg, Path(folder) / "ray")
+        on_ray, ray_init_s, to_ready, ray_total, start_cpu = run_on_ray(cfg, Path(folder) / "ray")
         with PeakTreeMemory() as tree:
             run_on_ray(replace(cfg, epochs=2), Path(folder) / "memory")
 
@@ -145,6 +152,8 @@ def main() -> None:
     a = summary("single-process", single, single_total)
     b = summary("ray", on_ray, ray_total)
     print(f"ray.init      {ray_init_s:6.2f} s, then {to_ready:.2f} s until the actors are ready")
+    spent = ", ".join(f"{name} {used:.1f}" for name, used in sorted(start_cpu.items(), key=lambda i: -i[1]))
+    print(f"start-up CPU  {sum(start_cpu.values()):6.1f} s of CPU by then, all processes (s: {spent})")
     largest_first = sorted(tree.by_name.items(), key=lambda item: -item[1])
     peak = ", ".join(f"{name} {used / 1e9:.2f}" for name, used in largest_first)
     print(f"memory        {tree.bytes / 1e9:6.2f} GB at a 2-epoch Ray run's peak (PSS, GB: {peak})")
@@ -159,6 +168,7 @@ def main() -> None:
     if args.json:
         figures = dict(ray_over_single=b / a, ray_epoch_s=b, single_epoch_s=a)
         figures |= dict(ray_init_s=ray_init_s, init_to_ready_s=to_ready, tree_peak_bytes=tree.bytes)
+        figures |= dict(start_up_cpu_s=sum(start_cpu.values()))
         figures |= dict(beside_idle_ray_over_single=c / a, idle_tree_core_share=idle_share)
         with open(args.json, "w") as f:
             json.dump(figures, f)

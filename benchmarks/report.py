@@ -103,7 +103,8 @@ def rows(
         (
             "local Ray: ray.init + until the actors are ready (the first epoch starts)",
             start_up,
-            f"{{:.1f}} s ({split}; {start_up / ray['single_epoch_s']:.1f} single-process epochs)",
+            f"{{:.1f}} s ({split}; {start_up / ray['single_epoch_s']:.1f} single-process epochs; "
+            f"{ray['start_up_cpu_s']:.0f} s of CPU in all processes by then)",
             "<= 10 s",
         ),
         (
