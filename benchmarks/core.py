@@ -179,13 +179,14 @@ def main() -> None:
         f"sampler   {images / t_ours:8.2f} img/s | pipeline {images / t_stock:8.2f} img/s | "
         f"ratio {t_stock / t_ours:.3f} (target >= 0.95)"
     )
-    peak = product_flops / min(sampling["matmul"])
+    sampler_peak = product_flops / min(sampling["matmul"])  # measured in turns with the samplers
     with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as counter:
         ours()
     sampler_rate = counter.get_total_flops() / t_ours
+    target = " (target >= 40 %)" if device.type == "cuda" else ""
     print(
-        f"sampling  {sampler_rate / 1e9:8.1f} GFLOP/s | matmul peak {peak / 1e9:.1f} GFLOP/s | "
-        f"{100 * sampler_rate / peak:.1f} % of peak{' (target >= 40 %)' if device.type == 'cuda' else ''}"
+        f"sampling  {sampler_rate / 1e9:8.1f} GFLOP/s | matmul peak {sampler_peak / 1e9:.1f} GFLOP/s | "
+        f"{100 * sampler_rate / sampler_peak:.1f} % of peak{target}"
     )
 
     # 2. D3PO training over one epoch of (pair, timestep) items.
@@ -241,7 +242,8 @@ def main() -> None:
     if args.json:
         figures = dict(sampler_over_pipeline=t_stock / t_ours, d3po_ms_per_item=1e3 * seconds / count)
         figures |= dict(d3po_flops=rate, matmul_peak_flops=peak, threads=torch.get_num_threads())
-        figures |= dict(sampler_flops=sampler_rate, compiled=args.compile, d3po_time_shares=shares)
+        figures |= dict(sampler_flops=sampler_rate, sampler_peak_flops=sampler_peak)
+        figures |= dict(compiled=args.compile, d3po_time_shares=shares)
         with open(args.json, "w") as f:
             json.dump(figures, f)
 

@@ -68,7 +68,7 @@ def rows(
         ("sampler / stock pipeline, 2 threads", core2["sampler_over_pipeline"], "{:.3f}", ">= 0.95"),
         (
             "sampler, FLOP rate / matmul peak, 2 threads",
-            100 * core2["sampler_flops"] / core2["matmul_peak_flops"],
+            100 * core2["sampler_flops"] / core2["sampler_peak_flops"],
             "{:.0f} %",
             "",
         ),

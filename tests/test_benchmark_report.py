@@ -16,6 +16,7 @@ import report  # noqa: E402
 
 SHARES = [("convolution", 0.38, 0.68), ("matmul", 0.2, 0.24), ("attention", 0.21, 0.08), ("other", 0.21, 0.0)]
 CORE = {"sampler_over_pipeline": 0.97, "d3po_flops": 30e9, "matmul_peak_flops": 60e9, "sampler_flops": 15e9}
+CORE |= {"sampler_peak_flops": 50e9}  # each rate against the peak measured in turns with it
 CORE |= {"d3po_time_shares": SHARES, "d3po_ms_per_item": 30.0}
 COMPILED = CORE | {"d3po_flops": 36e9, "d3po_ms_per_item": 25.0}
 RAY = {
@@ -40,7 +41,7 @@ def test_each_figure_is_judged_against_its_target():
     assert rows["sampler / stock pipeline, 2 threads"] == ("0.970", "yes")
     assert rows["D3PO update, FLOP rate / matmul peak, 2 threads"] == ("50 %", "**no**")
     assert rows["D3PO update, FLOP rate / matmul peak, 1 thread"] == ("50 %", "")  # no target
-    assert rows["sampler, FLOP rate / matmul peak, 2 threads"] == ("25 %", "")
+    assert rows["sampler, FLOP rate / matmul peak, 2 threads"] == ("30 %", "")
     split = rows["D3PO update's time by kind of op (convolution/matmul/attention/other), 2 threads"]
     assert split == ("38 / 20 / 21 / 21 % (FLOPs 68 / 24 / 8 / 0 %)", "")
     assert rows["D3PO update with --compile, FLOP rate / matmul peak, 2 threads"] == ("60 %", "yes")
