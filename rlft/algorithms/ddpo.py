@@ -30,8 +30,7 @@ from rlft.algorithms.losses import ddpo_loss
 from rlft.configs import DDPOConfig
 from rlft.epoch import epoch_prompts, prompts_of, stream_generator
 
-# The model code (diffusers, peft) only for type checking and inside make_learner: a Ray run's driver imports
-# this module for the epoch and holds no model (seconds of imports and a few hundred MB saved there).
+# The model code only for type checks and in make_learner: a Ray driver runs the epoch, holds no model.
 if TYPE_CHECKING:
     from rlft.diffusion.families import Cond, Denoiser
     from rlft.diffusion.policy import Policy
