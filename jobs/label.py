@@ -7,13 +7,7 @@ image, b/w best/worst, d/u flags, Enter submit, arrows move between groups). Lab
 
 import sys
 
-import tyro
-
-from rlft.feedback.label_server import LabelConfig, serve
+from rlft.cli import label
 
 if __name__ == "__main__":
-    cfg = tyro.cli(LabelConfig, description=__doc__)
-    try:
-        serve(cfg)
-    except ValueError as error:
-        sys.exit(f"error: {error}")
+    label(sys.argv[1:], prog="jobs/label.py")

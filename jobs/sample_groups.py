@@ -7,14 +7,7 @@ per image and a manifest; `python jobs/label.py <folder>` then serves the labell
 
 import sys
 
-import tyro
-
-from rlft.feedback.sample_groups import SampleGroupsConfig, sample_groups
+from rlft.cli import sample_groups
 
 if __name__ == "__main__":
-    try:
-        cfg = tyro.cli(SampleGroupsConfig, description=__doc__)
-        folder = sample_groups(cfg)
-    except ValueError as error:
-        sys.exit(f"error: {error}")
-    print(f"label it: python jobs/label.py {folder}")
+    sample_groups(sys.argv[1:], prog="jobs/sample_groups.py")

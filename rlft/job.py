@@ -8,21 +8,21 @@ imported only once the checks have passed, so a refusal comes at once.
 """
 
 import contextlib
-import io
-import itertools
 import logging
-import re
+import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 
 import ray
-import tyro
 
 from rlft.configs import RunConfig, SamplingConfig
-from rlft.distributed.cluster import start_ray
+from rlft.configs.flags import parse_config
+from rlft.configs.hub import check_hub_model, check_hub_rewards
+from rlft.diffusion.names import GPU_ONLY_MODELS
+from rlft.distributed.cluster import check_resources, start_ray
 from rlft.feedback.labels_config import D3POLabelsConfig
 from rlft.runs.checkpoint import OtherRun, UnreadableCheckpoint, check_same_run, check_writable, run_lock
 from rlft.runs.places import durable_runs_dir, in_ray_working_copy
@@ -33,31 +33,28 @@ from rlft.runs.tracking import Tracker, check_tracking_uri, tracking_uri
 History = list[dict[str, float]]
 
 
-def parse_flags(config_type: type[RunConfig], description: str) -> RunConfig:
-    """The config from the command line. A flag tyro cannot parse (unknown, missing, not a number) raises
-    ValueError with one line instead of tyro's box; --help prints in full."""
-    captured = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(captured):
-            return tyro.cli(config_type, description=description)
-    except SystemExit as exited:
-        if exited.code in (0, None):  # --help
-            raise
-        raise ValueError(one_line(captured.getvalue())) from None
+def check_gpu(cfg: RunConfig) -> None:
+    """A ValueError naming `device`, `model` or a GPU field when the run asks for GPUs that cannot exist: none
+    on this machine, and no Ray cluster to join (--ray-address, RAY_ADDRESS or a `ray start` cluster here)."""
+    import torch
+    from ray._private.utils import read_ray_address
 
-
-def one_line(box: str) -> str:
-    """tyro's error box as one line: its first sentence, with the flags it lists when it ends in ':'."""
-    rows = [row.strip().strip("│").strip() for row in box.splitlines()]
-    rows = [row for row in rows if row and not row.startswith(("╭", "╰"))]
-    body = list(itertools.takewhile(lambda row: not set(row) <= {"─"}, rows))
-    if not body:
-        return box.strip() or "the flags could not be read"
-    if body[0].endswith(":"):  # "Missing from jobs/x.py:" and the flags, each with its help
-        line = body[0] + " " + ", ".join(row for row in body[1:] if row.startswith("--"))
-    else:  # one message, wrapped to the box's width
-        line = re.sub(r"^Error parsing \w+Config: ", "", " ".join(body))
-    return f"{line} (--help lists every flag)"
+    if torch.cuda.is_available() or (cfg.ray and (cfg.ray_address or os.environ.get("RAY_ADDRESS"))):
+        return
+    if cfg.ray and read_ray_address():
+        return  # a `ray start` cluster on this machine: start_ray checks its nodes
+    if cfg.model in GPU_ONLY_MODELS:
+        raise ValueError(
+            f"model={cfg.model!r} is not allowed: it is for GPU work and this machine has no CUDA GPU and no "
+            "Ray cluster is named (--ray-address or RAY_ADDRESS)"
+        )
+    if cfg.device == "cuda":
+        raise ValueError(
+            "device='cuda' is not allowed: this machine has no CUDA GPU and no Ray cluster is named "
+            "(--ray-address or RAY_ADDRESS); use --device cpu, or submit the run to a GPU cluster"
+        )
+    if cfg.ray:  # a local Ray would have this machine's CPUs and no GPU
+        check_resources(cfg, None, [{"CPU": float("inf"), "GPU": 0.0}])
 
 
 def headline(cfg: RunConfig) -> str:
@@ -108,8 +105,15 @@ def open_tracker(cfg: RunConfig, algorithm: str, run_dir: Path) -> Tracker | Non
     return Tracker(run_dir.name, cfg, tags)
 
 
-def run_job(config_type: type[SamplingConfig], algorithm: str, description: str) -> None:
-    """jobs/d3po.py, jobs/draft.py and jobs/ddpo.py: sample, score and train on Ray (or in one process)."""
+def run_job(
+    config_type: type[SamplingConfig],
+    algorithm: str,
+    description: str,
+    args: Sequence[str] | None = None,
+    prog: str | None = None,
+) -> None:
+    """`rlft d3po|draft|ddpo` (jobs/d3po.py, ...): sample, score and train on Ray (or in one process); args:
+    the flags (default: the command line's)."""
 
     def train(cfg: SamplingConfig, checked: None, **kwargs) -> History:
         if cfg.ray:
@@ -123,18 +127,18 @@ def run_job(config_type: type[SamplingConfig], algorithm: str, description: str)
 
         return train_local(cfg, **kwargs)
 
-    run(config_type, algorithm, description, lambda cfg: None, train, summary)
+    run(config_type, algorithm, description, lambda cfg: None, train, summary, args, prog)
 
 
-def run_labels_job(description: str) -> None:
-    """jobs/d3po_labels.py: D3PO on a labelled batch; the batch is read and checked before Ray starts."""
+def run_labels_job(description: str, args: Sequence[str] | None = None, prog: str | None = None) -> None:
+    """`rlft train-labels` (jobs/d3po_labels.py): D3PO on a labelled batch, read and checked before Ray."""
 
     from rlft.feedback.human import check_labelled, train_human
 
     def train(cfg: D3POLabelsConfig, checked: tuple, **kwargs) -> History:
         return train_human(cfg, checked=checked, **kwargs)
 
-    run(D3POLabelsConfig, "d3po-labels", description, check_labelled, train, labels_summary)
+    run(D3POLabelsConfig, "d3po-labels", description, check_labelled, train, labels_summary, args, prog)
 
 
 def run(
@@ -144,6 +148,8 @@ def run(
     check: Callable[[RunConfig], object],
     train: Callable[..., History],
     report: Callable[[History, Path], str],
+    args: Sequence[str] | None = None,
+    prog: str | None = None,
 ) -> None:
     """Parse and check, open the run, train (`train(cfg, checked, run_dir=, tracker=)`, where `checked` is
     what `check(cfg)` gave), print `report`. A ValueError before training exits with its one line."""
@@ -152,12 +158,24 @@ def run(
         logging.getLogger(name).setLevel(logging.WARNING)
     held = contextlib.ExitStack()  # the run's lock, from before its MLflow run is opened to the end
     try:
-        cfg = parse_flags(config_type, description)
+        job = {"d3po-labels": "train-labels"}.get(algorithm, algorithm)
+        cfg = parse_config(config_type, job, sys.argv[1:] if args is None else args, description, prog)
         if cfg.track:
             check_tracking_uri(tracking_uri())
         if cfg.storage:
             check_reachable(cfg.storage)
         checked = check(cfg)
+        check_hub_model(cfg.model)  # the hub's answer, or the cache's, before anything starts
+        if isinstance(cfg, SamplingConfig):
+            check_hub_rewards(cfg.reward)
+        if cfg.dry_run:  # a plan for a cluster may be made on a laptop: the GPUs are not checked here
+            import torch
+
+            from rlft.plan import count_model, format_plan
+
+            print(format_plan(cfg, count_model(cfg), torch.cuda.is_available()))
+            return
+        check_gpu(cfg)
         run_name = cfg.run_name or f"{algorithm}-{time.strftime('%Y%m%d-%H%M%S')}"
         run_dir = durable_runs_dir(cfg.runs_dir) / run_name  # absolute, never inside Ray's copy of the code
         check_writable(run_dir.parent)

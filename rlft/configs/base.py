@@ -23,7 +23,7 @@ RUNTIME_FIELDS = frozenset(
     {"epochs", "threads", "device", "run_name", "runs_dir", "storage", "track", "ray", "ray_address"}
     | {"samplers", "sampler_gpus", "scorers", "scorer_gpus", "train_workers", "worker_gpus", "actor_cpus"}
     | {"sampler_resource", "worker_resource", "ready_timeout_s", "max_failures", "sample_batch"}
-    | {"eval_every", "image_every", "compile"}
+    | {"eval_every", "image_every", "compile", "micro_batch", "register_model", "config", "dry_run"}
 )
 
 
@@ -110,6 +110,14 @@ class RunConfig:
     max_failures: int = 3
     """How many times a lost actor is restarted, and the train workers are started again from the last
     checkpoint, before the run fails (a node that never comes back fails the run, never hangs it)."""
+    register_model: str | None = None
+    """Register the final adapter in the MLflow Model Registry under this name, tagged with its base model,
+    reward and algorithm; default: not registered."""
+    config: str | None = None
+    """A recipe file (TOML) whose keys set this job's fields; flags given beside it override it."""
+    dry_run: bool = False
+    """Check everything, print the plan (actors, memory per process, data per epoch, checkpoint size) and
+    exit: no Ray, no model weights, no run folder, no MLflow run."""
 
     algorithm: ClassVar[str] = ""  # each job's config names the algorithm it trains
 

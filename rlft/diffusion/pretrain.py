@@ -5,7 +5,8 @@ captions for classifier-free guidance), at the tiny shapes of `rlft.diffusion.mo
 Deterministic on a CPU for a seed and thread count: the images, the batches, the noise and the weights'
 initialisation all come from seeded generators. The result is three safetensors files and a `model.json`
 (the VAE's latent scale, the settings, the losses and the time taken), which `rlft.diffusion.models` loads as
-`--model tiny`. `jobs/pretrain_tiny.py` is the command line.
+`--model tiny`. `rlft pretrain-tiny` (or `jobs/pretrain_tiny.py`) is the command line; it writes to a new
+folder, never over the shipped weights.
 """
 
 import hashlib
@@ -15,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +25,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from rlft.diffusion.models import TINY_SCHEDULER, build_tiny_tokenizer, tiny_parts
+from rlft.diffusion.models import TINY_MODEL_FOLDER, TINY_SCHEDULER, build_tiny_tokenizer, tiny_parts
 from rlft.diffusion.world import caption_vocabulary, make_dataset
 
 Log = Callable[[str], None]
@@ -199,6 +201,26 @@ def train_denoiser(
         if stop:
             break
     return metrics
+
+
+@dataclass(frozen=True)
+class PretrainArgs:
+    settings: PretrainSettings
+    out: str | None = None
+    """A new folder for unet/vae/text_encoder .safetensors and model.json; default: tiny-model-<date-time>
+    here. Never the shipped model's folder, nor one that already holds a model."""
+    device: Literal["cpu", "cuda"] = "cpu"
+    threads: int | None = None
+    """CPU threads for torch; default: torch's own choice."""
+
+    @staticmethod
+    def check_out(out: str) -> None:
+        """A ValueError naming `out` when it is the shipped model's folder or already holds a model."""
+        folder = Path(out).expanduser().resolve()
+        if folder == Path(str(TINY_MODEL_FOLDER)).resolve():
+            raise ValueError(f"out={out!r} is not allowed: the shipped model is there; choose a new folder")
+        if (folder / "model.json").exists() or (folder / "unet.safetensors").exists():
+            raise ValueError(f"out={out!r} is not allowed: it already holds a model; choose a new folder")
 
 
 def pretrain(s: PretrainSettings, out: str | Path, device: str = "cpu", log: Log = print) -> dict:

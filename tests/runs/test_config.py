@@ -111,9 +111,9 @@ def test_draft_variants_set_how_many_steps_carry_gradient():
         ("draft.py", ["--k", "50"], "k=50"),
         ("d3po.py", ["--model", "no/such/./folder/x"], "model"),
         ("d3po.py", ["--run-name", "a/b"], "run_name"),
-        ("draft.py", ["--tracking-uri-is-not-a-flag"], "Unrecognized"),
+        ("draft.py", ["--tracking-uri-is-not-a-flag"], "unknown flag --tracking-uri-is-not-a-flag"),
         ("d3po.py", ["--lr", "inf"], "lr=inf is not allowed: a finite number"),
-        ("d3po.py", ["--lr", "abc"], "Error parsing --lr"),
+        ("d3po.py", ["--lr", "abc"], "--lr: could not convert string to float"),
         ("draft.py", ["--sampler-gpus", "nan"], "sampler_gpus=nan is not allowed"),
         ("d3po.py", ["--run-name", ".."], "run_name='..' is not allowed"),
         ("d3po.py", ["--batch-size", "15", "--train-workers", "2"], "batch_size=15"),
@@ -123,7 +123,7 @@ def test_draft_variants_set_how_many_steps_carry_gradient():
         # A labelled batch folder is read and checked before Ray or MLflow starts.
         ("d3po_labels.py", ["--batch", "no/such/batch"], "batch='no/such/batch' is not allowed"),
         ("d3po_labels.py", [], "--batch"),  # required
-        ("d3po_labels.py", ["--batch", "b", "--reward", "brightness"], "Unrecognized"),  # no reward here
+        ("d3po_labels.py", ["--batch", "b", "--reward", "brightness"], "unknown flag --reward"),  # no reward here
         # People's labels train with the labels job, named by the refusal.
         ("d3po.py", ["--reward", "human:b"], "jobs/d3po_labels.py --batch b"),
     ],
