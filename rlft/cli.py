@@ -62,11 +62,13 @@ def train_labels(args: Sequence[str], prog: str = "rlft train-labels") -> None:
 
 def sample_groups(args: Sequence[str], prog: str = "rlft sample-groups") -> None:
     from rlft.configs.flags import parse_config
+    from rlft.configs.hub import check_hub_model
     from rlft.feedback.sample_groups import SampleGroupsConfig
     from rlft.feedback.sample_groups import sample_groups as sample
 
     try:
         cfg = parse_config(SampleGroupsConfig, "sample-groups", args, SAMPLE_GROUPS, prog)
+        check_hub_model(cfg.model)
         folder = sample(cfg)
     except ValueError as error:
         sys.exit(f"error: {error}")

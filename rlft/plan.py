@@ -177,7 +177,7 @@ def format_plan(cfg: RunConfig, c: Counts, gpu_here: bool = True) -> str:
     optimizer = trained * 4 * 4  # float32 weights, gradients and AdamW's two moments
     samples, how = samples_with_gradients(cfg, c)
     activations = activation_rule(c, resolution, samples, cfg.gradient_checkpointing, size)
-    data, what = epoch_data(cfg, c, resolution)
+    data, moved = epoch_data(cfg, c, resolution)
     counts = ", ".join(f"{name} {n / 1e6:,.1f} M" for name, n in c.params.items())
     what = f"every weight of the {c.denoiser}" if cfg.full_finetune else f"LoRA rank {cfg.lora_rank}"
     lines = [
@@ -202,7 +202,7 @@ def format_plan(cfg: RunConfig, c: Counts, gpu_here: bool = True) -> str:
         + f" + activations {gb(activations)} (estimate: {how} through the {c.denoiser}, "
         + ("gradient checkpointing on" if cfg.gradient_checkpointing else "no gradient checkpointing")
         + "; rule in rlft/plan.py)",
-        f"data per epoch through Ray Data: {gb(data)} ({what})",
+        f"data per epoch through Ray Data: {gb(data)} ({moved})",
         f"checkpoint: {gb(trained * 4 * 4)} per epoch (float32: the trained weights in the state and in the "
         "adapter, AdamW's two moments)",
         "nothing was started: no Ray, no model weights loaded, no run folder, no MLflow run",

@@ -29,6 +29,8 @@ def parse_config(
     args = list(args)
     recipe = config_flag(args)
     tokens = [] if recipe is None else recipe_tokens(load_recipe(recipe, job, config_type), config_type)
+    if recipe is not None and "config" not in fields_of(config_type):  # a job that does not record it
+        args = without_config_flag(args)
     with _errors.on_parse_error(refuse):
         return tyro.cli(config_type, args=tokens + args, description=description, prog=prog)
 
@@ -42,6 +44,15 @@ def config_flag(args: list[str]) -> str | None:
         elif arg.startswith("--config="):
             found = arg.removeprefix("--config=")
     return found if found not in (None, "None") else None
+
+
+def without_config_flag(args: list[str]) -> list[str]:
+    kept, skip = [], False
+    for arg in args:
+        if not skip and arg != "--config" and not arg.startswith("--config="):
+            kept.append(arg)
+        skip = arg == "--config"
+    return kept
 
 
 def recipe_tokens(values: dict[str, Any], config_type: type) -> list[str]:
