@@ -95,6 +95,13 @@ def labels_summary(history: History, run_dir: Path) -> str:
     )
 
 
+def mlflow_ui_command(uri: str) -> str:
+    """How to see a store's runs: `mlflow ui` on a database, the server's own address otherwise."""
+    if uri.startswith(("http://", "https://", "databricks")):
+        return f"open {redact(uri)} (experiment {os.environ.get('MLFLOW_EXPERIMENT_NAME', 'rlft')})"
+    return f"mlflow ui --backend-store-uri {redact(uri)}  # then open http://127.0.0.1:5000"
+
+
 def open_tracker(cfg: RunConfig, algorithm: str, run_dir: Path) -> Tracker | None:
     """The run's MLflow run (named as its folder), which logs every field of cfg (a run on labels: with the
     batch's settings resolved, as trained)."""
@@ -206,3 +213,4 @@ def run(
     print(report(history, run_dir))
     if tracker:
         print(f"MLflow run {tracker.run_id} ({tracker.run_name}) in {redact(tracker.uri)}")
+        print(f"compare runs: {mlflow_ui_command(tracker.uri)}")

@@ -274,3 +274,12 @@ def test_pretrain_tiny_never_writes_over_a_model(tmp_path, monkeypatch):
     (tmp_path / "model.json").write_text("{}")
     with pytest.raises(SystemExit, match="it already holds a model"):
         cli.main(["pretrain-tiny", "--out", str(tmp_path)])
+
+
+def test_the_summary_says_how_to_open_the_runs_in_mlflow():
+    from rlft.job import mlflow_ui_command
+
+    assert mlflow_ui_command("sqlite:////home/me/mlflow.db") == (
+        "mlflow ui --backend-store-uri sqlite:////home/me/mlflow.db  # then open http://127.0.0.1:5000"
+    )
+    assert mlflow_ui_command("http://user:secret@mlflow:5000").startswith("open http://***@mlflow:5000")
