@@ -116,17 +116,31 @@ def adamw(params: list[torch.nn.Parameter], lr: float) -> torch.optim.AdamW:
     return torch.optim.AdamW(params, lr=lr, weight_decay=1e-4, fused=fused or None)
 
 
+def micro_batches(batch: dict[str, Tensor], size: int | None) -> list[tuple[dict[str, Tensor], float]]:
+    """The batch cut along its first dimension into pieces of `size` items (the last may be smaller; None:
+    the batch whole), each with its share of the batch's items: a loss that is a mean over items, scaled by
+    its piece's share, adds up over the pieces to the whole batch's."""
+    count = len(next(iter(batch.values())))
+    size = size or count
+    pieces = [{k: v[start : start + size] for k, v in batch.items()} for start in range(0, count, size)]
+    return [(piece, len(next(iter(piece.values()))) / count) for piece in pieces]
+
+
+def backward(loss: Tensor, share: float) -> None:
+    """Add one micro-batch's gradient, its loss scaled by its share of the batch (a whole batch's, 1, is left
+    as it is: its numbers are those of a step without micro-batches)."""
+    (loss if share == 1 else loss * share).backward()
+
+
 def apply_gradients(
-    loss: Tensor,
     optimizer: torch.optim.Optimizer,
     params: list[torch.nn.Parameter],
     grad_sync: GradSync | None,
     max_grad_norm: float,
 ) -> float:
-    """Backward, average across workers (`grad_sync`), clip to `max_grad_norm`, step; the gradient's norm
-    before clipping."""
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    """The optimizer step on the gradients the batch's micro-batches accumulated (`backward`, after
+    `optimizer.zero_grad`): average across workers (`grad_sync`), clip to `max_grad_norm`, step; the
+    gradient's norm before clipping."""
     if grad_sync is not None:
         grad_sync(params)
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)

@@ -2,7 +2,8 @@
 
 The learner is a plain class (no Ray): the single-process backend calls it directly, and a Ray Train worker
 can hold one. Both members of every pair and both halves of classifier-free guidance go through one model
-call per batch; the reference is the same model with the adapter disabled. Written once for every model
+call per micro-batch (the whole batch unless `micro_batch` cuts it; the gradients add up to the whole
+batch's); the reference is the same model with the adapter disabled. Written once for every model
 family against its `Denoiser` (rlft/diffusion/families.py). The epoch (`d3po_epoch`) is
 written once against a `Backend` (rlft/algorithms/backend.py): sample and score, pair, train.
 """
@@ -21,7 +22,9 @@ from rlft.algorithms.backend import (
     GradSync,
     adamw,
     apply_gradients,
+    backward,
     mean_metrics,
+    micro_batches,
     pipeline_next,
 )
 from rlft.algorithms.losses import d3po_loss
@@ -127,7 +130,8 @@ def d3po_items(
 
 
 class D3POLearner:
-    """Applies D3PO updates to a `Policy`, one optimizer step per batch of (pair, timestep) items.
+    """Applies D3PO updates to a `Policy`, one optimizer step per batch of (pair, timestep) items, its
+    gradient accumulated over micro-batches of `micro_batch` items (None: the batch in one pass).
 
     `grad_sync`, when set, runs between backward and clipping (data-parallel workers average gradients).
     """
@@ -144,10 +148,11 @@ class D3POLearner:
         eta: float,
         max_grad_norm: float = 1.0,
         grad_sync: Callable[[list[torch.nn.Parameter]], None] | None = None,
+        micro_batch: int | None = None,
     ):
         self.policy, self.denoiser = policy, denoiser
         self.beta, self.clip, self.guidance_scale, self.eta = beta, clip, guidance_scale, eta
-        self.max_grad_norm, self.grad_sync = max_grad_norm, grad_sync
+        self.max_grad_norm, self.grad_sync, self.micro_batch = max_grad_norm, grad_sync, micro_batch
         self.optimizer = adamw(policy.parameters(), lr)
 
     def _logp(self, model, batch: dict[str, Tensor], cond: Cond, uncond: Cond) -> Tensor:
@@ -159,14 +164,27 @@ class D3POLearner:
         prev = torch.cat([batch["next_latents_w"], batch["next_latents_l"]])
         return self.denoiser.step_with_logprob(output, timesteps, latents, eta=self.eta, prev_sample=prev)[1]
 
-    def step(self, batch: dict[str, Tensor], cond: Cond, uncond: Cond) -> dict[str, float]:
-        """One optimizer step on a batch of items (see `pair_items`); cond has one row per prompt."""
+    def _loss(self, piece: dict[str, Tensor], cond: Cond, uncond: Cond) -> tuple[Tensor, list[Tensor]]:
+        """A micro-batch's loss and its log-probs [logp_w, ref_logp_w, logp_l, ref_logp_l], each (n,)."""
         with torch.no_grad(), self.policy.reference() as reference:
-            ref_logp_w, ref_logp_l = self._logp(reference, batch, cond, uncond).chunk(2)
-        logp_w, logp_l = self._logp(self.policy.model, batch, cond, uncond).chunk(2)
-        loss, metrics = d3po_loss(logp_w, ref_logp_w, logp_l, ref_logp_l, beta=self.beta, clip=self.clip)
+            ref_logp_w, ref_logp_l = self._logp(reference, piece, cond, uncond).chunk(2)
+        logp_w, logp_l = self._logp(self.policy.model, piece, cond, uncond).chunk(2)
+        logps = [logp_w, ref_logp_w, logp_l, ref_logp_l]
+        return d3po_loss(*logps, beta=self.beta, clip=self.clip)[0], logps
+
+    def step(self, batch: dict[str, Tensor], cond: Cond, uncond: Cond) -> dict[str, float]:
+        """One optimizer step on a batch of items (see `pair_items`); cond has one row per prompt. The loss is
+        a mean over items, so each micro-batch's counts by its share of them; the metrics are the batch's."""
+        self.optimizer.zero_grad(set_to_none=True)
+        logps = []
+        for piece, share in micro_batches(batch, self.micro_batch):
+            loss, piece_logps = self._loss(piece, cond, uncond)
+            backward(loss, share)
+            logps.append([logp.detach() for logp in piece_logps])
         params = self.policy.parameters()
-        grad_norm = apply_gradients(loss, self.optimizer, params, self.grad_sync, self.max_grad_norm)
+        grad_norm = apply_gradients(self.optimizer, params, self.grad_sync, self.max_grad_norm)
+        whole = [torch.cat(column) for column in zip(*logps, strict=True)]  # 4 x (N,)
+        metrics = d3po_loss(*whole, beta=self.beta, clip=self.clip)[1]
         return metrics | {"grad_norm": grad_norm}
 
     def train_epoch(self, batches: Iterable[dict[str, Tensor]], cond: Cond, uncond: Cond) -> dict[str, float]:
@@ -192,6 +210,7 @@ def make_learner(cfg: D3POConfig, pipe, policy: Policy, grad_sync: GradSync | No
         eta=cfg.eta,
         max_grad_norm=cfg.max_grad_norm,
         grad_sync=grad_sync,
+        micro_batch=cfg.micro_batch,
     )
 
 

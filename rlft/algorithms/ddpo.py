@@ -23,7 +23,9 @@ from rlft.algorithms.backend import (
     GradSync,
     adamw,
     apply_gradients,
+    backward,
     mean_metrics,
+    micro_batches,
     pipeline_next,
 )
 from rlft.algorithms.losses import ddpo_loss
@@ -67,7 +69,8 @@ def ddpo_items(
 
 
 class DDPOLearner:
-    """Applies DDPO updates to a `Policy`, one optimizer step per batch of (sample, timestep) items."""
+    """Applies DDPO updates to a `Policy`, one optimizer step per batch of (sample, timestep) items, its
+    gradient accumulated over micro-batches of `micro_batch` items (None: the batch in one pass)."""
 
     def __init__(
         self,
@@ -81,30 +84,39 @@ class DDPOLearner:
         eta: float,
         max_grad_norm: float = 1.0,
         grad_sync: GradSync | None = None,
+        micro_batch: int | None = None,
     ):
         self.policy, self.denoiser = policy, denoiser
         self.clip_range, self.adv_clip_max = clip_range, adv_clip_max
         self.guidance_scale, self.eta = guidance_scale, eta
-        self.max_grad_norm, self.grad_sync = max_grad_norm, grad_sync
+        self.max_grad_norm, self.grad_sync, self.micro_batch = max_grad_norm, grad_sync, micro_batch
         self.optimizer = adamw(policy.parameters(), lr)
 
-    def step(self, batch: dict[str, Tensor], cond: Cond, uncond: Cond) -> dict[str, float]:
-        """One optimizer step on a batch of items (see `ddpo_items`); cond has one row per prompt."""
-        latents, timesteps, denoiser = batch["latents"], batch["timesteps"], self.denoiser
-        cond = cond.take(batch["prompt"])
+    def _logp(self, piece: dict[str, Tensor], cond: Cond, uncond: Cond) -> Tensor:
+        """The policy's log-probs (n,) of a micro-batch's steps."""
+        latents, timesteps, denoiser = piece["latents"], piece["timesteps"], self.denoiser
+        cond = cond.take(piece["prompt"])
         output = denoiser.guided(self.policy.model, latents, timesteps, cond, uncond, self.guidance_scale)
-        logp = denoiser.step_with_logprob(
-            output, timesteps, latents, eta=self.eta, prev_sample=batch["next_latents"]
-        )[1]
-        loss, metrics = ddpo_loss(
-            logp,
-            batch["old_log_probs"],
-            batch["advantages"],
-            clip_range=self.clip_range,
-            adv_clip_max=self.adv_clip_max,
-        )
+        prev = piece["next_latents"]
+        return denoiser.step_with_logprob(output, timesteps, latents, eta=self.eta, prev_sample=prev)[1]
+
+    def _loss(self, logp: Tensor, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
+        clips = dict(clip_range=self.clip_range, adv_clip_max=self.adv_clip_max)
+        return ddpo_loss(logp, batch["old_log_probs"], batch["advantages"], **clips)
+
+    def step(self, batch: dict[str, Tensor], cond: Cond, uncond: Cond) -> dict[str, float]:
+        """One optimizer step on a batch of items (see `ddpo_items`); cond has one row per prompt. The loss is
+        a mean over items, so each micro-batch's counts by its share of them; the metrics are the batch's
+        (the advantages were standardised over the epoch's samples before the items were made)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        logps = []
+        for piece, share in micro_batches(batch, self.micro_batch):
+            logp = self._logp(piece, cond, uncond)
+            backward(self._loss(logp, piece)[0], share)
+            logps.append(logp.detach())
         params = self.policy.parameters()
-        grad_norm = apply_gradients(loss, self.optimizer, params, self.grad_sync, self.max_grad_norm)
+        grad_norm = apply_gradients(self.optimizer, params, self.grad_sync, self.max_grad_norm)
+        metrics = self._loss(torch.cat(logps), batch)[1]
         return metrics | {"grad_norm": grad_norm}
 
 
@@ -123,6 +135,7 @@ def make_learner(cfg: DDPOConfig, pipe, policy: Policy, grad_sync: GradSync | No
         eta=cfg.eta,
         max_grad_norm=cfg.max_grad_norm,
         grad_sync=grad_sync,
+        micro_batch=cfg.micro_batch,
     )
 
 

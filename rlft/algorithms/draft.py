@@ -28,7 +28,15 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from rlft.algorithms.backend import Algorithm, Backend, GradSync, adamw, apply_gradients, mean_metrics
+from rlft.algorithms.backend import (
+    Algorithm,
+    Backend,
+    GradSync,
+    adamw,
+    apply_gradients,
+    backward,
+    mean_metrics,
+)
 from rlft.algorithms.draft_losses import RewardFn, denoise_steps, draft_k_loss, draft_lv_loss, refl_loss
 from rlft.configs import DRaFTConfig
 from rlft.epoch import Chunk, epoch_prompts, stream_seed
@@ -49,6 +57,7 @@ class DRaFTLearner:
     `descend` minimises the reward instead (a control run); the rewards it reports are still the reward's.
 
     `grad_sync`, when set, runs between backward and clipping (data-parallel workers average gradients).
+    `micro_batch`: samples per forward/backward pass (None: the batch in one).
     """
 
     def __init__(
@@ -67,6 +76,7 @@ class DRaFTLearner:
         max_grad_norm: float = 1.0,
         grad_sync: Callable[[list[torch.nn.Parameter]], None] | None = None,
         descend: bool = False,
+        micro_batch: int | None = None,
     ):
         self.denoiser, self.policy = denoiser, policy
         self.reward_fn, self.descend = reward_fn, descend
@@ -74,7 +84,7 @@ class DRaFTLearner:
             raise ValueError(f"truncation must be one of {', '.join(TRUNCATIONS)}, got {truncation!r}")
         self.num_steps, self.k, self.lv_copies, self.truncation = num_steps, k, lv_copies, truncation
         self.guidance_scale, self.eta, self.max_grad_norm = guidance_scale, eta, max_grad_norm
-        self.grad_sync = grad_sync
+        self.grad_sync, self.micro_batch = grad_sync, micro_batch
         self.optimizer = adamw(policy.parameters(), lr)
 
     def step(
@@ -86,55 +96,79 @@ class DRaFTLearner:
         prompts: list[str] | None = None,
     ) -> tuple[dict[str, float], Tensor | None]:
         """One optimizer step from sampler output: latents (B, C, h, w) entering the last K steps (DRaFT-K,
-        ReFL, AlignProp), or final ones (DRaFT-LV); cond has B rows.
+        ReFL, AlignProp), or final ones (DRaFT-LV); cond has B rows. The gradient is accumulated over
+        micro-batches of `micro_batch` samples (a DRaFT-LV pass holds lv_copies images of each); the noise and
+        the truncation are drawn for the whole batch first, so the pieces add up to its step.
 
         Returns the metrics and, except for DRaFT-LV, the rewards of the samples it finished (B,) (ReFL's:
         of the x_0 it predicted); DRaFT-LV's samples were finished (and are scored) by the sampler.
         """
         timesteps = self.denoiser.set_timesteps(self.num_steps, self.denoiser.resolution_of(latents))
+        noise, skip = self.draws(latents, generator)
+        self.optimizer.zero_grad(set_to_none=True)
+        count, size = len(latents), self.micro_batch or len(latents)
+        total = count * max(self.lv_copies, 1)  # the batch's rewards
+        rewards = []
+        for piece in (slice(start, start + size) for start in range(0, count, size)):
+            texts = None if prompts is None else prompts[piece]
+            piece_noise = None if noise is None else noise[:, piece]
+            args = (latents[piece], cond.take(piece), uncond, timesteps, piece_noise, skip, texts)
+            loss, piece_rewards = self._loss(*args)
+            # A piece's loss is the mean of its finite rewards: weighted by their share of the batch's
+            # rewards, the pieces add up to the batch's loss (with no NaN reward; see below).
+            backward(-loss if self.descend else loss, torch.isfinite(piece_rewards).sum().item() / total)
+            rewards.append(piece_rewards)
+        rewards = torch.cat(rewards, dim=-1)  # (B,), or DRaFT-LV's (n, B)
+        finite, params = torch.isfinite(rewards), self.policy.parameters()
+        kept = finite.sum().item()
+        if 0 < kept < total:  # a NaN reward drops out of the mean: it runs over the kept rewards, not all
+            for p in params:
+                if p.grad is not None:
+                    p.grad.mul_(total / kept)
+        grad_norm = apply_gradients(self.optimizer, params, self.grad_sync, self.max_grad_norm)
+        train_reward = rewards[finite].mean().item()
+        loss = train_reward if self.descend else -train_reward  # the loss is minus the mean reward
+        metrics = {"loss": loss, "grad_norm": grad_norm, "train_reward": train_reward}
+        return metrics, None if self.lv_copies else rewards.float().cpu()
+
+    def draws(self, latents: Tensor, generator: torch.Generator) -> tuple[Tensor | None, int]:
+        """What a step draws from `generator`, for the whole batch latents (B, C, h, w): the noise, DRaFT-LV's
+        re-noising (n, B, C, h, w) or, when eta > 0, the K steps' (K, B, C, h, w) (else None); then the
+        steps that run without gradient (`steps_without_grad`)."""
+        count = self.lv_copies or (self.k if self.eta > 0 else 0)
+        noise = None
+        if count:
+            shape = (count, *latents.shape)
+            noise = torch.randn(shape, generator=generator, device=latents.device, dtype=latents.dtype)
+        return noise, 0 if self.lv_copies else self.steps_without_grad(generator)
+
+    def _loss(
+        self,
+        latents: Tensor,
+        cond: Cond,
+        uncond: Cond,
+        timesteps: Tensor,
+        noise: Tensor | None,
+        skip: int,
+        prompts: list[str] | None,
+    ) -> tuple[Tensor, Tensor]:
+        """A micro-batch's loss and its rewards: (b,), or DRaFT-LV's (n, b); noise as `draws` gives it."""
         common = dict(guidance_scale=self.guidance_scale, prompts=prompts)
+        model, reward_fn = self.policy.model, self.reward_fn
         if self.lv_copies:
-            args = (self.denoiser, self.policy.model, self.reward_fn, latents, timesteps[-1])
-            loss, rewards = draft_lv_loss(
-                *args, cond, uncond, copies=self.lv_copies, generator=generator, **common
-            )
-            sample_rewards = None
-        else:
-            noises = None
-            if self.eta > 0:
-                shape = (self.k, *latents.shape)
-                noises = torch.randn(shape, generator=generator, device=latents.device, dtype=latents.dtype)
-            tail = timesteps[self.num_steps - self.k :]
-            skip = self.steps_without_grad(generator)
-            if skip:
-                with torch.no_grad():
-                    latents = denoise_steps(
-                        self.denoiser,
-                        self.policy.model,
-                        latents,
-                        tail[:skip],
-                        cond,
-                        uncond,
-                        guidance_scale=self.guidance_scale,
-                        eta=self.eta,
-                        noises=None if noises is None else noises[:skip],
-                    )
-            args = (self.denoiser, self.policy.model, self.reward_fn, latents)
-            if self.truncation == "one":
-                loss, rewards = refl_loss(*args, tail[skip], cond, uncond, **common)
-            else:
-                rest = None if noises is None else noises[skip:]
-                loss, rewards = draft_k_loss(
-                    *args, tail[skip:], cond, uncond, eta=self.eta, noises=rest, **common
-                )
-            sample_rewards = rewards.detach().float().cpu()
-        if self.descend:
-            loss = -loss  # the loss is minus the mean reward: its negative descends the reward
-        params = self.policy.parameters()
-        grad_norm = apply_gradients(loss, self.optimizer, params, self.grad_sync, self.max_grad_norm)
-        train_reward = rewards[torch.isfinite(rewards)].mean().item()
-        metrics = {"loss": loss.item(), "grad_norm": grad_norm, "train_reward": train_reward}
-        return metrics, sample_rewards
+            args = (self.denoiser, model, reward_fn, latents, timesteps[-1], cond, uncond)
+            return draft_lv_loss(*args, copies=self.lv_copies, noise=noise, **common)
+        tail = timesteps[self.num_steps - self.k :]
+        if skip:
+            with torch.no_grad():
+                early = None if noise is None else noise[:skip]
+                args = (self.denoiser, model, latents, tail[:skip], cond, uncond)
+                latents = denoise_steps(*args, guidance_scale=self.guidance_scale, eta=self.eta, noises=early)
+        args = (self.denoiser, model, reward_fn, latents)
+        if self.truncation == "one":
+            return refl_loss(*args, tail[skip], cond, uncond, **common)
+        rest = None if noise is None else noise[skip:]
+        return draft_k_loss(*args, tail[skip:], cond, uncond, eta=self.eta, noises=rest, **common)
 
     def steps_without_grad(self, generator: torch.Generator) -> int:
         """How many of the last k steps run before the gradient starts: none for DRaFT-K; k - K for K drawn
@@ -192,6 +226,7 @@ def make_learner(cfg: DRaFTConfig, pipe, policy: Policy, grad_sync: GradSync | N
         max_grad_norm=cfg.max_grad_norm,
         grad_sync=grad_sync,
         descend=cfg.reverse_preferences,
+        micro_batch=cfg.micro_batch,
     )
 
 

@@ -47,6 +47,10 @@ class D3POConfig(SamplingConfig):
     their gradient, and the result depends on the item order; see the README)."""
     batch_size: int = 16
     """(pair, timestep) items per optimizer step."""
+    micro_batch: int | None = None
+    """Items per forward/backward pass: each optimizer step of batch_size items accumulates its gradient over
+    batch_size / micro_batch passes (per train worker, over its share of the batch), to fit a GPU's memory;
+    the same step to rounding. Default: the whole batch at once."""
 
     algorithm: ClassVar[str] = "d3po"
     can_pipeline: ClassVar[bool] = True
@@ -98,3 +102,8 @@ class D3POConfig(SamplingConfig):
         check(self.lr > 0, "lr", self.lr, "positive")
         check(self.batch_size >= 1, "batch_size", self.batch_size, "at least 1")
         check_divides(self.batch_size, self.train_workers)
+        share = self.batch_size // self.train_workers  # each worker's items per optimizer step
+        divisors = ", ".join(str(d) for d in range(1, share + 1) if share % d == 0)
+        fits = self.micro_batch is None or (self.micro_batch >= 1 and share % self.micro_batch == 0)
+        allowed = f"None or a divisor of batch_size / train_workers ({share}): {divisors}"
+        check(fits, "micro_batch", self.micro_batch, allowed)

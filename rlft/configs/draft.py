@@ -32,6 +32,11 @@ class DRaFTConfig(SamplingConfig):
     """Re-noised copies of the final sample for draft-lv (the paper's n; 2 by default)."""
     batch_size: int = 8
     """Samples per optimizer step."""
+    micro_batch: int | None = None
+    """Samples per forward/backward pass (draft-lv: each with its lv_copies): each optimizer step of
+    batch_size samples accumulates its gradient over batch_size / micro_batch passes (per train worker, over
+    its share of the batch), to fit a GPU's memory; the same step to rounding. Default: the whole batch at
+    once."""
     steps_per_epoch: int = 4
     """Optimizer steps per epoch, each on a fresh batch."""
     eta: float = 0.0
@@ -49,6 +54,11 @@ class DRaFTConfig(SamplingConfig):
         check(self.lv_copies >= 1, "lv_copies", self.lv_copies, "at least 1")
         check(self.batch_size >= 1, "batch_size", self.batch_size, "at least 1")
         check_divides(self.batch_size, self.train_workers)
+        share = self.batch_size // self.train_workers  # each worker's samples per optimizer step
+        divisors = ", ".join(str(d) for d in range(1, share + 1) if share % d == 0)
+        fits = self.micro_batch is None or (self.micro_batch >= 1 and share % self.micro_batch == 0)
+        allowed = f"None or a divisor of batch_size / train_workers ({share}): {divisors}"
+        check(fits, "micro_batch", self.micro_batch, allowed)
         check(self.steps_per_epoch >= 1, "steps_per_epoch", self.steps_per_epoch, "at least 1")
         check(self.eta >= 0, "eta", self.eta, ">= 0")
         check(self.lr > 0, "lr", self.lr, "positive")
