@@ -5,16 +5,24 @@ Built-in sets, from DDPO's code (ddpo-pytorch, `ddpo_pytorch/assets`) and paper 
 - `simple-animals`: the 45 common animals DDPO and D3PO train aesthetic and compressibility on, as bare
   names, exactly as ddpo-pytorch feeds them to the model.
 - `unseen-animals` and `everyday-objects`: ddpo-pytorch's `uncommon_animals.txt` and `everyday_objects.txt`,
-  the prompts DDPO uses to test whether training on simple animals generalises to prompts it never saw.
+  the prompts DDPO uses to test whether training on simple animals generalises to prompts it never saw;
+  `unseen-animals` is the evaluation set of `animals` and `simple-animals`.
 - `animal-activities`: "a(n) <animal> <activity>" for the 45 animals and the paper's three activities, DDPO's
   prompt-alignment task; prompt-conditioned rewards (imagereward) have something to judge there.
 - `shapes` and `shapes-eval`: captions of the tiny model's world (rlft/diffusion/world.py), "a small red
 circle on a noisy blue background"; `shapes-eval` holds every eighth caption, `shapes` the rest, so the
 evaluation set (rlft/evaluation.py) judges prompts training never draws.
+Sets shipped as text files in rlft/prompt_sets/ (package data, read with importlib.resources, so they load
+from an installed wheel too), for real models:
+- `scenes` and `scenes-eval`: 200 and 50 broad prompts (photographs, paintings, illustrations, renders,
+  concept art) composed for rlft, for PickScore and aesthetic training on SDXL, SD 3.5 and FLUX.1; no prompt
+  is in both. Each file's header says what it holds.
+`EVAL_SETS` names the evaluation set of each training set that has one.
 A file (`--prompts path/to/prompts.txt`) holds one prompt per line; blank lines and lines starting with # are
 skipped. It is read when the config is checked and again at every epoch.
 """
 
+from importlib import resources
 from pathlib import Path
 
 import torch
@@ -69,16 +77,40 @@ PROMPT_SETS: dict[str, tuple[str, ...]] = {
 }
 
 
+def prompt_lines(text: str) -> tuple[str, ...]:
+    """The prompts in a prompt file's text: one per line, stripped, blank lines and '#' lines skipped."""
+    lines = (line.strip() for line in text.splitlines())
+    return tuple(line for line in lines if line and not line.startswith("#"))
+
+
+def _packaged(name: str) -> tuple[str, ...]:
+    """The set shipped as rlft/prompt_sets/<name>.txt (importlib.resources: found in a wheel too)."""
+    return prompt_lines((resources.files("rlft.prompt_sets") / f"{name}.txt").read_text(encoding="utf-8"))
+
+
+# The sets in rlft/prompt_sets/, by file name without .txt (read once, at import: a few kB).
+PACKAGED = ("scenes", "scenes-eval")
+PROMPT_SETS |= {name: _packaged(name) for name in PACKAGED}
+
+# The evaluation set of each training set that has one: prompts the training set never holds.
+EVAL_SETS = {
+    "shapes": "shapes-eval",
+    "animals": "unseen-animals",
+    "simple-animals": "unseen-animals",
+    "scenes": "scenes-eval",
+}
+
+
 def read_prompt_file(path: str) -> tuple[str, ...]:
     """The prompts in a text file, one per line, blank lines and '#' comments skipped."""
     expected = "a built-in set or a UTF-8 text file with one prompt per line"
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ValueError(f"prompts={path!r}: no such file; expected {expected}") from None
     except (OSError, UnicodeDecodeError) as error:
         raise ValueError(f"prompts={path!r}: cannot read the file ({error}); expected {expected}") from None
-    prompts = tuple(line.strip() for line in lines if line.strip() and not line.strip().startswith("#"))
+    prompts = prompt_lines(text)
     if not prompts:
         raise ValueError(f"prompts={path!r}: the file holds no prompt; expected {expected}")
     return prompts

@@ -1,11 +1,13 @@
 import re
+from pathlib import Path
 
 import pytest
 import torch
 
+import rlft.prompt_sets
 from rlft.configs import D3POConfig, DRaFTConfig
 from rlft.diffusion.world import BACKGROUNDS, COLOURS
-from rlft.prompts import PROMPT_SETS, draw_prompts, load_prompts
+from rlft.prompts import EVAL_SETS, PACKAGED, PROMPT_SETS, draw_prompts, load_prompts
 
 
 def test_built_in_sets_hold_the_papers_prompts():
@@ -62,3 +64,25 @@ def test_the_world_sets_split_its_captions_into_training_and_held_out():
     for prompts in (train, held_out):  # every colour and background kind is in both
         assert {p.split()[2] for p in prompts} == set(COLOURS)
         assert {p.split()[6] for p in prompts} == set(BACKGROUNDS)
+
+
+@pytest.mark.parametrize("name", PACKAGED)
+def test_the_shipped_text_sets_load_by_name(name):
+    """rlft/prompt_sets/<name>.txt loads under its name, every line a prompt once, its header skipped."""
+    prompts = load_prompts(name)
+    assert len(prompts) >= 50 and len(set(prompts)) == len(prompts)
+    assert not any(p.startswith("#") or p != p.strip() or not p for p in prompts)
+    text = (Path(rlft.prompt_sets.__file__).parent / f"{name}.txt").read_text(encoding="utf-8")
+    assert text.startswith(f"# {name}: ")  # the header says what the set is
+    assert D3POConfig(prompts=name, eval_prompts=name).prompts == name
+
+
+@pytest.mark.parametrize("train, held_out", EVAL_SETS.items())
+def test_each_evaluation_set_holds_no_prompt_of_its_training_set(train, held_out):
+    """Gains on the evaluation set are not memorised prompts (compared ignoring case and spaces)."""
+
+    def norm(prompts):
+        return {" ".join(p.lower().split()) for p in prompts}
+
+    assert load_prompts(train) and load_prompts(held_out)
+    assert not norm(load_prompts(train)) & norm(load_prompts(held_out))

@@ -35,3 +35,11 @@ def run_name_stays_below(name: str) -> bool:
 def check_divides(batch_size: int, workers: int) -> None:
     allowed = f"a multiple of train_workers ({workers}): each worker takes an equal share of a batch"
     check(batch_size % workers == 0, "batch_size", batch_size, allowed)
+
+
+def check_micro_batch(micro_batch: int | None, share: int) -> None:
+    """micro_batch (items or samples per forward and backward pass) must divide each worker's share."""
+    divisors = ", ".join(str(d) for d in range(1, share + 1) if share % d == 0)
+    fits = micro_batch is None or (micro_batch >= 1 and share % micro_batch == 0)
+    allowed = f"None or a divisor of batch_size / train_workers ({share}): {divisors}"
+    check(fits, "micro_batch", micro_batch, allowed)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from rlft.configs.base import SamplingConfig
-from rlft.configs.checks import check, check_divides
+from rlft.configs.checks import check, check_divides, check_micro_batch
 from rlft.rewards.registry import get_reward
 
 HUMAN = "human:"
@@ -102,8 +102,4 @@ class D3POConfig(SamplingConfig):
         check(self.lr > 0, "lr", self.lr, "positive")
         check(self.batch_size >= 1, "batch_size", self.batch_size, "at least 1")
         check_divides(self.batch_size, self.train_workers)
-        share = self.batch_size // self.train_workers  # each worker's items per optimizer step
-        divisors = ", ".join(str(d) for d in range(1, share + 1) if share % d == 0)
-        fits = self.micro_batch is None or (self.micro_batch >= 1 and share % self.micro_batch == 0)
-        allowed = f"None or a divisor of batch_size / train_workers ({share}): {divisors}"
-        check(fits, "micro_batch", self.micro_batch, allowed)
+        check_micro_batch(self.micro_batch, self.batch_size // self.train_workers)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from rlft.configs.base import RunConfig
-from rlft.configs.checks import check, check_divides
+from rlft.configs.checks import check, check_divides, check_micro_batch
 from rlft.diffusion.names import BUILTIN_MODELS, DEFAULT_LORA_TARGETS
 from rlft.feedback.batch_folder import read_manifest
 
@@ -81,11 +81,7 @@ class D3POLabelsConfig(RunConfig):
         check(self.lr > 0, "lr", self.lr, "positive")
         check(self.batch_size >= 1, "batch_size", self.batch_size, "at least 1")
         check_divides(self.batch_size, self.train_workers)
-        share = self.batch_size // self.train_workers  # each worker's items per optimizer step
-        divisors = ", ".join(str(d) for d in range(1, share + 1) if share % d == 0)
-        fits = self.micro_batch is None or (self.micro_batch >= 1 and share % self.micro_batch == 0)
-        allowed = f"None or a divisor of batch_size / train_workers ({share}): {divisors}"
-        check(fits, "micro_batch", self.micro_batch, allowed)
+        check_micro_batch(self.micro_batch, self.batch_size // self.train_workers)
 
     def lora_shape(self, adapter: str | None) -> dict:
         """The LoRA fields resolved: the start adapter's shape (a different one given is refused), else the
