@@ -186,9 +186,9 @@ class RunConfig:
 @dataclass(frozen=True)
 class SamplingConfig(RunConfig):
     prompts: str = "shapes"
-    """Prompts: a built-in set (shapes, the tiny model's world; animals, simple-animals, unseen-animals,
-    everyday-objects, animal-activities; see rlft/prompts.py) or a path to a text file, one prompt per line
-    (blank lines and # lines skipped)."""
+    """Prompts: a built-in set (shapes, the tiny model's world; scenes, a broad set for real models; animals,
+    simple-animals, unseen-animals, everyday-objects, animal-activities; see rlft/prompts.py) or a path to a
+    text file, one prompt per line (blank lines and # lines skipped)."""
     eval_prompts: str = "shapes-eval"
     """Prompts of the fixed evaluation set (a built-in set or a file, as --prompts), taken in order; the
     default holds captions that --prompts shapes never draws."""
