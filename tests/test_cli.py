@@ -283,3 +283,49 @@ def test_the_summary_says_how_to_open_the_runs_in_mlflow():
         "mlflow ui --backend-store-uri sqlite:////home/me/mlflow.db  # then open http://127.0.0.1:5000"
     )
     assert mlflow_ui_command("http://user:secret@mlflow:5000").startswith("open http://***@mlflow:5000")
+
+
+@pytest.mark.slow
+def test_a_non_editable_install_runs_rlft_d3po_from_any_folder_with_the_embedded_model(tmp_path):
+    target, elsewhere = tmp_path / "installed", tmp_path / "elsewhere"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            target,
+            ROOT,
+        ],
+        check=True,
+        timeout=600,
+    )
+    elsewhere.mkdir()
+    env = os.environ | {
+        "PYTHONPATH": str(target),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+    }
+    flags = ["--no-ray", "--epochs", "1", "--pairs-per-epoch", "2", "--eval-images", "2", "--threads", "1"]
+    result = subprocess.run(
+        [target / "bin" / "rlft", "d3po", *flags, "--run-name", "installed"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=elsewhere,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "model tiny" in result.stdout and "eval reward: base" in result.stdout
+    assert (elsewhere / "runs" / "installed" / "adapter").is_dir()
+    where = subprocess.run(
+        [sys.executable, "-c", "import rlft; print(rlft.__file__)"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=elsewhere,
+    )
+    assert where.stdout.startswith(str(target))  # the installed copy ran, not this checkout
