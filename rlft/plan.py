@@ -131,6 +131,48 @@ def activation_rule(c: Counts, resolution: int, samples: int, checkpointing: boo
     return kept // 10 if checkpointing else kept
 
 
+# Reward models' parameters where no config is at hand to count them: ImageReward is BLIP ViT-L + BERT-base
+# (counted when built here from its med_config.json).
+REWARD_PARAMS = {"imagereward": 447_000_000}
+
+
+def reward_parameters(spec: str) -> tuple[int, str]:
+    """(parameters of the reward models `spec` names, how they were found): counted on the meta device from a
+    cached or local CLIP config where there is one; the weight-free rewards have none."""
+    total, unknown = 0, []
+    for name in spec.split(","):
+        base, _, folder = name.partition(":")
+        if base in REWARD_PARAMS:
+            total += REWARD_PARAMS[base]
+        elif base in ("aesthetic", "pickscore"):
+            counted = clip_parameters(base, folder)
+            total += counted or 0
+            unknown += [] if counted else [base]
+    return total, (f" (not counted: {', '.join(unknown)}'s config is not cached here)" if unknown else "")
+
+
+def clip_parameters(reward: str, folder: str) -> int | None:
+    import huggingface_hub
+    import transformers
+
+    from rlft.rewards import aesthetic, pickscore
+
+    source = folder or (aesthetic.HUB_CLIP if reward == "aesthetic" else pickscore.HUB_MODEL)
+    config_file = (
+        Path(folder) / "config.json"
+        if folder
+        else huggingface_hub.try_to_load_from_cache(source, "config.json")
+    )
+    if not isinstance(config_file, str | Path) or not Path(config_file).is_file():
+        return None
+    config = transformers.CLIPConfig.from_json_file(config_file)
+    with torch.device("meta"):
+        model = transformers.CLIPModel(config)
+    if reward == "aesthetic":  # the vision tower and its projection, and the small MLP head
+        model = torch.nn.ModuleList([model.vision_model, model.visual_projection])
+    return sum(p.numel() for p in model.parameters())
+
+
 def gb(n_bytes: float) -> str:
     return f"{n_bytes / GB:.2f} GB" if n_bytes >= GB / 100 else f"{n_bytes / 1024**2:.1f} MB"
 
@@ -146,8 +188,9 @@ def samples_with_gradients(cfg: RunConfig, c: Counts) -> tuple[int, str]:
     items = getattr(cfg, "micro_batch", None) or max(getattr(cfg, "batch_size", 1) // workers, 1)
     cfg_halves = 2 if getattr(cfg, "guidance_scale", 1.0) > 1 and c.family != "FluxPipeline" else 1
     if cfg.algorithm == "draft":
-        steps = cfg.steps_with_grad
-        return items * cfg_halves * steps, f"{items} samples x {cfg_halves} (guidance) x {steps} steps"
+        steps, copies = cfg.steps_with_grad, cfg.lv_copies if cfg.variant == "draft-lv" else 1
+        samples = items * copies * cfg_halves * steps
+        return samples, f"{items} samples x {copies} (copies) x {cfg_halves} (guidance) x {steps} steps"
     pair = 2 if cfg.algorithm == "d3po" else 1
     return items * pair * cfg_halves, f"{items} items x {pair} (pair) x {cfg_halves} (guidance)"
 
@@ -194,11 +237,19 @@ def format_plan(cfg: RunConfig, c: Counts, gpu_here: bool = True) -> str:
                 lines.append(f"  {n} x {kind[:-1].replace('_', ' ')}: {cfg.actor_cpus:g} CPU, {share:g} GPU")
     else:
         lines.append("processes: one (--no-ray): sampling, scoring and training here")
+    reward, note = reward_parameters(cfg.reward) if isinstance(cfg, SamplingConfig) else (0, "")
+    where = "scorer" if counts_of_actors.get("scorers") else "sampler (it scores its own images)"
     lines += [
         f"memory, sampler: frozen pipeline {gb(frozen)} + LoRA {gb(trained * 4)}",
+        f"memory, {where}: reward model {gb(reward * 4)}{note}",
         f"memory, train worker: frozen pipeline {gb(frozen)} + trained weights, gradients and AdamW "
         f"{gb(optimizer)}"
         + (f" + reference copy {gb(c.params[c.denoiser] * 4)}" if cfg.full_finetune else "")
+        + (
+            f" + reward model {gb(reward * 4)} (DRaFT differentiates it here)"
+            if cfg.algorithm == "draft"
+            else ""
+        )
         + f" + activations {gb(activations)} (estimate: {how} through the {c.denoiser}, "
         + ("gradient checkpointing on" if cfg.gradient_checkpointing else "no gradient checkpointing")
         + "; rule in rlft/plan.py)",

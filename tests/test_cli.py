@@ -329,3 +329,17 @@ def test_a_non_editable_install_runs_rlft_d3po_from_any_folder_with_the_embedded
         cwd=elsewhere,
     )
     assert where.stdout.startswith(str(target))  # the installed copy ran, not this checkout
+
+
+def test_the_dry_run_counts_a_local_reward_models_memory(tmp_path, monkeypatch, capsys):
+    from rlft.rewards import pickscore
+
+    scorer = pickscore.random_scorer(small=True)
+    pickscore.save_folder(tmp_path / "ps", scorer)
+    size = sum(p.numel() for p in scorer.clip.parameters()) * 4 / 1024**2
+    monkeypatch.chdir(tmp_path)
+    cli.main(["draft", "--dry-run", "--reward", f"pickscore:{tmp_path / 'ps'}", "--variant", "draft-lv"])
+    plan = capsys.readouterr().out
+    assert f"memory, scorer: reward model {size:.1f} MB" in plan
+    assert f"reward model {size:.1f} MB (DRaFT differentiates it here)" in plan
+    assert "8 samples x 2 (copies)" in plan
