@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(autouse=True)
 def _one_thread():
-    # One thread per process is fastest for tensors this small (DESIGN.md).
+    # One thread per process is fastest for tensors this small.
     torch.set_num_threads(1)
 
 

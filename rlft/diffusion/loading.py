@@ -37,7 +37,7 @@ def load_pipeline(
     """A frozen pipeline on `device` in `dtype`: SD 1.x/2.x and SDXL with a DDIM scheduler, SD3 with its own.
 
     "tiny" loads the pretrained tiny model shipped with the package; "tiny-random" builds its architecture
-    with random weights from `seed` (DESIGN.md, "The tiny model"); "tiny-sdxl", "tiny-sd3" and "tiny-flux"
+    with random weights from `seed` (docs/tiny-model.md); "tiny-sdxl", "tiny-sd3" and "tiny-flux"
     build those families' tiny versions from `seed`; "sd15-random", "sd35-random" (Stable Diffusion 3.5
     Large) and "flux-random" (FLUX.1-dev) build full-size shapes with random weights, for speed and memory
     work (the last two created directly on `device` in `dtype`); anything else is a hub id or a local

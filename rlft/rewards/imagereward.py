@@ -13,7 +13,8 @@ an optional `tokenizer/` subfolder (a `vocab.txt`) replaces the `bert-base-uncas
 package fetches from the hub, so a folder can work offline. Weights load on the first call, once per process.
 
 Compatibility with transformers 4.57 (image-reward 1.5 was written for 4.2x) all lives in
-`import_image_reward` and `bert_vocab_from`; see DESIGN.md "Dependencies: what works together".
+`import_image_reward` and `bert_vocab_from` (transformers 4.57 moved three helpers it imports to
+`transformers.pytorch_utils`).
 """
 
 import contextlib

@@ -52,7 +52,7 @@ def test_a_full_round_sample_label_train_then_sample_from_the_new_adapter(first,
     assert lines[0].startswith("4 pairs (0 ties) from 1 annotator(s)")
     # One line per epoch (a pass over the 4 pairs x 3 steps), with no reward: nothing was sampled. (Whether
     # the loss falls is not asserted: on 4 pairs of the random tiny model it moves by about 1e-3 per pass,
-    # within its noise; see DESIGN.md.)
+    # within its noise; see docs/learning.md.)
     assert [line.split("|")[0].strip() for line in lines[1:]] == ["epoch   0", "epoch   1"]
     assert "reward" not in lines[1] and "loss" in lines[1] and "acc" in lines[1]
     assert adapter == tmp_path / "runs" / "r0" / "adapter" and (adapter / ADAPTER_FILE).is_file()
