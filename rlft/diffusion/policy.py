@@ -1,7 +1,7 @@
 """The trainable policy: the denoising model (a UNet, or SD3's transformer) with a LoRA adapter (through
 `peft`) or fully fine-tuned; its reference.
 
-With LoRA the reference is the same model with the adapter disabled, not a second copy (docs/architecture.md). Only
+With LoRA the reference is the same model with the adapter disabled, not a second copy. Only
 with full fine-tuning does a frozen copy exist. Adapters are saved with the pipeline class's own
 `save_lora_weights`, in the format its `load_lora_weights(folder)` reads, so a result loads into a stock
 pipeline of the same family.

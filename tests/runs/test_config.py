@@ -123,7 +123,7 @@ def test_draft_variants_set_how_many_steps_carry_gradient():
         # A labelled batch folder is read and checked before Ray or MLflow starts.
         ("d3po_labels.py", ["--batch", "no/such/batch"], "batch='no/such/batch' is not allowed"),
         ("d3po_labels.py", [], "--batch"),  # required
-        ("d3po_labels.py", ["--batch", "b", "--reward", "brightness"], "unknown flag --reward"),  # no reward here
+        ("d3po_labels.py", ["--batch", "b", "--reward", "brightness"], "unknown flag --reward"),  # no reward
         # People's labels train with the labels job, named by the refusal.
         ("d3po.py", ["--reward", "human:b"], "jobs/d3po_labels.py --batch b"),
     ],
