@@ -30,18 +30,28 @@ from rlft.epoch import (
 )
 from rlft.evaluation import eval_chunks, eval_settings
 from rlft.loop import run_epochs
+from rlft.progress import Progress, counted, progress_for, quiet
 from rlft.rewards.registry import get_reward
 from rlft.runs.tracking import Tracker
 
 
-def local_evaluate(pipe: StableDiffusionPipeline, cfg: SamplingConfig) -> EvalFn:
-    """Scores the pipeline's current policy on the fixed evaluation set, in this process."""
+def local_evaluate(
+    pipe: StableDiffusionPipeline, cfg: SamplingConfig, progress: Progress | None = None
+) -> EvalFn:
+    """Scores the pipeline's current policy on the fixed evaluation set, in this process; `progress` counts
+    the images (default: shown nowhere)."""
     reward = get_reward(cfg.reward)
+    progress = progress or quiet()
 
     def evaluate() -> tuple[Tensor, Tensor]:
-        samples = [sample_chunk(pipe, chunk, eval_settings(cfg)) for chunk in eval_chunks(cfg)]
+        chunks = eval_chunks(cfg)
+        progress.expect("evaluated", cfg.eval_images)
+        samples = []
+        for chunk in chunks:
+            samples.append(sample_chunk(pipe, chunk, eval_settings(cfg)))
+            progress.advance("evaluated", len(chunk.prompts))
         images = torch.cat([s["images"] for s in samples])
-        prompts = [p for chunk in eval_chunks(cfg) for p in chunk.prompts]
+        prompts = [p for chunk in chunks for p in chunk.prompts]
         with torch.no_grad():
             return reward.fn(images, prompts).float(), images
 
@@ -51,18 +61,31 @@ def local_evaluate(pipe: StableDiffusionPipeline, cfg: SamplingConfig) -> EvalFn
 class LocalBackend:
     """Samples with `pipe` (whose UNet is the policy), scores with the config's reward, trains `learner`."""
 
-    def __init__(self, cfg: D3POConfig | DRaFTConfig, pipe: StableDiffusionPipeline, learner, train_fn):
+    def __init__(
+        self,
+        cfg: D3POConfig | DRaFTConfig,
+        pipe: StableDiffusionPipeline,
+        learner,
+        train_fn,
+        progress: Progress | None = None,
+    ):
         self.cfg, self.pipe, self.learner, self.train_fn = cfg, pipe, learner, train_fn
+        self.progress = progress or quiet()
         self.reward = get_reward(cfg.reward)
         self.trained = LocalTrained(learner.policy, learner.optimizer)
-        self.evaluate = local_evaluate(pipe, cfg)
+        self.evaluate = local_evaluate(pipe, cfg, self.progress)
 
     def sample(self, epoch: int, prompts: list[str], score: bool = True) -> Sampled:
         start = time.perf_counter()
         chunks = plan_chunks(prompts, self.cfg.sample_batch, self.cfg.seed, epoch)
         settings = self.cfg.sampling_settings()
+        self.progress.expect("sampled", len(prompts) * settings["group_size"])
+        parts = []
         with self.trained.sampling() as staleness:
-            samples = concat_samples([sample_chunk(self.pipe, chunk, settings) for chunk in chunks])
+            for chunk in chunks:
+                parts.append(sample_chunk(self.pipe, chunk, settings))
+                self.progress.advance("sampled", len(parts[-1]["group"]))
+        samples = concat_samples(parts)
         sampled = time.perf_counter()
         rewards = None
         if score:
@@ -82,7 +105,9 @@ class LocalBackend:
         device = self.pipe.device
         items = {k: v.to(device) for k, v in items.items()}
         order = item_order(len(items["prompt"]), self.cfg, epoch)
+        self.progress.expect("trained", len(order))
         batches = iterate_batches(items, self.cfg.batch_size, order)
+        batches = counted(batches, lambda count: self.progress.advance("trained", count))
         generator = stream_generator(self.cfg.seed, epoch, "train", 0, device)
         cond, uncond = encode_prompts(self.pipe, prompts)
         metrics, rewards = self.train_fn(self.learner, batches, cond, uncond, generator, prompts)
@@ -94,11 +119,18 @@ class LocalBackend:
 
 
 def train_local(
-    cfg: D3POConfig | DRaFTConfig, run_dir: Path, tracker: Tracker | None = None, log: Log = print
+    cfg: D3POConfig | DRaFTConfig,
+    run_dir: Path,
+    tracker: Tracker | None = None,
+    log: Log = print,
+    progress: Progress | None = None,
 ) -> list[dict[str, float]]:
-    """Train the config's algorithm in this process; the per-epoch metrics, as `run_epochs` gives."""
+    """Train the config's algorithm in this process; the per-epoch metrics, as `run_epochs` gives.
+    `progress`: what shows the work within an epoch (default: a bar on a terminal, lines in a log)."""
     pipe, policy = build_policy(cfg)
     algorithm = algorithm_of(cfg)
-    backend = LocalBackend(cfg, pipe, algorithm.make_learner(cfg, pipe, policy), algorithm.train)
+    progress = progress or progress_for(log)
+    learner = algorithm.make_learner(cfg, pipe, policy)
+    backend = LocalBackend(cfg, pipe, learner, algorithm.train, progress)
     one_epoch = algorithm.epoch(cfg, backend)
-    return run_epochs(cfg, run_dir, backend.trained, one_epoch, tracker, log, backend.evaluate)
+    return run_epochs(cfg, run_dir, backend.trained, one_epoch, tracker, log, backend.evaluate, progress)

@@ -2,7 +2,9 @@
 rlft/distributed/ray_loop.py).
 
 `run_epochs` runs any epoch function: resume from the checkpoint, evaluate the base model on the fixed
-evaluation set, one printed line per epoch, checkpoint, MLflow, the final adapter and before/after grid.
+evaluation set, one printed line per epoch (and the backend's progress while it runs, rlft/progress.py),
+checkpoint, MLflow, the final adapter (registered in MLflow's Model Registry with `register_model`) and
+the before/after grid.
 Started again on the same `run_dir`, a run goes on after the last finished epoch with the same numbers an
 uninterrupted run gives, and logs no epoch to MLflow twice.
 """
@@ -18,6 +20,7 @@ from rlft.algorithms.backend import EpochFn, EvalFn, Log, Trained
 from rlft.configs import RunConfig
 from rlft.epoch import reward_metrics
 from rlft.evaluation import before_after_grid, eval_metrics, format_eval, save_grid
+from rlft.progress import Progress, quiet
 from rlft.rewards.registry import reward_names
 from rlft.runs.checkpoint import (
     check_same_run,
@@ -34,25 +37,14 @@ GRID_FILE = "before_after.png"
 
 
 def format_epoch(epoch: int, m: dict[str, float]) -> str:
-    """One line per epoch; an epoch that sampled nothing (people's labels) has no reward or images."""
+    """One line per epoch, each number at the digits where it moves; an epoch that sampled nothing (people's
+    labels) has no reward or images."""
     parts = [f"epoch {epoch:3d}"]
     if "eval_reward_mean" in m:
         parts.append(format_eval(m))
     if "reward_mean" in m:
         parts.append(f"train reward {m['reward_mean']:.4f} +- {m['reward_std']:.4f}")
-    if "reward_margin" in m:  # D3PO: its loss sits near log 2 while the log-ratios are small
-        trained = m["pairs"] / max(m["pairs"] + m["ties"], 1) if "pairs" in m else float("nan")
-        parts.append(
-            f"margin {m['reward_margin']:+.2e} | loss {m['loss']:.4f} | acc {m['preference_accuracy']:.2f}"
-        )
-        if "pairs" in m:
-            parts.append(f"pairs {m['pairs']:.0f} ({trained:.0%} of compared)")
-    else:
-        parts.append(f"loss {m['loss']:.4f}")
-        if "preference_accuracy" in m:
-            parts.append(f"acc {m['preference_accuracy']:.2f}")
-        if "approx_kl" in m:  # DDPO: how far the updates moved from the sampling policy
-            parts.append(f"kl {m['approx_kl']:.1e} | clipped {m['clip_fraction']:.0%}")
+    parts += learner_parts(m)
     parts.append(f"grad {m['grad_norm']:.1e}")
     if m.get("sample_staleness"):  # pipelined: sampled while the epoch before trained
         parts.append(f"sampled {m['sample_staleness']:.0f} epoch behind")
@@ -66,6 +58,45 @@ def format_epoch(epoch: int, m: dict[str, float]) -> str:
     return " | ".join(parts)
 
 
+def learner_parts(m: dict[str, float]) -> list[str]:
+    """The learner's numbers. DDPO's PPO loss is a mean of advantages (about 0) times ratios near 1, and
+    its approximate KL is tiny: both in scientific notation. DRaFT's loss is minus the reward of what it
+    finished, at the reward's own scale."""
+    if "pairs" in m or "reward_margin" in m:
+        return d3po_parts(m)
+    if "approx_kl" in m:  # DDPO: how far the updates moved from the sampling policy
+        return [f"loss {m['loss']:+.2e}", f"kl {m['approx_kl']:.1e}", f"clipped {m['clip_fraction']:.1%}"]
+    return [f"loss {plain(m['loss'])}"]
+
+
+def d3po_parts(m: dict[str, float]) -> list[str]:
+    """D3PO's loss is log 2 to four decimals even in a run whose evaluation reward rises many standard
+    errors: its margin, beta times a difference of small per-step log-ratios (policy over reference), is
+    about 1e-4. So the loss is shown as its distance from log 2, the implicit reward margin and the mean
+    log-ratios of the preferred (w) and rejected (l) steps in scientific notation, the accuracy to 0.1 %."""
+    parts = []
+    if "reward_margin" in m:
+        parts += [
+            f"loss log2{m['loss'] - math.log(2):+.1e}",
+            f"margin {m['reward_margin']:+.1e}",
+            f"acc {m['preference_accuracy']:.3f}",
+            f"log-ratio w {m['log_ratio_w']:+.1e} l {m['log_ratio_l']:+.1e}",
+        ]
+        if m.get("clamped_fraction"):  # steps past the clip get no gradient
+            parts.append(f"clamped {m['clamped_fraction']:.1%}")
+    else:
+        parts.append("nothing trained")  # every pair tied
+    if "pairs" in m:
+        compared = m["pairs"] + m["ties"]
+        parts.append(f"pairs {m['pairs']:.0f} ({m['pairs'] / max(compared, 1):.0%} of compared)")
+    return parts
+
+
+def plain(x: float) -> str:
+    """Four decimals, or scientific notation where they would hide the number."""
+    return f"{x:.4f}" if 1e-2 <= abs(x) < 1e5 else f"{x:.2e}"
+
+
 def run_epochs(
     cfg: RunConfig,
     run_dir: Path,
@@ -74,19 +105,24 @@ def run_epochs(
     tracker: Tracker | None,
     log: Log,
     evaluate: EvalFn | None = None,
+    progress: Progress | None = None,
 ) -> list[dict[str, float]]:
     """Resume from run_dir's checkpoint if there is one, then run, checkpoint and log the remaining epochs.
 
     With `evaluate` (and cfg.eval_every > 0), the base model is scored on the fixed evaluation set first
     (again on resume: it is deterministic), then the policy after every cfg.eval_every-th epoch and the last,
     paired against the base; the first and last evaluations' images end in run_dir/before_after.png.
+    `progress`: what the backend counts its work in, shown while an epoch runs (default: not shown).
     """
+    progress = progress or quiet()
     checkpoint = Path(run_dir) / "checkpoint"
     storage = RunStorage(cfg.storage, Path(run_dir).name) if cfg.storage else None  # <storage>/<run>/
     settings = cfg.defining_settings()  # recorded in every checkpoint
     last, history, state = load_checkpoint(checkpoint, storage, log)
     check_same_run(checkpoint, settings, Path(run_dir).name)  # before anything is trained
+    progress.begin("evaluating the base model")
     base = evaluate() if evaluate is not None and cfg.eval_every else None  # before the state is loaded
+    progress.close()
     if base is not None:
         log(
             f"evaluation set: {len(base[0])} images of {cfg.eval_prompts!r} | base model "
@@ -105,6 +141,7 @@ def run_epochs(
                 tracker.log_epoch(epoch, metrics)
     latest = None  # the last evaluation's (rewards, images)
     for epoch in range(last + 1, cfg.epochs):
+        progress.begin(f"epoch {epoch}")
         start = time.perf_counter()
         own, rewards, show = one_epoch(epoch)
         elapsed = time.perf_counter() - start
@@ -117,6 +154,7 @@ def run_epochs(
             latest = evaluate()
             metrics |= eval_metrics(latest[0], base[0], reward_names(cfg.reward))
             metrics["eval_time_s"] = time.perf_counter() - start - elapsed
+        progress.close()
         history.append(metrics)
         log(format_epoch(epoch, metrics))
         # Checkpoint, then log: after a crash in between, the epoch is logged from the checkpoint.
@@ -140,6 +178,8 @@ def run_epochs(
         storage.upload_folder(Path(run_dir) / "adapter", "adapter")
     if tracker is not None:
         tracker.log_folder(Path(run_dir) / "adapter", "adapter")
+    if cfg.register_model:
+        register(cfg, tracker, log)
     if base is not None:
         latest = latest or evaluate()  # a finished run started again trains nothing: evaluate it now
         grid = save_grid(before_after_grid(base[1], latest[1]), Path(run_dir) / GRID_FILE)
@@ -147,6 +187,20 @@ def run_epochs(
         if tracker is not None:
             tracker.log_file(grid, "")
     return history
+
+
+def register(cfg: RunConfig, tracker: Tracker | None, log: Log) -> None:
+    """The final adapter (logged to the run as `adapter`) in the MLflow Model Registry as
+    cfg.register_model, its version tagged with the base model, what it learnt from and the algorithm."""
+    if tracker is None:
+        log(f"register_model={cfg.register_model!r}: not registered, no MLflow run (tracking is off)")
+        return
+    tags = {"base_model": cfg.model, "algorithm": cfg.algorithm, "epochs": str(cfg.epochs)}
+    version = tracker.register_adapter(cfg.register_model, tags | dict([cfg.trained_on()]))
+    log(
+        f"registered the adapter in the MLflow Model Registry: {cfg.register_model} version {version} "
+        f"(models:/{cfg.register_model}/{version})"
+    )
 
 
 def epoch_state(one_epoch: EpochFn) -> dict:

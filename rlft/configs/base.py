@@ -179,6 +179,12 @@ class RunConfig:
             self.run_name,
             "a folder name one level below runs_dir: not '.' or '..', no '/', '\\' or quotes",
         )
+        check(
+            self.register_model is None or (self.track and self.register_model.strip() != ""),
+            "register_model",
+            self.register_model,
+            "a model name, with tracking on (--no-track keeps no MLflow run to register from)",
+        )
         problem = None if self.storage is None else storage_problem(self.storage)
         check(not problem, "storage", self.storage, f"{problem}; expected {ALLOWED}")
 

@@ -9,6 +9,8 @@ shuffled with the epoch's seed and split into equal shares, one per train worker
 rank 0 publishes the new weights, which reach every sampler through one object-store reference.
 Pipelined, the next epoch's chunks go to the samplers before the workers start, with the weights the
 workers start from (`RayBackend.prefetch`); each sampler loads newer weights with its next call.
+While an epoch runs the driver shows its progress (rlft/progress.py): the images of each chunk as it
+finishes, and the items the workers say they have trained (rlft/distributed/train_workers.py).
 """
 
 import itertools
@@ -29,6 +31,7 @@ from rlft.distributed.train_workers import TrainWorkers, WorkersRestarted
 from rlft.epoch import Chunk, chunk_prompts, concat_samples, plan_chunks, stream_seed
 from rlft.evaluation import eval_chunks, eval_settings
 from rlft.loop import run_epochs
+from rlft.progress import Progress, progress_for, quiet
 from rlft.runs.tracking import Tracker
 
 
@@ -42,6 +45,16 @@ def dataset_shards(items: dict[str, Tensor], cfg: RunConfig, epoch: int) -> list
     if cfg.shuffle:
         dataset = dataset.random_shuffle(seed=stream_seed(cfg.seed, epoch, "shuffle"))
     return dataset.split(cfg.train_workers, equal=True)
+
+
+def wait_counted(refs: list, sizes: list[int], progress: Progress, phase: str) -> list:
+    """ray.get, each reference's size (its chunk's images) counted in `progress` as it finishes."""
+    progress.expect(phase, sum(sizes))
+    size_of, pending = dict(zip(refs, sizes, strict=True)), list(refs)
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=len(pending), timeout=1.0)
+        progress.advance(phase, sum(size_of[ref] for ref in ready))
+    return ray.get(refs)
 
 
 def wait(
@@ -115,12 +128,16 @@ class RayTrained:
     def adapter_files(self) -> dict[str, bytes]:
         return self._adapter
 
-    def train(self, epoch: int, prompts: list[str], shards, log: Log) -> list[dict]:
+    def train(
+        self, epoch: int, prompts: list[str], shards, log: Log, progress: Progress | None = None
+    ) -> list[dict]:
         """The workers' replies for the epoch; a lost group is restarted from the last checkpoint and the
-        epoch repeated (`shards()` makes the epoch's shards afresh), up to cfg.max_failures times."""
+        epoch repeated (`shards()` makes the epoch's shards afresh), up to cfg.max_failures times. The
+        items trained are counted in `progress` (without it, a line every 30 s says how many workers are
+        done)."""
         while True:
             try:
-                replies = self.workers.train(epoch, prompts, shards(), log)
+                replies = self.workers.train(epoch, prompts, shards(), None if progress else log, progress)
                 break
             except WorkersRestarted as restarted:
                 log(f"  {restarted}: loading the last checkpoint and repeating epoch {epoch}")
@@ -133,8 +150,17 @@ class RayBackend:
     """Samplers and scorers (actors) sample and score chunk by chunk; the items go through a Ray Data shuffle
     to the Ray Train workers; rank 0's new weights reach every sampler through one object reference."""
 
-    def __init__(self, cfg: D3POConfig | DRaFTConfig, trained: RayTrained, samplers, scorers, log: Log):
+    def __init__(
+        self,
+        cfg: D3POConfig | DRaFTConfig,
+        trained: RayTrained,
+        samplers,
+        scorers,
+        log: Log,
+        progress: Progress | None = None,
+    ):
         self.cfg, self.trained, self.samplers, self.scorers, self.log = cfg, trained, samplers, scorers, log
+        self.progress = progress or quiet()  # counts the images sampled and the items trained
         self.prefetched: tuple[int, list[str], SamplingCalls] | None = None  # (epoch, prompts, calls)
 
     def sample(self, epoch: int, prompts: list[str], score: bool = True) -> Sampled:
@@ -144,7 +170,7 @@ class RayBackend:
             calls = prefetched[2]  # sampled while the last epoch trained
         else:
             calls = launch_sampling(self.cfg, epoch, prompts, self.samplers, self.scorers, weights, score)
-        samples, rewards, images, timing = collect(calls, self.log)
+        samples, rewards, images, timing = collect(calls, self.log, self.progress)
         return Sampled(samples, rewards, lambda: torch.cat(ray.get(images)), timing, staleness)
 
     def prefetch(self, epoch: int, prompts: list[str]) -> None:
@@ -156,7 +182,9 @@ class RayBackend:
             self.prefetched = (epoch, prompts, calls)
 
     def train(self, epoch: int, prompts: list[str], items: dict[str, Tensor]):
-        metrics, replies, timing = train_on_workers(self.cfg, self.trained, epoch, prompts, items, self.log)
+        metrics, replies, timing = train_on_workers(
+            self.cfg, self.trained, epoch, prompts, items, self.log, self.progress
+        )
         rewards = [r.get("rewards") for r in replies]
         return metrics, None if rewards[0] is None else torch.cat(rewards), timing
 
@@ -171,7 +199,7 @@ class RayBackend:
         prompts = [chunk.prompts for chunk in chunks]  # one image per prompt
         weights = self.trained.weights
         calls = sample_chunks(chunks, prompts, self.samplers, self.scorers, weights, True, **settings)
-        images = wait(calls.images, "evaluating", self.log)
+        images = wait_counted(calls.images, calls.sizes, self.progress, "evaluated")
         return torch.cat(wait(calls.rewards, "scoring the evaluation set", self.log)), torch.cat(images)
 
 
@@ -203,9 +231,10 @@ def ray_train(
             f"{cfg.samplers} sampler(s), {cfg.scorers} scorer(s), {cfg.train_workers} train worker(s) "
             f"ready ({time.perf_counter() - launched.started_at:.1f} s)"
         )
-        backend = RayBackend(cfg, trained, samplers, scorers, log)
+        progress = progress_for(log)
+        backend = RayBackend(cfg, trained, samplers, scorers, log, progress)
         one_epoch = algorithm_of(cfg).epoch(cfg, backend)
-        return run_epochs(cfg, run_dir, trained, one_epoch, tracker, log, backend.evaluate)
+        return run_epochs(cfg, run_dir, trained, one_epoch, tracker, log, backend.evaluate, progress)
     finally:
         launched.stop()
 
@@ -217,6 +246,7 @@ class SamplingCalls:
     samples: list
     images: list
     rewards: list | None  # None: not scored
+    sizes: list[int]  # each chunk's number of images
 
 
 def launch_sampling(cfg, epoch, prompts, samplers, scorers, weights: Weights, score: bool) -> SamplingCalls:
@@ -233,6 +263,7 @@ def sample_chunks(
     """The chunks over the samplers in turn; with `score`, each chunk's images to a scorer as soon as
     sampled, or, with no scorers, scored by the sampler that drew them. `image_prompts`: each chunk's
     prompt per image."""
+    sizes = [len(prompts) for prompts in image_prompts]
     if score and not scorers:
         outs = [
             samplers[i % len(samplers)]
@@ -240,7 +271,7 @@ def sample_chunks(
             .remote(chunk, weights, prompts, **overrides)
             for i, (chunk, prompts) in enumerate(zip(chunks, image_prompts, strict=True))
         ]
-        return SamplingCalls([o[0] for o in outs], [o[1] for o in outs], [o[2] for o in outs])
+        return SamplingCalls([o[0] for o in outs], [o[1] for o in outs], [o[2] for o in outs], sizes)
     outs = [
         samplers[i % len(samplers)].sample.options(num_returns=2).remote(chunk, weights, **overrides)
         for i, chunk in enumerate(chunks)
@@ -252,13 +283,14 @@ def sample_chunks(
             scorers[i % len(scorers)].score.remote(ref, prompts)
             for i, (ref, prompts) in enumerate(zip(images, image_prompts, strict=True))
         ]
-    return SamplingCalls([s for s, _ in outs], images, rewards)
+    return SamplingCalls([s for s, _ in outs], images, rewards, sizes)
 
 
-def collect(calls: SamplingCalls, log: Log):
-    """(samples, rewards or None, the images' references, the seconds waited for each phase)."""
+def collect(calls: SamplingCalls, log: Log, progress: Progress | None = None):
+    """(samples, rewards or None, the images' references, the seconds waited for each phase); the images
+    sampled are counted in `progress` chunk by chunk."""
     start = time.perf_counter()
-    samples = concat_samples(wait(calls.samples, "sampling", log))
+    samples = concat_samples(wait_counted(calls.samples, calls.sizes, progress or quiet(), "sampled"))
     sampled = time.perf_counter()
     rewards = None if calls.rewards is None else torch.cat(wait(calls.rewards, "scoring", log))
     timing = {"time_sample_s": sampled - start, "time_score_s": time.perf_counter() - sampled}
@@ -270,13 +302,15 @@ def sample_and_score(cfg, epoch, prompts, samplers, scorers, weights: Weights, l
     return collect(launch_sampling(cfg, epoch, prompts, samplers, scorers, weights, score), log)
 
 
-def train_on_workers(cfg, trained: RayTrained, epoch, prompts, items, log):
+def train_on_workers(cfg, trained: RayTrained, epoch, prompts, items, log, progress: Progress | None = None):
     start = time.perf_counter()
+    if progress is not None:  # Ray Data's equal split leaves out the last (count mod workers) items
+        progress.expect("trained", len(items["prompt"]) // cfg.train_workers * cfg.train_workers)
     first = [dataset_shards(items, cfg, epoch)]
     shuffled = time.perf_counter()
     # A repeated epoch (its workers lost) takes fresh shards: the first ones were partly read.
     replies = trained.train(
-        epoch, prompts, lambda: first.pop() if first else dataset_shards(items, cfg, epoch), log
+        epoch, prompts, lambda: first.pop() if first else dataset_shards(items, cfg, epoch), log, progress
     )
     trained_at = time.perf_counter()
     # Pipelined, the samplers are busy with the next epoch: each loads new weights with its next call.

@@ -11,6 +11,8 @@ mailbox actor (rlft/distributed/mailbox.py); replies come back in one shared box
                      DRaFT: starting latents), gradients averaged across workers after every backward
   stop               return from the train function
 After every command rank 0 publishes again, so the driver always holds references to the newest weights.
+While it trains, a worker puts {"kind": "progress", "items": trained so far} in the replies box at most every
+PROGRESS_EVERY_S seconds, for the driver's progress display (a tiny model's epoch sends none).
 
 Faults: when a worker dies (its node lost), Train starts the whole group again (`FailureConfig`), up to
 `max_failures` times. A new group says "started" and skips every command until a `join`, so nothing meant
@@ -43,6 +45,9 @@ from rlft.configs import D3POConfig, DRaFTConfig
 from rlft.distributed.actors import custom_resource, use_threads
 from rlft.distributed.mailbox import open_boxes
 from rlft.epoch import stream_generator
+from rlft.progress import Progress, counted
+
+PROGRESS_EVERY_S = 5.0  # how often a worker tells the driver how many items it has trained
 
 
 def average_gradients(params: list[torch.nn.Parameter]) -> None:
@@ -85,9 +90,11 @@ def worker_loop(config: dict) -> None:
     def train(epoch: int, prompts: list[str], shard) -> dict:
         cond, uncond = encode_prompts(pipe, prompts)
         batches = shard.iter_torch_batches(batch_size=cfg.batch_size // world, device=device)
+        reporter = ProgressReporter(replies, rank, generation)
         generator = stream_generator(cfg.seed, epoch, "train", rank, device)
-        metrics, rewards = algorithm.train(learner, batches, cond, uncond, generator, prompts)
-        return {"metrics": metrics, "rewards": rewards}
+        trained_batches = counted(batches, reporter.add)
+        metrics, rewards = algorithm.train(learner, trained_batches, cond, uncond, generator, prompts)
+        return {"metrics": metrics, "rewards": rewards, "items": reporter.done}
 
     commands, replies = config["commands"][rank], config["replies"]
     replies.put({"rank": rank, "kind": "started"})
@@ -110,6 +117,22 @@ def worker_loop(config: dict) -> None:
             replies.put({"rank": rank, "generation": generation, "error": traceback.format_exc()})
             raise
         replies.put({"rank": rank, "generation": generation, **reply})
+
+
+class ProgressReporter:
+    """A worker's count of the items it trained this epoch, told to the driver when `every_s` seconds have
+    passed since it last was (the first time: since the epoch began); the epoch's reply carries the total."""
+
+    def __init__(self, replies, rank: int, generation: int, every_s: float = PROGRESS_EVERY_S):
+        self.replies, self.rank, self.generation, self.every_s = replies, rank, generation, every_s
+        self.done, self.sent = 0, time.monotonic()
+
+    def add(self, count: int) -> None:
+        self.done += count
+        if time.monotonic() - self.sent >= self.every_s:
+            progress = {"kind": "progress", "items": self.done}
+            self.replies.put({"rank": self.rank, "generation": self.generation, **progress})
+            self.sent = time.monotonic()
 
 
 class WorkersRestarted(Exception):
@@ -189,17 +212,25 @@ class TrainWorkers:
         for box in self.commands:
             box.put({"kind": "join", "generation": self.generation})
 
-    def ask(self, commands: list[dict], wait_log=None) -> list[dict]:
+    def ask(self, commands: list[dict], wait_log=None, progress: Progress | None = None) -> list[dict]:
         """Send command i to worker i; the replies in rank order. A worker's error raises RuntimeError; a
-        lost and restarted group raises WorkersRestarted (the new group has joined and holds base weights)."""
+        lost and restarted group raises WorkersRestarted (the new group has joined and holds base weights).
+        The workers' counts of items trained go to `progress`."""
         for box, command in zip(self.commands, commands, strict=True):
             box.put(command)
-        replies, start = [], time.perf_counter()
+        replies, start, trained = [], time.perf_counter(), {}  # trained: {rank: items so far}
         while len(replies) < self.count:
             reply = self._next_reply(time.perf_counter() - start, None, "answer")
             if reply is None:
                 if wait_log and int(time.perf_counter() - start) % 30 == 29:
                     wait_log(f"  waiting for train workers: {len(replies)}/{self.count} done")
+                if progress is not None:
+                    progress.tick()
+                continue
+            if reply.get("kind") == "progress":
+                if progress is not None and reply["generation"] == self.generation:
+                    progress.advance("trained", reply["items"] - trained.get(reply["rank"], 0))
+                    trained[reply["rank"]] = reply["items"]
                 continue
             if reply.get("kind") == "started":
                 self._join([reply["rank"]])
@@ -210,6 +241,8 @@ class TrainWorkers:
             if "error" in reply:
                 raise RuntimeError(f"train worker {reply['rank']} failed:\n{reply['error']}")
             replies.append(reply)
+            if progress is not None and "items" in reply:  # the rest of the worker's share
+                progress.advance("trained", reply["items"] - trained.get(reply["rank"], 0))
         replies.sort(key=lambda r: r["rank"])
         self.latest = replies[0]
         return replies
@@ -220,9 +253,11 @@ class TrainWorkers:
     def load(self, state: dict) -> None:
         self.ask([{"kind": "load", "state": [ray.put(state)]}] * self.count)
 
-    def train(self, epoch: int, prompts: list[str], shards: list, wait_log=None) -> list[dict]:
+    def train(
+        self, epoch: int, prompts: list[str], shards: list, wait_log=None, progress: Progress | None = None
+    ) -> list[dict]:
         commands = [{"kind": "epoch", "epoch": epoch, "prompts": prompts, "shard": s} for s in shards]
-        return self.ask(commands, wait_log)
+        return self.ask(commands, wait_log, progress)
 
     def state(self) -> dict:
         return {

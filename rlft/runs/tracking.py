@@ -3,6 +3,8 @@
 Only the driver logs (workers return metrics). The store is MLflow's own `MLFLOW_TRACKING_URI` (and
 experiment `MLFLOW_EXPERIMENT_NAME`); with neither set, a local sqlite file that `mlflow ui` opens with
 `mlflow ui --backend-store-uri sqlite:///mlflow.db`. MLflow 3.17 refuses plain `file://` stores by default.
+A run's final adapter can go in the store's Model Registry (`Tracker.register_adapter`), to be loaded back
+by name and version: `mlflow.artifacts.download_artifacts("models:/<name>/<version>")` gives its folder.
 """
 
 import base64
@@ -17,6 +19,8 @@ from pathlib import Path
 from types import TracebackType
 
 from mlflow.entities import Metric, Param
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.tracking import MlflowClient
 from torch import Tensor
 
@@ -129,6 +133,22 @@ class Tracker:
 
     def log_folder(self, folder: str | Path, artifact_path: str) -> None:
         self.client.log_artifacts(self.run_id, str(folder), artifact_path)
+
+    def register_adapter(self, name: str, tags: dict[str, str], artifact_path: str = "adapter") -> str:
+        """Register the run's logged `artifact_path` folder as a new version of model `name` in the MLflow
+        Model Registry (created on first use), tagged with `tags`; its version. A finished run started again
+        registers nothing twice: a version of this run with the same tags is returned instead."""
+        try:
+            self.client.get_registered_model(name)
+        except MlflowException as error:
+            if error.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+                raise
+            self.client.create_registered_model(name)
+        for found in self.client.search_model_versions(f"name = '{name}' and run_id = '{self.run_id}'"):
+            if tags.items() <= found.tags.items():
+                return str(found.version)
+        source = f"runs:/{self.run_id}/{artifact_path}"
+        return str(self.client.create_model_version(name, source, run_id=self.run_id, tags=tags).version)
 
     def __enter__(self) -> "Tracker":
         return self
