@@ -44,7 +44,7 @@ def start_ray(cfg: RunConfig, log: Log = print) -> bool:
                     f"ray_address={address!r} is not allowed: no Ray cluster answers there"
                 ) from None
             # Logical CPUs beyond the cores: actors, train workers and Ray Data tasks each hold one, and on
-            # two cores a Data pipeline feeding a train worker otherwise hangs (seen with Ray 2.60 for 7 minutes).
+            # two cores a Data pipeline feeding a train worker otherwise hangs (seen: 7 minutes).
             cpus = max(os.cpu_count() or 1, math.ceil(demand(cfg)["CPU"]) + 2)
             for name, value in LOCAL_RAY_ENV.items():  # read by the processes this Ray starts
                 os.environ.setdefault(name, value)

@@ -1,8 +1,8 @@
 """Ray Train workers held for a whole run: one long-lived `TorchTrainer.fit()`, fed epoch by epoch.
 
-A new `fit()` per epoch costs tens of seconds of start-up (measured with Ray 2.60: 35-46 s here), so `fit()` runs once, in a driver
-thread, and its train function serves commands until told to stop. Each worker reads its own box of one
-mailbox actor (rlft/distributed/mailbox.py); replies come back in one shared box:
+A new `fit()` per epoch costs tens of seconds of start-up (35-46 s with Ray 2.60 here), so `fit()` runs once,
+in a driver thread, and its train function serves commands until told to stop. Each worker reads its own box
+of one mailbox actor (rlft/distributed/mailbox.py); replies come back in one shared box:
   join, generation   the first command a (re)started group takes: the driver's count of groups so far
   publish            rank 0 puts its weights, optimizer state and adapter in the object store
   load, state        every worker loads the trained state (a resumed run, or a restarted group)
