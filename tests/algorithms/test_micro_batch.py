@@ -61,6 +61,13 @@ def _step(policy: Policy, start: dict, make, micro_batch: int | None, run) -> tu
     return result, policy.state_dict(), torch.cat([p.grad.flatten() for p in policy.parameters()])
 
 
+def _step_on_items(policy: Policy, make, micro_batch: int, run) -> dict:
+    """The metrics of one step on the whole batch, checked equal to the step over micro-batches."""
+    start = policy.state_dict()
+    whole, pieces = (_step(policy, start, make, size, run) for size in (None, micro_batch))
+    return _assert_same_step(start, whole, pieces)
+
+
 def _assert_same_step(start: dict, whole: tuple, pieces: tuple) -> dict:
     (result, weights, grad), (piece_result, piece_weights, piece_grad) = whole, pieces
     change = max((weights[k] - start[k]).abs().max().item() for k in start)
@@ -87,10 +94,7 @@ def test_a_d3po_step_over_micro_batches_is_the_step_on_the_whole_batch(tiny_pipe
         common = dict(lr=1e-2, beta=2.0, clip=0.05, guidance_scale=5.0, eta=1.0)
         return D3POLearner(policy, denoiser, **common, micro_batch=size)
 
-    start = policy.state_dict()
-    whole = _step(policy, start, make, None, lambda learner: learner.step(items, cond, uncond))
-    pieces = _step(policy, start, make, micro_batch, lambda learner: learner.step(items, cond, uncond))
-    metrics = _assert_same_step(start, whole, pieces)
+    metrics = _step_on_items(policy, make, micro_batch, lambda learner: learner.step(items, cond, uncond))
     # Batch-wide fractions that an average of the pieces' would get wrong with unequal pieces.
     assert 0 < metrics["clamped_fraction"] < 1 and 0 < metrics["preference_accuracy"] < 1
 
@@ -106,10 +110,7 @@ def test_a_ddpo_step_over_micro_batches_is_the_step_on_the_whole_batch(tiny_pipe
         common = dict(lr=1e-2, clip_range=0.05, adv_clip_max=1.0, guidance_scale=5.0, eta=1.0)
         return DDPOLearner(policy, denoiser, **common, micro_batch=size)
 
-    start = policy.state_dict()
-    whole = _step(policy, start, make, None, lambda learner: learner.step(items, cond, uncond))
-    pieces = _step(policy, start, make, micro_batch, lambda learner: learner.step(items, cond, uncond))
-    metrics = _assert_same_step(start, whole, pieces)
+    metrics = _step_on_items(policy, make, micro_batch, lambda learner: learner.step(items, cond, uncond))
     assert 0 < metrics["clip_fraction"] < 1
 
 
