@@ -72,7 +72,8 @@ def sample_groups(args: Sequence[str], prog: str = "rlft sample-groups") -> None
         folder = sample(cfg)
     except ValueError as error:
         sys.exit(f"error: {error}")
-    print(f"label it: rlft label {folder}")
+    labeller = "python jobs/label.py" if prog.startswith("jobs/") else "rlft label"  # as it was started
+    print(f"label it: {labeller} {folder}")
 
 
 def label(args: Sequence[str], prog: str = "rlft label") -> None:
