@@ -4,7 +4,7 @@
 
 Samples a small batch from the offline tiny model on its own world's captions (the shapes prompts, "a small
 red circle on a noisy blue background"), serves it, labels the first group with the page's keys and
-photographs it. Needs Debian's chromium and the playwright package (README: the human-feedback loop).
+photographs it. Needs Debian's chromium and the playwright package (docs/human-feedback.md).
 """
 
 import tempfile

@@ -110,7 +110,7 @@ def pipeline_next(
 def adamw(params: list[torch.nn.Parameter], lr: float) -> torch.optim.AdamW:
     """The learners' optimizer: AdamW, on a GPU with torch's fused kernel (one kernel for all of a LoRA's
     small matrices). A CPU keeps torch's per-parameter loop: the fused kernel's steps agree with it only to
-    rounding, and rounding alone moves one D3PO run's gain a lot (README, "Measured"), so CPU runs keep the
+    rounding, and rounding alone moves one D3PO run's gain a lot (docs/learning.md), so CPU runs keep the
     numbers their recorded results were made with; there the optimizer is about 1 % of the update's time."""
     fused = all(p.device.type == "cuda" for p in params)
     return torch.optim.AdamW(params, lr=lr, weight_decay=1e-4, fused=fused or None)

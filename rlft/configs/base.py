@@ -235,7 +235,7 @@ class SamplingConfig(RunConfig):
     'on' also runs in one process (no overlap there; the same numbers as on Ray); 'auto': on when each
     sampler and each train worker has a whole GPU of its own (sampler_gpus and worker_gpus at least 1; on a
     shared CPU the two would only take turns). Off by default: on the tiny model the stale samples learned
-    less on each of 3 seeds (README, "Pipelined epochs")."""
+    less on each of 3 seeds (docs/learning.md, "Pipelined epochs learn less")."""
 
     can_pipeline: ClassVar[bool] = False  # the algorithms whose epoch samples first, then trains
 

@@ -22,7 +22,7 @@ class D3POConfig(SamplingConfig):
     People's labels: jobs/d3po_labels.py."""
     epochs: int = 12
     """Sampling-and-training rounds (12 raise the tiny default's evaluation reward beyond noise, forward and
-    not reversed, on seeds 0-2; see the README)."""
+    not reversed, on seeds 0-2; docs/learning.md)."""
     num_steps: int = 10
     """DDIM denoising steps per sample (10 keeps the tiny default fast; the paper uses 20 on SD 1.5)."""
     pairs_per_epoch: int = 16
@@ -33,7 +33,7 @@ class D3POConfig(SamplingConfig):
     """Pairs trained per group: best-worst (the group's best sample over its worst, one pair per group: the
     widest margin; needs one reward) or all (every pair with different rewards, the paper's rule). On the
     tiny default, best-worst of 4 raised the evaluation reward beyond 3 standard errors on seeds 0-2, every
-    pair of 2 on two of them (see the README)."""
+    pair of 2 on two of them (docs/learning.md)."""
     eta: float = 1.0
     """DDIM stochasticity, or for flow-matching models (SD3) the SDE's noise level (Flow-GRPO uses 0.7); must
     be > 0, since the loss needs each step's log-probability."""
@@ -44,7 +44,7 @@ class D3POConfig(SamplingConfig):
     lr: float = 6e-3
     """AdamW learning rate (the paper uses 3e-5 on SD 1.5; the tiny model needs far more, but at 1e-2 the
     policy's ratios to the frozen reference leave the clip range within a few epochs, the clamp stops
-    their gradient, and the result depends on the item order; see the README)."""
+    their gradient, and the result depends on the item order; docs/learning.md)."""
     batch_size: int = 16
     """(pair, timestep) items per optimizer step."""
     micro_batch: int | None = None

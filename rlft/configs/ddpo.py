@@ -36,14 +36,14 @@ class DDPOConfig(SamplingConfig):
     """Rewards a prompt needs before its own statistics replace the batch's. ddpo-pytorch uses 16 for 45
     prompts that recur every epoch; of the 1,568 'shapes' captions few recur, so 4 (samples_per_prompt)
     lets each prompt's own samples set its baseline from its first epoch. With the batch's statistics the
-    prompts' differences in JPEG size swamp the samples' (measured: no learning; see the README)."""
+    prompts' differences in JPEG size swamp the samples' (measured: no learning; docs/learning.md)."""
     eta: float = 1.0
     """DDIM stochasticity, or for flow-matching models (SD3) the SDE's noise level; must be > 0, since the
     loss needs each step's log-probability."""
     clip_range: float = 0.2
     """PPO clip range on the ratio policy/sampler. ddpo-pytorch uses 1e-4 at lr 3e-4 on SD 1.5; here one
     optimizer step moves a step's log-probability by about 1e-3 to 1e-2, so 1e-4 clips nearly every item
-    after an epoch's first step (measured: no learning; see the README)."""
+    after an epoch's first step (measured: no learning; docs/learning.md)."""
     adv_clip_max: float = 5.0
     """Advantages are clamped to [-adv_clip_max, adv_clip_max] (ddpo-pytorch: 5)."""
     timestep_fraction: float = 1.0
@@ -52,7 +52,7 @@ class DDPOConfig(SamplingConfig):
     """Passes over an epoch's samples, each in a new order (ddpo-pytorch: 1)."""
     lr: float = 2e-3
     """AdamW learning rate (ddpo-pytorch uses 3e-4 on SD 1.5; at 6e-3, D3PO's, the tiny model drifted
-    whatever the reward's sign; see the README)."""
+    whatever the reward's sign; docs/learning.md)."""
     batch_size: int = 32
     """(sample, timestep) items per optimizer step."""
     micro_batch: int | None = None

@@ -19,7 +19,7 @@ class DRaFTConfig(SamplingConfig):
     imagereward:<folder> or pickscore:<folder> (local weights)."""
     epochs: int = 4
     """Sampling-and-training rounds (4 raise the tiny default's evaluation reward beyond 8 standard errors,
-    and the reversed twin's falls, on seeds 0-2; see the README)."""
+    and the reversed twin's falls, on seeds 0-2; docs/learning.md)."""
     variant: Literal["draft-k", "draft-lv", "full", "refl", "alignprop"] = "draft-k"
     """'draft-k': gradient through the last k steps; 'draft-lv': k = 1 with lv_copies re-noised copies;
     'full': gradient through every step; 'refl' (ReFL-style): sample without gradient to one of the last k

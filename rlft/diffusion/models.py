@@ -143,7 +143,7 @@ def build_tiny_pipeline(seed: int = 0) -> StableDiffusionPipeline:
     """The tiny architecture with random weights from `seed` ("tiny-random"): 32x32 images of noise.
 
     32x32 rather than 16x16: a 16x16 JPEG is mostly header (its size varies by a few bytes between samples),
-    too little signal for the compressibility reward to train on in minutes (measured; see the README).
+    too little signal for the compressibility reward to train on in minutes (measured; docs/tiny-model.md).
     """
     tokenizer = build_tiny_tokenizer()
     return _assemble(*tiny_parts(len(tokenizer), seed), tokenizer)

@@ -106,7 +106,7 @@ def hub_download(reward: str, sources: str):
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise OSError(
             f"reward {reward!r}: cannot load {sources} from the Hugging Face hub or its cache ({first}); "
-            f"with no network, copy the weights to a folder and use {reward}:<folder> (see the README)"
+            f"with no network, copy the weights to a folder and use {reward}:<folder> (docs/rewards.md)"
         ) from error
 
 

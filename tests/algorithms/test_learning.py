@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 # Two seeds each, to keep CI within its 90 minutes on 2 cores (the full slow tier took 76 of CI's 83 minutes
-# on 1 December 2026); the README's and docs/results.md's figures come from three seeds each
+# on 1 December 2026); docs/learning.md's and docs/results.md's figures come from three seeds each
 # (`python benchmarks/learning.py --seeds 0 1 2`).
 SEEDS = (0, 1)
 DRAFT_SEEDS = (0, 1)
@@ -66,7 +66,7 @@ def _check_learns(cfg, tmp_path):
 # process, 32 evaluation images). D3PO default (best-worst pairs of groups of 4), 2 December 2026: seed 0
 # +0.200 +- 0.026 kB (reversed -0.015), seed 1 +0.128 +- 0.017 (-0.019); over seeds 0-5 the forward runs
 # gained +0.119 +- 0.020 across seeds and ended above their twins on all six, by 3 SE on four (seed 4: 1.1):
-# float-level changes move single runs that far (README, "How much one run varies"). DRaFT-K, 4 epochs, 1
+# float-level changes move single runs that far (docs/learning.md). DRaFT-K, 4 epochs, 1
 # December: seed 0 +0.63 +- 0.06 (reversed -2.12), seed 1 +0.63 +- 0.06 (-2.26), seed 2 +0.60 +- 0.06 (-2.29).
 
 
