@@ -41,8 +41,8 @@ def check_gpu(cfg: RunConfig) -> None:
 
     if torch.cuda.is_available() or (cfg.ray and (cfg.ray_address or os.environ.get("RAY_ADDRESS"))):
         return
-    if cfg.ray and read_ray_address():
-        return  # a `ray start` cluster on this machine: start_ray checks its nodes
+    if cfg.ray and (ray.is_initialized() or read_ray_address()):
+        return  # a Ray this process joined, or a `ray start` cluster here: start_ray checks its nodes
     if cfg.model in GPU_ONLY_MODELS:
         raise ValueError(
             f"model={cfg.model!r} is not allowed: it is for GPU work and this machine has no CUDA GPU and no "
@@ -148,6 +148,37 @@ def run_labels_job(description: str, args: Sequence[str] | None = None, prog: st
     run(D3POLabelsConfig, "d3po-labels", description, check_labelled, train, labels_summary, args, prog)
 
 
+def checked_config(
+    config_type: type[RunConfig],
+    job: str,
+    args: Sequence[str] | None,
+    description: str,
+    prog: str | None,
+    check: Callable[[RunConfig], object],
+) -> tuple[RunConfig, object]:
+    """The config the flags ask for and what `check(cfg)` gave, after every check that needs no Ray: the
+    tracking store, the storage, the job's own, the model and reward weights on the hub or in its cache."""
+    cfg = parse_config(config_type, job, sys.argv[1:] if args is None else args, description, prog)
+    if cfg.track:
+        check_tracking_uri(tracking_uri())
+    if cfg.storage:
+        check_reachable(cfg.storage)
+    checked = check(cfg)
+    check_hub_model(cfg.model)
+    if isinstance(cfg, SamplingConfig):
+        check_hub_rewards(cfg.reward)
+    return cfg, checked
+
+
+def print_plan(cfg: RunConfig) -> None:
+    """--dry-run: the plan. A plan for a cluster may be made on a laptop: GPUs are noted, not required."""
+    import torch
+
+    from rlft.plan import count_model, format_plan
+
+    print(format_plan(cfg, count_model(cfg), torch.cuda.is_available()))
+
+
 def run(
     config_type: type[RunConfig],
     algorithm: str,
@@ -166,21 +197,9 @@ def run(
     held = contextlib.ExitStack()  # the run's lock, from before its MLflow run is opened to the end
     try:
         job = {"d3po-labels": "train-labels"}.get(algorithm, algorithm)
-        cfg = parse_config(config_type, job, sys.argv[1:] if args is None else args, description, prog)
-        if cfg.track:
-            check_tracking_uri(tracking_uri())
-        if cfg.storage:
-            check_reachable(cfg.storage)
-        checked = check(cfg)
-        check_hub_model(cfg.model)  # the hub's answer, or the cache's, before anything starts
-        if isinstance(cfg, SamplingConfig):
-            check_hub_rewards(cfg.reward)
-        if cfg.dry_run:  # a plan for a cluster may be made on a laptop: the GPUs are not checked here
-            import torch
-
-            from rlft.plan import count_model, format_plan
-
-            print(format_plan(cfg, count_model(cfg), torch.cuda.is_available()))
+        cfg, checked = checked_config(config_type, job, args, description, prog, check)
+        if cfg.dry_run:
+            print_plan(cfg)
             return
         check_gpu(cfg)
         run_name = cfg.run_name or f"{algorithm}-{time.strftime('%Y%m%d-%H%M%S')}"
