@@ -114,7 +114,8 @@ class RunConfig:
     """Register the final adapter in the MLflow Model Registry under this name, tagged with its base model,
     reward and algorithm; default: not registered."""
     config: str | None = None
-    """A recipe file (TOML) whose keys set this job's fields; flags given beside it override it."""
+    """A recipe: the name of one shipped with rlft (`rlft recipes` lists them) or a TOML file of this job's
+    fields; flags given beside it override it."""
     dry_run: bool = False
     """Check everything, print the plan (actors, memory per process, data per epoch, checkpoint size) and
     exit: no Ray, no model weights, no run folder, no MLflow run."""

@@ -56,7 +56,8 @@ class SampleGroupsConfig:
     threads: int | None = None
     """CPU threads for torch; default: torch's own choice."""
     config: str | None = None
-    """A recipe file (TOML) whose keys set these fields; flags given beside it override it."""
+    """A recipe: the name of one shipped with rlft (`rlft recipes` lists them) or a TOML file of this job's
+    fields; flags given beside it override it."""
 
     def __post_init__(self) -> None:
         allowed = f"2 to {MAX_GROUP_SIZE} (images compared per prompt; keys 1-{MAX_GROUP_SIZE} pick one)"
