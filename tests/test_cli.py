@@ -227,6 +227,11 @@ def test_a_gpu_run_on_a_machine_without_one_is_refused(tmp_path, monkeypatch, ca
     assert "device='cuda' is not allowed: this machine has no CUDA GPU" in refusal(
         "draft", ["--device", "cuda"], tmp_path, monkeypatch, capsys
     )
+    gpu_recipe = tmp_path / "gpu.toml"
+    gpu_recipe.write_text('job = "d3po"\ndevice = "cuda"\nsampler_gpus = 1.0\nworker_gpus = 1.0\n')
+    assert "device='cuda' is not allowed: this machine has no CUDA GPU" in refusal(
+        "d3po", ["--config", str(gpu_recipe)], tmp_path, monkeypatch, capsys
+    )
     assert "model='flux-random' is not allowed: it is for GPU work" in refusal(
         "d3po", ["--model", "flux-random"], tmp_path, monkeypatch, capsys
     )
