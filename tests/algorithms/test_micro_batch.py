@@ -37,15 +37,22 @@ def _sampled_float64(tiny_pipe, group_size: int) -> tuple:
     out = sample_trajectories(
         tiny_pipe, PROMPTS, group_size=group_size, num_steps=3, generator=torch.Generator().manual_seed(0)
     )
+    denoiser, policy, cond, uncond, _ = _float64_policy(tiny_pipe, seed=1, scale=0.2)
+    return out, denoiser, policy, cond, uncond
+
+
+def _float64_policy(tiny_pipe, seed: int, scale: float) -> tuple:
+    """The tiny model's denoiser in float64, a LoRA policy moved `scale` away from the reference, the
+    prompts' conditioning in float64, and the generator that moved it (for more draws)."""
     denoiser = denoiser_for(tiny_pipe)
     cond, uncond = (c.to(torch.float64) for c in denoiser.encode(PROMPTS))
     denoiser.model.double(), tiny_pipe.vae.double()
     policy = Policy(denoiser.model)
-    g = torch.Generator().manual_seed(1)
+    g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in policy.parameters():
-            p.add_(0.2 * torch.randn(p.shape, generator=g, dtype=p.dtype))
-    return out, denoiser, policy, cond, uncond
+            p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return denoiser, policy, cond, uncond, g
 
 
 def _float64(items: dict) -> dict:
@@ -134,14 +141,7 @@ DRAFT_CASES = {  # name: (learner settings, micro_batch)
 def _draft_setup(tiny_pipe) -> tuple:
     """The tiny model's denoiser in float64, a LoRA policy moved away from the reference, the prompts'
     conditioning, and latents (4, 4, 8, 8) to start from."""
-    denoiser = denoiser_for(tiny_pipe)
-    cond, uncond = (c.to(torch.float64) for c in denoiser.encode(PROMPTS))
-    denoiser.model.double(), tiny_pipe.vae.double()
-    policy = Policy(denoiser.model)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in policy.parameters():
-            p.add_(0.1 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    denoiser, policy, cond, uncond, g = _float64_policy(tiny_pipe, seed=0, scale=0.1)
     latents = torch.randn(4, 4, 8, 8, generator=g, dtype=torch.float64)
     return denoiser, policy, cond, uncond, latents
 
