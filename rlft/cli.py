@@ -82,7 +82,7 @@ def label(args: Sequence[str], prog: str = "rlft label") -> None:
 
     try:
         serve(parse_config(LabelConfig, "label", args, LABEL, prog))
-    except (ValueError, OSError) as error:  # OSError: the port is taken
+    except ValueError as error:  # a bad flag, a folder with no batch, a port in use
         sys.exit(f"error: {error}")
 
 

@@ -21,6 +21,7 @@ post labels. An image whose bytes no longer match the manifest's hash is not ser
 
 import ipaddress
 import logging
+import os
 import socket
 import sys
 from collections.abc import Callable
@@ -219,9 +220,21 @@ class LabelConfig:
     addressed to any other name is refused: a foreign page cannot rebind its name to this server)."""
 
 
+def check_port(host: str, port: int) -> None:
+    """A ValueError naming `port` when this machine cannot listen there (in use, or not its address)."""
+    try:
+        socket.create_server((host, port)).close()
+    except OSError as error:
+        reason = os.strerror(error.errno) if error.errno else str(error)
+        raise ValueError(
+            f"port={port} is not allowed: {reason} on {host}; choose another --port (0 picks a free one)"
+        ) from None
+
+
 def serve(cfg: LabelConfig, log: Callable[[str], None] = print) -> None:
     """Serve the page until interrupted; every label is committed before its answer is sent."""
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # not a line per image fetched
+    check_port(cfg.host, cfg.port)  # werkzeug itself would print a paragraph and exit
     server = make_server(cfg.host, cfg.port, create_app(cfg.folder, cfg.allowed_hosts), threaded=True)
     log(f"labelling {cfg.folder} at http://{cfg.host}:{server.server_port}/")
     if cfg.host not in ("127.0.0.1", "localhost", "::1"):

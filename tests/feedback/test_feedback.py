@@ -224,3 +224,19 @@ def test_the_job_samples_a_batch_and_says_how_to_label_it(tmp_path):
     assert done.returncode == 0, done.stderr
     assert f"label it: python jobs/label.py {tmp_path}" in done.stdout
     assert read_manifest(tmp_path)[0]["group_size"] == 2
+
+
+def test_a_busy_port_is_refused_naming_it(batch):
+    import socket
+
+    from rlft.cli import main
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        with pytest.raises(SystemExit) as exited:
+            main(["label", str(batch), "--port", str(port)])
+    message = str(exited.value.code)
+    assert message.startswith(f"error: port={port} is not allowed: Address already in use on 127.0.0.1")
+    assert "--port (0 picks a free one)" in message and "\n" not in message
