@@ -122,11 +122,15 @@ def d3po_items(
 ) -> tuple[dict[str, Tensor], dict[str, float]]:
     """(pair, timestep) items from the preferences within each group (`pairs_from_rewards`); rewards (B,) or
     (B, R) for several rewards; a sample with a NaN reward takes no part. `reverse` swaps every preference
-    (the control run of `--reverse-preferences`); `pairs` is D3POConfig.pairs ("all" or "best-worst")."""
+    (the control run of `--reverse-preferences`); `pairs` is D3POConfig.pairs ("all" or "best-worst").
+    Metrics: pairs, ties, and reward_gap, the mean margin by which the preferred member won on the first
+    reward (how much signal the pairs carry; 0 with no pairs)."""
     signed = -rewards if reverse else rewards
     index_w, index_l, ties = pairs_from_rewards(signed, samples["group"], best_worst=pairs == "best-worst")
     items = pair_items(samples["latents"], samples["group"], samples["timesteps"], index_w, index_l)
-    return items, {"pairs": float(len(index_w)), "ties": float(ties)}
+    first = signed if signed.ndim == 1 else signed[:, 0]  # (B,): the first reward, in the trained direction
+    gap = (first[index_w] - first[index_l]).mean().item() if len(index_w) else 0.0
+    return items, {"pairs": float(len(index_w)), "ties": float(ties), "reward_gap": gap}
 
 
 class D3POLearner:

@@ -54,15 +54,27 @@ def test_d3po_items_train_only_on_dominating_pairs():
     samples = {"latents": latents, "group": torch.tensor([0, 0, 1, 1]), "timesteps": torch.tensor([500, 100])}
     rewards = torch.tensor([[1.0, 1.0], [2.0, 2.0], [1.0, 2.0], [2.0, 1.0]])  # group 1 is a tie
     items, pairing = d3po_items(samples, rewards)
-    assert pairing == {"pairs": 1.0, "ties": 1.0}
+    assert pairing == {"pairs": 1.0, "ties": 1.0, "reward_gap": 1.0}  # 2.0 - 1.0 on the first reward
     assert items["latents_w"].flatten().tolist() == [3.0, 4.0]  # sample 1 at steps 0 and 1
     assert items["latents_l"].flatten().tolist() == [0.0, 1.0]
 
     # --reverse-preferences: the same pair, the other way round; the tie stays a tie.
     items, pairing = d3po_items(samples, rewards, reverse=True)
-    assert pairing == {"pairs": 1.0, "ties": 1.0}
+    assert pairing == {"pairs": 1.0, "ties": 1.0, "reward_gap": 1.0}  # the margin the preferred one won by
     assert items["latents_w"].flatten().tolist() == [0.0, 1.0]
     assert items["latents_l"].flatten().tolist() == [3.0, 4.0]
+
+
+def test_the_reward_gap_is_the_mean_margin_of_the_trained_pairs():
+    latents = torch.zeros(4, 2, 1, 1, 1)
+    samples = {"latents": latents, "group": torch.tensor([0, 0, 1, 1]), "timesteps": torch.tensor([500])}
+    rewards = torch.tensor([0.1, 0.5, 0.2, 0.9])
+    # best over worst: 1 over 0 by 0.4, 3 over 2 by 0.7; reversed, 0 over 1 and 2 over 3 by the same margins
+    for reverse in (False, True):
+        _, pairing = d3po_items(samples, rewards, reverse=reverse, pairs="best-worst")
+        assert pairing["reward_gap"] == pytest.approx((0.4 + 0.7) / 2)
+    _, pairing = d3po_items(samples, torch.tensor([0.3, 0.3, 0.2, 0.2]))  # every pair tied
+    assert pairing == {"pairs": 0.0, "ties": 2.0, "reward_gap": 0.0}
 
 
 def test_metrics_of_several_rewards_are_the_first_rewards_plus_one_mean_each():
