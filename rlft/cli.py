@@ -105,11 +105,13 @@ def pretrain_tiny(args: Sequence[str], prog: str = "rlft pretrain-tiny") -> None
 
 
 def recipes(args: Sequence[str], prog: str = "rlft recipes") -> None:
-    from rlft.configs.recipes import recipe_path, shipped_recipes
+    from importlib import resources
+
+    from rlft.configs.recipes import SHIPPED, shipped_recipes
 
     for name, header in shipped_recipes().items():
         print(f"{name:32s} {header}")
-    print(f"(files in {recipe_path(next(iter(shipped_recipes()))).parent}; copy one and pass --config FILE)")
+    print(f"(files in {resources.files(SHIPPED)}; copy one and pass --config FILE)")
 
 
 COMMANDS: dict[str, Callable[[Sequence[str], str], None]] = {

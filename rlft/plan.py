@@ -66,7 +66,7 @@ def config_folder(name: str) -> Path:
 
     try:
         return Path(huggingface_hub.snapshot_download(name, allow_patterns=["*.json"], local_files_only=True))
-    except Exception:  # not all cached: fetch the configs (kilobytes) from the hub
+    except OSError:  # not all cached (LocalEntryNotFoundError): fetch the configs (kilobytes) from the hub
         if constants.HF_HUB_OFFLINE:
             raise
         return Path(huggingface_hub.snapshot_download(name, allow_patterns=["*.json"]))
@@ -108,7 +108,7 @@ def counts_of(parts: dict, cfg: RunConfig) -> Counts:
         latent_channels=vae.latent_channels,
         latent_scale=2 ** (len(vae.block_out_channels) - 1),
         patch=patch if denoiser == "transformer" else 1,
-        resolution=getattr(vae, "sample_size", 512) if isinstance(vae.sample_size, int) else 512,
+        resolution=vae.sample_size if isinstance(vae.sample_size, int) else 512,
     )
 
 
@@ -131,8 +131,8 @@ def activation_rule(c: Counts, resolution: int, samples: int, checkpointing: boo
     return kept // 10 if checkpointing else kept
 
 
-# Reward models' parameters where no config is at hand to count them: ImageReward is BLIP ViT-L + BERT-base
-# (counted when built here from its med_config.json).
+# Reward models' parameters where no config is at hand to count them: ImageReward is BLIP ViT-L + BERT-base,
+# 447 M as counted on the model the image-reward package builds (its tokenizer needs the hub to build here).
 REWARD_PARAMS = {"imagereward": 447_000_000}
 
 

@@ -39,15 +39,21 @@ def check_hub_model(name: str) -> str:
         return ""
     try:
         ask_hub(name, "model")
-        index = json.loads(Path(huggingface_hub.hf_hub_download(name, "model_index.json")).read_text())
     except Unreachable as why:
-        index = cached_index(name, str(why))
+        return cached_index(name, str(why))["_class_name"]
+    try:  # a token may open the repository's page but not its files
+        index = json.loads(Path(huggingface_hub.hf_hub_download(name, "model_index.json")).read_text())
+    except errors.GatedRepoError:
+        raise ValueError(gated(f"model {name!r}", name)) from None
+    except (OSError, errors.HfHubHTTPError) as error:
+        raise ValueError(f"model {name!r}: its model_index.json could not be fetched ({error})") from None
     check_pipeline_class(str(index.get("_class_name")), f"model {name!r}")
     return str(index["_class_name"])
 
 
 def cached_index(name: str, why: str) -> dict:
-    """model_index.json from the cache, with every part training loads (its config and weights) cached too."""
+    """model_index.json from the cache (its pipeline class checked), with every part training loads (its
+    config and weights) cached too."""
     index_file = cached(name, "model_index.json")
     if index_file is None:
         raise ValueError(not_cached(f"model {name!r}", name, why, "or pass --model a local pipeline folder"))
