@@ -200,19 +200,29 @@ def learned(s: Summary) -> bool:
     return s.gain[0] > 2 * s.gain[1]
 
 
+def fell(s: Summary) -> bool:
+    """Whether the final mean gain stands more than two standard errors (over seeds) below zero: the method
+    made worse what it was asked to improve."""
+    return s.gain[0] < -2 * s.gain[1]
+
+
 def verdicts(tasks: dict[str, dict[str, Summary]], fraction: float) -> list[tuple[str, str, str]]:
     """The papers' claims checked on the grid: (claim, the numbers, the verdict). A gap counts when it
-    exceeds two standard errors of the difference; with one seed there is no verdict, and a comparison of
-    two methods neither of which rose beyond two standard errors is inconclusive."""
+    exceeds two standard errors of the difference; with one seed there is no verdict. A method that fell
+    beyond two standard errors is named as falling; a comparison of two methods of which neither rose nor
+    fell beyond two standard errors is inconclusive."""
     rows = []
 
     def judge(claim: str, numbers: str, holds: bool | None, *compared: Summary) -> None:
+        falling = [s.method for s in compared if fell(s)]
         if holds is None:
             verdict = "one seed: no verdict"
-        elif not any(learned(s) for s in compared):
-            verdict = "inconclusive: neither rose beyond 2 SE"
+        elif not any(learned(s) for s in compared) and not falling:
+            verdict = "inconclusive: neither rose nor fell beyond 2 SE"
         else:
             verdict = "reproduced" if holds else "not reproduced"
+            if falling:
+                verdict += f": {' and '.join(falling)} fell beyond 2 SE"
         rows.append((claim, numbers, verdict))
 
     for task, by_method in tasks.items():

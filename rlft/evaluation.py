@@ -73,12 +73,27 @@ def eval_metrics(rewards: Tensor, base: Tensor, names: list[str] | None = None) 
     return metrics
 
 
+def judged_metrics(images: Tensor, prompts: list[str]) -> dict[str, float]:
+    """On the tiny model's world: the share of evaluation images whose shape colour and whose shape the world
+    judge reads as their captions say (eval_colour_accuracy, eval_shape_accuracy); {} for other prompts."""
+    from rlft.diffusion.world import parse_caption
+    from rlft.rewards.world_judge import accuracy
+
+    if not prompts or any(parse_caption(prompt) is None for prompt in prompts):
+        return {}
+    scores = accuracy(images.float().clamp(0, 1).cpu(), prompts)
+    return {"eval_colour_accuracy": scores["colour"], "eval_shape_accuracy": scores["shape"]}
+
+
 def format_eval(m: dict[str, float]) -> str:
     """'eval 0.412 +- 0.011 (gain +0.034 +- 0.006)' for the epoch line."""
-    return (
+    line = (
         f"eval {m['eval_reward_mean']:.4f} +- {m['eval_reward_se']:.4f} "
         f"(gain {m['eval_gain_mean']:+.4f} +- {m['eval_gain_se']:.4f})"
     )
+    if "eval_colour_accuracy" in m:
+        line += f" judged colour {m['eval_colour_accuracy']:.0%} shape {m['eval_shape_accuracy']:.0%}"
+    return line
 
 
 def before_after_grid(before: Tensor, after: Tensor, columns: int = 8) -> Tensor:

@@ -19,7 +19,14 @@ from torch import Tensor
 from rlft.algorithms.backend import EpochFn, EvalFn, Log, Trained
 from rlft.configs import RunConfig
 from rlft.epoch import reward_metrics
-from rlft.evaluation import before_after_grid, eval_metrics, format_eval, save_grid
+from rlft.evaluation import (
+    before_after_grid,
+    eval_metrics,
+    eval_prompts,
+    format_eval,
+    judged_metrics,
+    save_grid,
+)
 from rlft.progress import Progress, quiet
 from rlft.rewards.registry import reward_names
 from rlft.runs.checkpoint import (
@@ -78,8 +85,8 @@ def d3po_parts(m: dict[str, float]) -> list[str]:
     if "reward_margin" in m:
         parts += [
             f"loss log2{m['loss'] - math.log(2):+.1e}",
-            f"margin {m['reward_margin']:+.1e}",
-            f"acc {m['preference_accuracy']:.3f}",
+            f"margin {m['reward_margin']:+.1e}" + after(m, "margin_after", "+.1e"),
+            f"acc {m['preference_accuracy']:.3f}" + after(m, "accuracy_after", ".3f"),
             f"log-ratio w {m['log_ratio_w']:+.1e} l {m['log_ratio_l']:+.1e}",
         ]
         if m.get("clamped_fraction"):  # steps past the clip get no gradient
@@ -90,6 +97,11 @@ def d3po_parts(m: dict[str, float]) -> list[str]:
         compared = m["pairs"] + m["ties"]
         parts.append(f"pairs {m['pairs']:.0f} ({m['pairs'] / max(compared, 1):.0%} of compared)")
     return parts
+
+
+def after(m: dict[str, float], key: str, spec: str) -> str:
+    """' -> <value>' after the step, where the learner measured it."""
+    return f" -> {m[key]:{spec}}" if key in m else ""
 
 
 def plain(x: float) -> str:
@@ -153,6 +165,8 @@ def run_epochs(
         if base is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch == cfg.epochs - 1):
             latest = evaluate()
             metrics |= eval_metrics(latest[0], base[0], reward_names(cfg.reward))
+            metrics |= judged_metrics(latest[1], eval_prompts(cfg))
+            metrics |= {f"{k}_base": v for k, v in judged_metrics(base[1], eval_prompts(cfg)).items()}
             metrics["eval_time_s"] = time.perf_counter() - start - elapsed
         progress.close()
         history.append(metrics)

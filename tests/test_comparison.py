@@ -106,8 +106,16 @@ def test_verdicts_follow_two_standard_errors_and_say_none_for_one_seed():
     assert rows["DRaFT-LV is more sample-efficient than DRaFT-1"] == "reproduced"  # as high, reached sooner
     flat = {m: _summary(m, [-0.01, 0.0, 0.01]) for m in colour}
     assert {v for _, _, v in verdicts({"colour alignment": flat}, 0.5)} == {
-        "inconclusive: neither rose beyond 2 SE"
+        "inconclusive: neither rose nor fell beyond 2 SE"
     }
+    # D3PO falling on colour (the grid of 1 December: -0.29, -0.08, -0.27) is reported as falling
+    falling = colour | {
+        "D3PO": _summary("D3PO", [-0.29, -0.08, -0.27]),
+        "DDPO": _summary("DDPO", [-0.03, -0.02, 0.0]),
+    }
+    rows = {claim.split(" (")[0]: v for claim, _, v in verdicts({"colour alignment": falling}, 0.5)}
+    claim = "D3PO from the reward's order trains about as well as DDPO on the reward"
+    assert rows[claim] == "not reproduced: D3PO fell beyond 2 SE"
     one_seed = {
         m: Summary(m, 1, (0.1, float("nan")), (1.1, float("nan")), [0, 10], [0, 1], [], [0, 0.1])
         for m in colour

@@ -6,7 +6,15 @@ import pytest
 import torch
 
 from rlft.configs import D3POConfig, DRaFTConfig
-from rlft.evaluation import before_after_grid, eval_chunks, eval_metrics, eval_prompts, eval_settings
+from rlft.diffusion import world
+from rlft.evaluation import (
+    before_after_grid,
+    eval_chunks,
+    eval_metrics,
+    eval_prompts,
+    eval_settings,
+    judged_metrics,
+)
 from rlft.prompts import PROMPT_SETS
 
 
@@ -44,6 +52,19 @@ def test_several_rewards_are_each_reported():
     m = eval_metrics(base + torch.tensor([1.0, -5.0]), base, ["brightness", "smoothness"])
     assert m["eval_gain_mean"] == 1.0 and m["eval_smoothness_gain_mean"] == -5.0
     assert m["eval_smoothness_mean"] == 10.0
+
+
+def test_the_world_judge_reads_colour_and_shape_against_the_captions():
+    images, captions = world.make_dataset(4, seed=3)
+    assert judged_metrics(images, captions) == {"eval_colour_accuracy": 1.0, "eval_shape_accuracy": 1.0}
+    scenes = [world.parse_caption(c) for c in captions]
+    other = {"red": "blue", "blue": "red"}
+    swapped = [  # the first caption's shape colour changed: one image in four no longer matches
+        c.replace(f" {s.colour} {s.shape} ", f" {other.get(s.colour, 'red')} {s.shape} ") if i == 0 else c
+        for i, (c, s) in enumerate(zip(captions, scenes, strict=True))
+    ]
+    assert judged_metrics(images, swapped)["eval_colour_accuracy"] == 0.75
+    assert judged_metrics(images, ["a photo of a cat"] * 4) == {}  # not the tiny world's captions
 
 
 def test_before_after_grid_puts_each_base_row_above_its_trained_row():

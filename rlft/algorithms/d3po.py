@@ -118,19 +118,35 @@ def pair_items(
 
 
 def d3po_items(
-    samples: dict[str, Tensor], rewards: Tensor, reverse: bool = False, pairs: str = "all"
+    samples: dict[str, Tensor],
+    rewards: Tensor,
+    reverse: bool = False,
+    pairs: str = "all",
+    skip_final_steps: int = 0,
 ) -> tuple[dict[str, Tensor], dict[str, float]]:
     """(pair, timestep) items from the preferences within each group (`pairs_from_rewards`); rewards (B,) or
     (B, R) for several rewards; a sample with a NaN reward takes no part. `reverse` swaps every preference
-    (the control run of `--reverse-preferences`); `pairs` is D3POConfig.pairs ("all" or "best-worst").
-    Metrics: pairs, ties, and reward_gap, the mean margin by which the preferred member won on the first
-    reward (how much signal the pairs carry; 0 with no pairs)."""
+    (the control run of `--reverse-preferences`); `pairs` is D3POConfig.pairs ("all" or "best-worst");
+    the last `skip_final_steps` denoising steps are not trained.
+    Metrics: pairs, ties, and on the first reward `gap_metrics`' (how much signal the pairs carry)."""
     signed = -rewards if reverse else rewards
     index_w, index_l, ties = pairs_from_rewards(signed, samples["group"], best_worst=pairs == "best-worst")
-    items = pair_items(samples["latents"], samples["group"], samples["timesteps"], index_w, index_l)
+    trained = len(samples["timesteps"]) - skip_final_steps  # the first steps; x_t of each and its x_{t-1}
+    latents, timesteps = samples["latents"][:, : trained + 1], samples["timesteps"][:trained]
+    items = pair_items(latents, samples["group"], timesteps, index_w, index_l)
     first = signed if signed.ndim == 1 else signed[:, 0]  # (B,): the first reward, in the trained direction
-    gap = (first[index_w] - first[index_l]).mean().item() if len(index_w) else 0.0
-    return items, {"pairs": float(len(index_w)), "ties": float(ties), "reward_gap": gap}
+    return items, {"pairs": float(len(index_w)), "ties": float(ties)} | gap_metrics(first, index_w, index_l)
+
+
+def gap_metrics(rewards: Tensor, index_w: Tensor, index_l: Tensor) -> dict[str, float]:
+    """reward_gap, the mean margin by which the trained pairs' preferred members won, and near_tie_share,
+    the share of pairs won by less than a quarter of the epoch's reward spread (standard deviation): pairs
+    whose order a little noise in the reward could flip. rewards (B,), one reward."""
+    if not len(index_w):
+        return {"reward_gap": 0.0, "near_tie_share": 0.0}
+    gaps = rewards[index_w] - rewards[index_l]
+    spread = rewards[torch.isfinite(rewards)].std()
+    return {"reward_gap": gaps.mean().item(), "near_tie_share": (gaps < 0.25 * spread).float().mean().item()}
 
 
 class D3POLearner:
@@ -150,12 +166,15 @@ class D3POLearner:
         clip: float,
         guidance_scale: float,
         eta: float,
+        one_sided: bool = False,
+        kl_coef: float = 0.0,
         max_grad_norm: float = 1.0,
         grad_sync: Callable[[list[torch.nn.Parameter]], None] | None = None,
         micro_batch: int | None = None,
     ):
         self.policy, self.denoiser = policy, denoiser
-        self.beta, self.clip, self.guidance_scale, self.eta = beta, clip, guidance_scale, eta
+        self.guidance_scale, self.eta = guidance_scale, eta
+        self.loss_settings = dict(beta=beta, clip=clip, one_sided=one_sided, kl_coef=kl_coef)
         self.max_grad_norm, self.grad_sync, self.micro_batch = max_grad_norm, grad_sync, micro_batch
         self.optimizer = adamw(policy.parameters(), lr)
 
@@ -174,11 +193,13 @@ class D3POLearner:
             ref_logp_w, ref_logp_l = self._logp(reference, piece, cond, uncond).chunk(2)
         logp_w, logp_l = self._logp(self.policy.model, piece, cond, uncond).chunk(2)
         logps = [logp_w, ref_logp_w, logp_l, ref_logp_l]
-        return d3po_loss(*logps, beta=self.beta, clip=self.clip)[0], logps
+        return d3po_loss(*logps, **self.loss_settings)[0], logps
 
     def step(self, batch: dict[str, Tensor], cond: Cond, uncond: Cond) -> dict[str, float]:
         """One optimizer step on a batch of items (see `pair_items`); cond has one row per prompt. The loss is
-        a mean over items, so each micro-batch's counts by its share of them; the metrics are the batch's."""
+        a mean over items, so each micro-batch's counts by its share of them; the metrics are the batch's,
+        with `margin_after` and `accuracy_after`: the implicit reward margin and preference accuracy on the
+        same items after the step (did the step move its own pairs the way they ask?)."""
         self.optimizer.zero_grad(set_to_none=True)
         logps = []
         for piece, share in micro_batches(batch, self.micro_batch):
@@ -188,8 +209,19 @@ class D3POLearner:
         params = self.policy.parameters()
         grad_norm = apply_gradients(self.optimizer, params, self.grad_sync, self.max_grad_norm)
         whole = [torch.cat(column) for column in zip(*logps, strict=True)]  # 4 x (N,)
-        metrics = d3po_loss(*whole, beta=self.beta, clip=self.clip)[1]
-        return metrics | {"grad_norm": grad_norm}
+        metrics = d3po_loss(*whole, **self.loss_settings)[1]
+        return metrics | self._after_step(batch, cond, uncond, whole) | {"grad_norm": grad_norm}
+
+    @torch.no_grad()
+    def _after_step(self, batch: dict[str, Tensor], cond: Cond, uncond: Cond, before: list[Tensor]) -> dict:
+        """The margin and accuracy on the batch under the updated policy (the reference's log-probs kept)."""
+        after = [
+            self._logp(self.policy.model, piece, cond, uncond).chunk(2)
+            for piece, _ in micro_batches(batch, self.micro_batch)
+        ]
+        logp_w, logp_l = (torch.cat(column) for column in zip(*after, strict=True))
+        metrics = d3po_loss(logp_w, before[1], logp_l, before[3], **self.loss_settings)[1]
+        return {"margin_after": metrics["reward_margin"], "accuracy_after": metrics["preference_accuracy"]}
 
     def train_epoch(self, batches: Iterable[dict[str, Tensor]], cond: Cond, uncond: Cond) -> dict[str, float]:
         """One `step` per batch; the metrics averaged over the batches."""
@@ -210,6 +242,8 @@ def make_learner(cfg: D3POConfig, pipe, policy: Policy, grad_sync: GradSync | No
         lr=cfg.lr,
         beta=cfg.beta,
         clip=cfg.clip,
+        one_sided=cfg.one_sided_clip,
+        kl_coef=cfg.kl_coef,
         guidance_scale=cfg.guidance_scale,
         eta=cfg.eta,
         max_grad_norm=cfg.max_grad_norm,
@@ -231,7 +265,11 @@ def d3po_epoch(cfg: D3POConfig, backend: Backend):
         sampled = backend.sample(epoch, prompts)
         pipelined = pipeline_next(cfg, backend, epoch, sampled, lambda e: epoch_prompts(cfg, e))
         items, pairing = d3po_items(
-            sampled.samples, sampled.rewards, reverse=cfg.reverse_preferences, pairs=cfg.pairs
+            sampled.samples,
+            sampled.rewards,
+            reverse=cfg.reverse_preferences,
+            pairs=cfg.pairs,
+            skip_final_steps=cfg.skip_final_steps,
         )
         if len(items["prompt"]) >= cfg.train_workers:
             metrics, _, timing = backend.train(epoch, prompts, items)

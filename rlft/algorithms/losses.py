@@ -8,7 +8,15 @@ from torch import Tensor
 
 
 def d3po_loss(
-    logp_w: Tensor, ref_logp_w: Tensor, logp_l: Tensor, ref_logp_l: Tensor, *, beta: float, clip: float
+    logp_w: Tensor,
+    ref_logp_w: Tensor,
+    logp_l: Tensor,
+    ref_logp_l: Tensor,
+    *,
+    beta: float,
+    clip: float,
+    one_sided: bool = False,
+    kl_coef: float = 0.0,
 ) -> tuple[Tensor, dict[str, float]]:
     """Per-denoising-step DPO loss of D3PO (Yang et al., arXiv 2311.13231).
 
@@ -17,12 +25,25 @@ def d3po_loss(
     r = exp(logp - ref_logp) is clamped to [1 - clip, 1 + clip] (as the official code does) so a
     step that already moved far gets no further gradient; then
     loss = -log sigmoid(beta * log r_w - beta * log r_l), averaged over the N steps.
+
+    `one_sided` clamps as PPO clips, only where a step has already moved the way the preference asks (r_w
+    above 1 + clip, r_l below 1 - clip): a step that moved the wrong way keeps its gradient, which the
+    two-sided clamp takes away. `kl_coef` adds kl_coef * mean(log r^2 / 2) over both members' steps, the
+    squared-log-ratio ("k2") estimate of the KL divergence to the reference: a pull back towards the
+    reference that grows with the distance, where the clamp gives none.
     """
     low, high = math.log1p(-clip), math.log1p(clip)
     log_ratio_w, log_ratio_l = logp_w - ref_logp_w, logp_l - ref_logp_l
-    margin = beta * (log_ratio_w.clamp(low, high) - log_ratio_l.clamp(low, high))
-    loss = -F.logsigmoid(margin).mean()
-    ratios = torch.cat([log_ratio_w.detach(), log_ratio_l.detach()])
+    if one_sided:
+        kept_w, kept_l = log_ratio_w.clamp(max=high), log_ratio_l.clamp(min=low)
+    else:
+        kept_w, kept_l = log_ratio_w.clamp(low, high), log_ratio_l.clamp(low, high)
+    margin = beta * (kept_w - kept_l)
+    ratios = torch.cat([log_ratio_w, log_ratio_l])
+    kl = 0.5 * (ratios**2).mean()
+    loss = -F.logsigmoid(margin).mean() + kl_coef * kl
+    ratios = ratios.detach()
+    clamped = torch.cat([kept_w != log_ratio_w, kept_l != log_ratio_l])
     metrics = {
         "loss": loss.item(),
         # DPO's implicit reward margin, beta * (log r_w - log r_l) before clamping: > 0 once the policy
@@ -32,8 +53,9 @@ def d3po_loss(
         "log_ratio_l": log_ratio_l.detach().mean().item(),
         # Does the policy already give the preferred step more probability (relative to the reference)?
         "preference_accuracy": (log_ratio_w > log_ratio_l).float().mean().item(),
-        "clamped_fraction": ((ratios < low) | (ratios > high)).float().mean().item(),
+        "clamped_fraction": clamped.float().mean().item(),
         "log_ratio_abs": ratios.abs().mean().item(),
+        "kl": kl.item(),
     }
     return loss, metrics
 

@@ -36,6 +36,13 @@ class D3POLabelsConfig(RunConfig):
     """DPO temperature on the log-ratio difference."""
     clip: float = 0.1
     """Ratios policy/reference are clamped to [1 - clip, 1 + clip]."""
+    one_sided_clip: bool = False
+    """Clamp a ratio only where its step already moved the way the preference asks (as PPO clips): a
+    preferred step past 1 + clip, a rejected one below 1 - clip. The two-sided clamp of the official code
+    also stops the gradient of a step that moved the wrong way."""
+    kl_coef: float = 0.0
+    """Weight of the KL term to the reference, mean(log r^2 / 2) over both members' steps: pulls the policy
+    back towards the reference however far it went, where the clamp stops all gradient."""
     lr: float = 6e-3
     """AdamW learning rate (as jobs/d3po.py's tiny default; the paper uses 3e-5 on SD 1.5)."""
     batch_size: int = 16
@@ -78,6 +85,7 @@ class D3POLabelsConfig(RunConfig):
         super().__post_init__()
         check(self.beta > 0, "beta", self.beta, "positive")
         check(0 < self.clip < 1, "clip", self.clip, "in (0, 1)")
+        check(self.kl_coef >= 0, "kl_coef", self.kl_coef, "0 or more")
         check(self.lr > 0, "lr", self.lr, "positive")
         check(self.batch_size >= 1, "batch_size", self.batch_size, "at least 1")
         check_divides(self.batch_size, self.train_workers)

@@ -55,6 +55,9 @@ def test_learner_moves_the_policy_towards_the_preferred_steps(tiny_pipe):
     learner = D3POLearner(policy, denoiser, lr=1e-2, beta=1.0, clip=0.5, guidance_scale=5.0, eta=1.0)
     first = learner.step(items, cond, uncond)
     assert abs(first["loss"] - math.log(2)) < 1e-6  # policy == reference at the start
+    # The step moved its own items the way they ask: measured on them again after it.
+    assert first["reward_margin"] == 0.0 and first["margin_after"] > 0
+    assert first["accuracy_after"] > first["preference_accuracy"]
     for _ in range(15):
         last = learner.step(items, cond, uncond)
     assert last["loss"] < math.log(2) - 0.01

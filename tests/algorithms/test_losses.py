@@ -40,6 +40,48 @@ def test_clamped_ratios_give_no_gradient():
     assert logp_l.grad.item() > 0  # lowering the rejected step's probability lowers the loss
 
 
+def test_the_one_sided_clamp_keeps_the_gradient_of_a_step_that_moved_the_wrong_way():
+    # log r_w = -0.5 (the preferred step lost probability), log r_l = +0.5 (the rejected one gained): the
+    # two-sided clamp stops both gradients, the one-sided one neither; past the clip the right way, both stop.
+    for log_r_w, log_r_l, two_sided, one_sided in ((-0.5, 0.5, 0.0, 1.0), (0.5, -0.5, 0.0, 0.0)):
+        grads = []
+        for one in (False, True):
+            logp_w = torch.tensor([log_r_w], requires_grad=True)
+            logp_l = torch.tensor([log_r_l], requires_grad=True)
+            d3po_loss(logp_w, torch.zeros(1), logp_l, torch.zeros(1), beta=1.0, clip=0.1, one_sided=one)[
+                0
+            ].backward()
+            grads.append((logp_w.grad.item() != 0, logp_l.grad.item() != 0))
+        assert grads[0] == (two_sided, two_sided)
+        assert grads[1] == (one_sided, one_sided)
+    # The loss by hand, one-sided: margin = 1.0 * (-0.5 - 0.5) = -1; loss = log(1 + e) = 1.313262.
+    loss, metrics = d3po_loss(
+        torch.tensor([-0.5]),
+        torch.zeros(1),
+        torch.tensor([0.5]),
+        torch.zeros(1),
+        beta=1.0,
+        clip=0.1,
+        one_sided=True,
+    )
+    assert loss.item() == pytest.approx(1.313262, abs=1e-6)
+    assert metrics["clamped_fraction"] == 0.0
+
+
+def test_the_kl_term_is_half_the_mean_squared_log_ratio_and_pulls_towards_the_reference():
+    logp_w = torch.tensor([0.2, -0.1], requires_grad=True)  # log r_w = 0.2, -0.1
+    logp_l = torch.tensor([0.3, 0.0], requires_grad=True)  # log r_l = 0.3, 0.0
+    zero = torch.zeros(2)
+    base, _ = d3po_loss(logp_w, zero, logp_l, zero, beta=0.1, clip=0.1)
+    loss, metrics = d3po_loss(logp_w, zero, logp_l, zero, beta=0.1, clip=0.1, kl_coef=2.0)
+    kl = (0.04 + 0.01 + 0.09 + 0.0) / 4 / 2  # mean of log r^2 / 2 over the four steps: 0.0175
+    assert metrics["kl"] == pytest.approx(kl)
+    assert loss.item() == pytest.approx(base.item() + 2.0 * kl, abs=1e-6)
+    loss.backward()
+    # log r_l = 0.3 is clamped (no DPO gradient): the KL term alone, 2.0 * 0.3 / 4, pushes it down.
+    assert logp_l.grad[0].item() == pytest.approx(2.0 * 0.3 / 4)
+
+
 def test_gradient_raises_preferred_and_lowers_rejected():
     logp_w = torch.zeros(3, requires_grad=True)
     logp_l = torch.zeros(3, requires_grad=True)

@@ -54,13 +54,14 @@ def test_d3po_items_train_only_on_dominating_pairs():
     samples = {"latents": latents, "group": torch.tensor([0, 0, 1, 1]), "timesteps": torch.tensor([500, 100])}
     rewards = torch.tensor([[1.0, 1.0], [2.0, 2.0], [1.0, 2.0], [2.0, 1.0]])  # group 1 is a tie
     items, pairing = d3po_items(samples, rewards)
-    assert pairing == {"pairs": 1.0, "ties": 1.0, "reward_gap": 1.0}  # 2.0 - 1.0 on the first reward
+    # 2.0 - 1.0 on the first reward; the spread of [1, 2, 1, 2] is 0.577, and 1.0 is no near-tie
+    assert pairing == {"pairs": 1.0, "ties": 1.0, "reward_gap": 1.0, "near_tie_share": 0.0}
     assert items["latents_w"].flatten().tolist() == [3.0, 4.0]  # sample 1 at steps 0 and 1
     assert items["latents_l"].flatten().tolist() == [0.0, 1.0]
 
     # --reverse-preferences: the same pair, the other way round; the tie stays a tie.
     items, pairing = d3po_items(samples, rewards, reverse=True)
-    assert pairing == {"pairs": 1.0, "ties": 1.0, "reward_gap": 1.0}  # the margin the preferred one won by
+    assert pairing["reward_gap"] == 1.0  # the margin the preferred one won by
     assert items["latents_w"].flatten().tolist() == [0.0, 1.0]
     assert items["latents_l"].flatten().tolist() == [3.0, 4.0]
 
@@ -74,7 +75,16 @@ def test_the_reward_gap_is_the_mean_margin_of_the_trained_pairs():
         _, pairing = d3po_items(samples, rewards, reverse=reverse, pairs="best-worst")
         assert pairing["reward_gap"] == pytest.approx((0.4 + 0.7) / 2)
     _, pairing = d3po_items(samples, torch.tensor([0.3, 0.3, 0.2, 0.2]))  # every pair tied
-    assert pairing == {"pairs": 0.0, "ties": 2.0, "reward_gap": 0.0}
+    assert pairing == {"pairs": 0.0, "ties": 2.0, "reward_gap": 0.0, "near_tie_share": 0.0}
+
+
+def test_a_pair_won_by_less_than_a_quarter_of_the_spread_is_a_near_tie():
+    samples = {"latents": torch.zeros(4, 2, 1, 1, 1), "group": torch.tensor([0, 0, 1, 1])}
+    samples["timesteps"] = torch.tensor([500])
+    rewards = torch.tensor([0.0, 0.1, 1.0, 2.0])  # standard deviation 0.929: a quarter is 0.232
+    _, pairing = d3po_items(samples, rewards)
+    assert pairing["near_tie_share"] == 0.5  # 0.1 is a near-tie, 1.0 is not
+    assert pairing["reward_gap"] == pytest.approx((0.1 + 1.0) / 2)
 
 
 def test_metrics_of_several_rewards_are_the_first_rewards_plus_one_mean_each():
@@ -110,3 +120,13 @@ def test_best_worst_keeps_one_pair_per_group_its_widest_margin():
 def test_best_worst_refuses_several_rewards():
     with pytest.raises(ValueError, match="one reward"):
         pairs_from_rewards(torch.ones(4, 2), torch.zeros(4, dtype=torch.long), best_worst=True)
+
+
+def test_the_final_steps_skipped_are_not_trained():
+    latents = torch.arange(2 * 4, dtype=torch.float32).reshape(2, 4, 1, 1, 1)  # 2 samples, 3 steps
+    samples = {"latents": latents, "group": torch.tensor([0, 0]), "timesteps": torch.tensor([700, 400, 100])}
+    items, _ = d3po_items(samples, torch.tensor([1.0, 0.0]), skip_final_steps=1)
+    assert items["timesteps"].tolist() == [700, 400]  # the last step, 100, is left out
+    assert items["latents_w"].flatten().tolist() == [0.0, 1.0]
+    assert items["next_latents_w"].flatten().tolist() == [1.0, 2.0]
+    assert items["next_latents_l"].flatten().tolist() == [5.0, 6.0]
