@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
 
 AlgorithmConfig = D3POConfig | DRaFTConfig | DDPOConfig
-STREAMS = ("prompts", "noise", "shuffle", "train", "show", "eval", "timesteps")
+STREAMS = ("prompts", "noise", "shuffle", "train", "show", "eval", "timesteps", "noised")
 
 
 def stream_seed(seed: int, epoch: int, stream: str, index: int = 0) -> int:

@@ -29,7 +29,7 @@ from rlft.algorithms.backend import (
 )
 from rlft.algorithms.losses import d3po_loss
 from rlft.configs import D3POConfig
-from rlft.epoch import epoch_prompts
+from rlft.epoch import epoch_prompts, stream_generator
 
 # The model code only for type checks and in make_learner: a Ray driver runs the epoch, holds no model.
 if TYPE_CHECKING:
@@ -117,23 +117,55 @@ def pair_items(
     return items
 
 
+def noised_pair_items(
+    latents: Tensor,
+    group: Tensor,
+    timesteps: Tensor,
+    index_w: Tensor,
+    index_l: Tensor,
+    draws: int,
+    generator: torch.Generator,
+) -> dict[str, Tensor]:
+    """`draws` items per pair for the noised objective: the pair's final latents (x_0 of both members,
+    latents_w/_l (N, C, h, w)), one of the sampling schedule's timesteps (N,) and one noise (N, C, h, w),
+    both shared by the pair's members and drawn from `generator`; prompt (N,). Item n is pair n // draws."""
+    pair = torch.arange(len(index_w)).repeat_interleave(draws)  # (N,)
+    final = latents[:, -1].cpu()
+    which = torch.randint(0, len(timesteps), (len(pair),), generator=generator)
+    noise = torch.randn((len(pair), *final.shape[1:]), generator=generator, dtype=final.dtype)
+    return {
+        "timesteps": timesteps.cpu()[which],
+        "prompt": group.cpu()[index_w][pair],
+        "latents_w": final[index_w][pair],
+        "latents_l": final[index_l][pair],
+        "noise": noise,
+    }
+
+
 def d3po_items(
     samples: dict[str, Tensor],
     rewards: Tensor,
     reverse: bool = False,
     pairs: str = "all",
     skip_final_steps: int = 0,
+    noised_draws: int = 0,
+    generator: torch.Generator | None = None,
 ) -> tuple[dict[str, Tensor], dict[str, float]]:
     """(pair, timestep) items from the preferences within each group (`pairs_from_rewards`); rewards (B,) or
     (B, R) for several rewards; a sample with a NaN reward takes no part. `reverse` swaps every preference
     (the control run of `--reverse-preferences`); `pairs` is D3POConfig.pairs ("all" or "best-worst");
-    the last `skip_final_steps` denoising steps are not trained.
+    the last `skip_final_steps` denoising steps are not trained. With `noised_draws`, the items are the
+    noised objective's (`noised_pair_items`, timesteps drawn from the steps trained).
     Metrics: pairs, ties, and on the first reward `gap_metrics`' (how much signal the pairs carry)."""
     signed = -rewards if reverse else rewards
     index_w, index_l, ties = pairs_from_rewards(signed, samples["group"], best_worst=pairs == "best-worst")
     trained = len(samples["timesteps"]) - skip_final_steps  # the first steps; x_t of each and its x_{t-1}
-    latents, timesteps = samples["latents"][:, : trained + 1], samples["timesteps"][:trained]
-    items = pair_items(latents, samples["group"], timesteps, index_w, index_l)
+    if noised_draws:
+        args = (samples["latents"], samples["group"], samples["timesteps"][:trained], index_w, index_l)
+        items = noised_pair_items(*args, noised_draws, generator or torch.Generator())
+    else:
+        latents, timesteps = samples["latents"][:, : trained + 1], samples["timesteps"][:trained]
+        items = pair_items(latents, samples["group"], timesteps, index_w, index_l)
     first = signed if signed.ndim == 1 else signed[:, 0]  # (B,): the first reward, in the trained direction
     return items, {"pairs": float(len(index_w)), "ties": float(ties)} | gap_metrics(first, index_w, index_l)
 
@@ -163,7 +195,7 @@ class D3POLearner:
         *,
         lr: float,
         beta: float,
-        clip: float,
+        clip: float | None,
         guidance_scale: float,
         eta: float,
         one_sided: bool = False,
@@ -179,13 +211,31 @@ class D3POLearner:
         self.optimizer = adamw(policy.parameters(), lr)
 
     def _logp(self, model, batch: dict[str, Tensor], cond: Cond, uncond: Cond) -> Tensor:
-        """log-probs of the w and l steps under `model`: (2N,), w first."""
+        """log-probs of the w and l steps under `model`: (2N,), w first; for the noised objective's items
+        (with "noise"), minus their denoising errors (`_denoising_error`)."""
         latents = torch.cat([batch["latents_w"], batch["latents_l"]])  # (2N, C, h, w)
         timesteps = torch.cat([batch["timesteps"], batch["timesteps"]])
         cond = cond.take(batch["prompt"]).repeat(2)  # a pair's members share their prompt
+        if "noise" in batch:
+            noise = torch.cat([batch["noise"], batch["noise"]])
+            return -self._denoising_error(model, latents, noise, timesteps, cond, uncond)
         output = self.denoiser.guided(model, latents, timesteps, cond, uncond, self.guidance_scale)
         prev = torch.cat([batch["next_latents_w"], batch["next_latents_l"]])
         return self.denoiser.step_with_logprob(output, timesteps, latents, eta=self.eta, prev_sample=prev)[1]
+
+    def _denoising_error(
+        self, model, x0: Tensor, noise: Tensor, t: Tensor, cond: Cond, uncond: Cond
+    ) -> Tensor:
+        """How far `model` misses the noise of x0 noised to t: the mean squared error of the noise its
+        predicted x_0 implies, (B,). Diffusion-DPO's log-likelihood stand-in (Wallace et al., arXiv
+        2311.12908), written through `predicted_x0` and `noised` for every family: with
+        x_t = a x_0 + b noise, the implied noise's error is (a / b) times the x_0 error."""
+        noisy = self.denoiser.noised(x0, noise, t)
+        output = self.denoiser.guided(model, noisy, t, cond, uncond, self.guidance_scale)
+        missed = self.denoiser.predicted_x0(output, t, noisy) - x0
+        a = self.denoiser.noised(torch.ones_like(x0), torch.zeros_like(x0), t)
+        b = self.denoiser.noised(torch.zeros_like(x0), torch.ones_like(x0), t)
+        return ((missed * a / b).float() ** 2).mean(dim=tuple(range(1, x0.ndim)))
 
     def _loss(self, piece: dict[str, Tensor], cond: Cond, uncond: Cond) -> tuple[Tensor, list[Tensor]]:
         """A micro-batch's loss and its log-probs [logp_w, ref_logp_w, logp_l, ref_logp_l], each (n,)."""
@@ -240,8 +290,8 @@ def make_learner(cfg: D3POConfig, pipe, policy: Policy, grad_sync: GradSync | No
         policy,
         denoiser,
         lr=cfg.lr,
-        beta=cfg.beta,
-        clip=cfg.clip,
+        beta=cfg.dpo_beta,
+        clip=None if cfg.objective == "noised" else cfg.clip,
         one_sided=cfg.one_sided_clip,
         kl_coef=cfg.kl_coef,
         guidance_scale=cfg.guidance_scale,
@@ -270,6 +320,8 @@ def d3po_epoch(cfg: D3POConfig, backend: Backend):
             reverse=cfg.reverse_preferences,
             pairs=cfg.pairs,
             skip_final_steps=cfg.skip_final_steps,
+            noised_draws=cfg.noised_draws if cfg.objective == "noised" else 0,
+            generator=stream_generator(cfg.seed, epoch, "noised"),
         )
         if len(items["prompt"]) >= cfg.train_workers:
             metrics, _, timing = backend.train(epoch, prompts, items)

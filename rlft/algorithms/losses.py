@@ -14,7 +14,7 @@ def d3po_loss(
     ref_logp_l: Tensor,
     *,
     beta: float,
-    clip: float,
+    clip: float | None,
     one_sided: bool = False,
     kl_coef: float = 0.0,
 ) -> tuple[Tensor, dict[str, float]]:
@@ -30,9 +30,9 @@ def d3po_loss(
     above 1 + clip, r_l below 1 - clip): a step that moved the wrong way keeps its gradient, which the
     two-sided clamp takes away. `kl_coef` adds kl_coef * mean(log r^2 / 2) over both members' steps, the
     squared-log-ratio ("k2") estimate of the KL divergence to the reference: a pull back towards the
-    reference that grows with the distance, where the clamp gives none.
+    reference that grows with the distance, where the clamp gives none. `clip` None clamps nothing.
     """
-    low, high = math.log1p(-clip), math.log1p(clip)
+    low, high = (-math.inf, math.inf) if clip is None else (math.log1p(-clip), math.log1p(clip))
     log_ratio_w, log_ratio_l = logp_w - ref_logp_w, logp_l - ref_logp_l
     if one_sided:
         kept_w, kept_l = log_ratio_w.clamp(max=high), log_ratio_l.clamp(min=low)

@@ -41,10 +41,19 @@ class D3POConfig(SamplingConfig):
     eta: float = 1.0
     """DDIM stochasticity, or for flow-matching models (SD3) the SDE's noise level (Flow-GRPO uses 0.7); must
     be > 0, since the loss needs each step's log-probability."""
-    beta: float = 0.1
-    """DPO temperature on the log-ratio difference."""
+    objective: str = "steps"
+    """What D3PO compares the pair's members on: steps (the paper's: each recorded denoising step's
+    log-probability under the policy and the reference) or noised (Diffusion-DPO's, arXiv 2311.12908: both
+    final latents noised to one timestep with one noise, and the policy's denoising error against the
+    reference's, `noised_draws` draws per pair)."""
+    noised_draws: int = 10
+    """With objective noised: (timestep, noise) draws per pair, each a training item (10: as many items as
+    the steps objective's at 10 steps)."""
+    beta: float | None = None
+    """DPO temperature on the log-ratio difference. Default: 0.1 for steps (the paper's), 2500 for noised
+    (Diffusion-DPO's 5000 on SD 1.5, halved as its loss halves it)."""
     clip: float = 0.1
-    """Ratios policy/reference are clamped to [1 - clip, 1 + clip]."""
+    """Ratios policy/reference are clamped to [1 - clip, 1 + clip] (steps only)."""
     one_sided_clip: bool = False
     """Clamp a ratio only where its step already moved the way the preference asks (as PPO clips): a
     preferred step past 1 + clip, a rejected one below 1 - clip. The two-sided clamp of the official code
@@ -62,6 +71,11 @@ class D3POConfig(SamplingConfig):
     """Items per forward/backward pass: each optimizer step of batch_size items accumulates its gradient over
     batch_size / micro_batch passes (per train worker, over its share of the batch), to fit a GPU's memory;
     the same step to rounding. Default: the whole batch at once."""
+
+    @property
+    def dpo_beta(self) -> float:
+        """beta, or the objective's default."""
+        return self.beta if self.beta is not None else (2500.0 if self.objective == "noised" else 0.1)
 
     algorithm: ClassVar[str] = "d3po"
     can_pipeline: ClassVar[bool] = True
@@ -114,7 +128,9 @@ class D3POConfig(SamplingConfig):
             self.eta,
             "> 0 (D3PO needs log-probabilities; at 0 a DDIM or flow step is deterministic)",
         )
-        check(self.beta > 0, "beta", self.beta, "positive")
+        check(self.objective in ("steps", "noised"), "objective", self.objective, "steps or noised")
+        check(self.noised_draws >= 1, "noised_draws", self.noised_draws, "at least 1")
+        check(self.beta is None or self.beta > 0, "beta", self.beta, "positive")
         check(0 < self.clip < 1, "clip", self.clip, "in (0, 1)")
         check(self.kl_coef >= 0, "kl_coef", self.kl_coef, "0 or more")
         check(self.lr > 0, "lr", self.lr, "positive")

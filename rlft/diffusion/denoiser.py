@@ -120,8 +120,8 @@ class Denoiser:
         return predicted_x0(self.scheduler, output, t, latents)
 
     def noised(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
-        """x_0 carried forward to timestep t with `noise` (DRaFT-LV)."""
-        return self.scheduler.add_noise(x0, noise, torch.as_tensor(t, device=x0.device).reshape(1))
+        """x_0 carried forward to timestep t, one or (B,), with `noise` (DRaFT-LV, D3PO's noised pairs)."""
+        return self.scheduler.add_noise(x0, noise, torch.as_tensor(t, device=x0.device).reshape(-1))
 
     def initial_noise(self, groups: int, resolution: int, generator: torch.Generator) -> Tensor:
         """x_T for `groups` groups: (groups, C, h, w)."""

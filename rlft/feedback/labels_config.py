@@ -59,6 +59,11 @@ class D3POLabelsConfig(RunConfig):
     resolution: int | None = field(init=False, default=None)
 
     algorithm: ClassVar[str] = "d3po"  # its learner: D3PO's (rlft/algorithms/registry.py)
+    objective: ClassVar[str] = "steps"  # the labelled batch records every step
+
+    @property
+    def dpo_beta(self) -> float:
+        return self.beta
 
     def __post_init__(self) -> None:
         try:
