@@ -3,9 +3,11 @@
 The learner is a plain class (no Ray): the single-process backend calls it directly, and a Ray Train worker
 can hold one. Both members of every pair and both halves of classifier-free guidance go through one model
 call per micro-batch (the whole batch unless `micro_batch` cuts it; the gradients add up to the whole
-batch's); the reference is the same model with the adapter disabled. Written once for every model
-family against its `Denoiser` (rlft/diffusion/families.py). The epoch (`d3po_epoch`) is
-written once against a `Backend` (rlft/algorithms/backend.py): sample and score, pair, train.
+batch's); the reference is the same model with the adapter disabled. With `objective="noised"` the items
+are Diffusion-DPO's instead (`noised_pair_items`) and a member's log-probability is replaced by minus its
+denoising error (`D3POLearner._denoising_error`); the loss and everything around it are the same. Written
+once for every model family against its `Denoiser` (rlft/diffusion/families.py). The epoch (`d3po_epoch`)
+is written once against a `Backend` (rlft/algorithms/backend.py): sample and score, pair, train.
 """
 
 from __future__ import annotations

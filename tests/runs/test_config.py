@@ -27,6 +27,13 @@ JOBS = {  # what each job file runs
         (D3POConfig, {"reward": "aesthetics"}, "reward 'aesthetics' is unknown"),
         (D3POConfig, {"model": "./nowhere"}, "model folder './nowhere' does not exist"),
         (D3POConfig, {"clip": 1.5}, "clip=1.5 is not allowed: in \\(0, 1\\)"),
+        (D3POConfig, {"objective": "latents"}, "objective='latents' is not allowed: steps or noised"),
+        (
+            D3POConfig,
+            {"skip_final_steps": 10},
+            "skip_final_steps=10 is not allowed: 0 to num_steps - 1 \\(9\\)",
+        ),
+        (D3POConfig, {"kl_coef": -0.5}, "kl_coef=-0.5 is not allowed: 0 or more"),
         (DRaFTConfig, {"k": 0}, "k=0 is not allowed: in 1..20"),
         (DRaFTConfig, {"k": 21}, "k=21 is not allowed: in 1..20"),
         (DRaFTConfig, {"reward": "jpeg-compressibility"}, "not differentiable"),
