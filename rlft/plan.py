@@ -203,7 +203,10 @@ def epoch_data(cfg: RunConfig, c: Counts, resolution: int) -> tuple[int, str]:
     if cfg.algorithm == "d3po":
         per_group = 1 if cfg.pairs == "best-worst" else cfg.group_size * (cfg.group_size - 1) // 2  # at most
         pairs = cfg.pairs_per_epoch * per_group
-        items = pairs * cfg.num_steps
+        if cfg.objective == "noised":
+            items = pairs * cfg.noised_draws
+            return items * 3 * latent, f"{items} (pair, draw) items of 3 latents"
+        items = pairs * (cfg.num_steps - cfg.skip_final_steps)
         return items * 4 * latent, f"{items} (pair, step) items of 4 latents"
     if cfg.algorithm == "ddpo":
         items = cfg.images_per_epoch * cfg.num_steps

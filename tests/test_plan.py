@@ -25,6 +25,10 @@ def test_the_dry_run_prints_the_default_plan_and_starts_nothing(tmp_path, monkey
     assert (
         "data per epoch through Ray Data" in plan and "160 (pair, step) items" in plan
     )  # 16 pairs x 10 steps
+    plan = dry_run(["--skip-final-steps", "2"], tmp_path, monkeypatch, capsys)
+    assert "128 (pair, step) items" in plan  # 16 pairs x 8 steps
+    plan = dry_run(["--objective", "noised", "--noised-draws", "3"], tmp_path, monkeypatch, capsys)
+    assert "48 (pair, draw) items of 3 latents" in plan  # 16 pairs x 3 draws
 
 
 @pytest.mark.parametrize("model", ["sd35-random", "flux-random"])
