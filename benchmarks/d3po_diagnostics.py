@@ -46,8 +46,8 @@ def row(epoch: int, m: dict[str, float]) -> str:
         f"{m['reward_gap']:.3f}",
         f"{m['near_tie_share']:.0%}",
         f"{m['log_ratio_w']:+.2f} / {m['log_ratio_l']:+.2f}",
-        f"{m['reward_margin']:+.1e} -> {m['margin_after']:+.1e}",
-        f"{m['preference_accuracy']:.2f} -> {m['accuracy_after']:.2f}",
+        f"{m['margin_before']:+.1e} -> {m['margin_after']:+.1e}",
+        f"{m['accuracy_before']:.2f} -> {m['accuracy_after']:.2f}",
         f"{m['clamped_fraction']:.0%}",
         f"{m['kl']:.2f}",
     ]
@@ -68,7 +68,13 @@ def main() -> None:
     directions = [args.only == "reversed"] if args.only else [False, True]
     for reverse in directions:
         cfg = D3POConfig(
-            **fields, seed=args.seed, ray=False, track=False, reverse_preferences=reverse, eval_every=1
+            **fields,
+            seed=args.seed,
+            ray=False,
+            track=False,
+            reverse_preferences=reverse,
+            eval_every=1,
+            margin_after_every_step=True,
         )
         with tempfile.TemporaryDirectory() as tmp:
             history = train_local(cfg, Path(tmp) / "run", log=lambda line: None)

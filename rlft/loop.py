@@ -85,10 +85,15 @@ def d3po_parts(m: dict[str, float]) -> list[str]:
     if "reward_margin" in m:
         parts += [
             f"loss log2{m['loss'] - math.log(2):+.1e}",
-            f"margin {m['reward_margin']:+.1e}" + after(m, "margin_after", "+.1e"),
-            f"acc {m['preference_accuracy']:.3f}" + after(m, "accuracy_after", ".3f"),
+            f"margin {m['reward_margin']:+.1e}",
+            f"acc {m['preference_accuracy']:.3f}",
             f"log-ratio w {m['log_ratio_w']:+.1e} l {m['log_ratio_l']:+.1e}",
         ]
+        if "margin_after" in m:  # did a step move its own pairs the way they ask?
+            parts.append(
+                f"step: margin {m['margin_before']:+.1e} -> {m['margin_after']:+.1e}, "
+                f"acc {m['accuracy_before']:.3f} -> {m['accuracy_after']:.3f}"
+            )
         if m.get("clamped_fraction"):  # steps past the clip get no gradient
             parts.append(f"clamped {m['clamped_fraction']:.1%}")
     else:
@@ -97,11 +102,6 @@ def d3po_parts(m: dict[str, float]) -> list[str]:
         compared = m["pairs"] + m["ties"]
         parts.append(f"pairs {m['pairs']:.0f} ({m['pairs'] / max(compared, 1):.0%} of compared)")
     return parts
-
-
-def after(m: dict[str, float], key: str, spec: str) -> str:
-    """' -> <value>' after the step, where the learner measured it."""
-    return f" -> {m[key]:{spec}}" if key in m else ""
 
 
 def plain(x: float) -> str:

@@ -205,8 +205,10 @@ class D3POLearner:
         max_grad_norm: float = 1.0,
         grad_sync: Callable[[list[torch.nn.Parameter]], None] | None = None,
         micro_batch: int | None = None,
+        after_every_step: bool = False,
     ):
         self.policy, self.denoiser = policy, denoiser
+        self.after_every_step = after_every_step
         self.guidance_scale, self.eta = guidance_scale, eta
         self.loss_settings = dict(beta=beta, clip=clip, one_sided=one_sided, kl_coef=kl_coef)
         self.max_grad_norm, self.grad_sync, self.micro_batch = max_grad_norm, grad_sync, micro_batch
@@ -247,11 +249,14 @@ class D3POLearner:
         logps = [logp_w, ref_logp_w, logp_l, ref_logp_l]
         return d3po_loss(*logps, **self.loss_settings)[0], logps
 
-    def step(self, batch: dict[str, Tensor], cond: Cond, uncond: Cond) -> dict[str, float]:
+    def step(
+        self, batch: dict[str, Tensor], cond: Cond, uncond: Cond, measure_after: bool = False
+    ) -> dict[str, float]:
         """One optimizer step on a batch of items (see `pair_items`); cond has one row per prompt. The loss is
-        a mean over items, so each micro-batch's counts by its share of them; the metrics are the batch's,
-        with `margin_after` and `accuracy_after`: the implicit reward margin and preference accuracy on the
-        same items after the step (did the step move its own pairs the way they ask?)."""
+        a mean over items, so each micro-batch's counts by its share of them; the metrics are the batch's.
+        `measure_after` adds `margin_after` and `accuracy_after`: the implicit reward margin and preference
+        accuracy on the same items after the step (did the step move its own pairs the way they ask?), at
+        the cost of one more forward pass of the policy."""
         self.optimizer.zero_grad(set_to_none=True)
         logps = []
         for piece, share in micro_batches(batch, self.micro_batch):
@@ -261,8 +266,8 @@ class D3POLearner:
         params = self.policy.parameters()
         grad_norm = apply_gradients(self.optimizer, params, self.grad_sync, self.max_grad_norm)
         whole = [torch.cat(column) for column in zip(*logps, strict=True)]  # 4 x (N,)
-        metrics = d3po_loss(*whole, **self.loss_settings)[1]
-        return metrics | self._after_step(batch, cond, uncond, whole) | {"grad_norm": grad_norm}
+        metrics = d3po_loss(*whole, **self.loss_settings)[1] | {"grad_norm": grad_norm}
+        return metrics | self._after_step(batch, cond, uncond, whole) if measure_after else metrics
 
     @torch.no_grad()
     def _after_step(self, batch: dict[str, Tensor], cond: Cond, uncond: Cond, before: list[Tensor]) -> dict:
@@ -276,11 +281,25 @@ class D3POLearner:
         return {"margin_after": metrics["reward_margin"], "accuracy_after": metrics["preference_accuracy"]}
 
     def train_epoch(self, batches: Iterable[dict[str, Tensor]], cond: Cond, uncond: Cond) -> dict[str, float]:
-        """One `step` per batch; the metrics averaged over the batches."""
-        history = [self.step(batch, cond, uncond) for batch in batches]
+        """One `step` per batch; the metrics averaged over the batches. The margin and accuracy after a step
+        are measured on the epoch's first step (one more forward pass an epoch), with `margin_before` and
+        `accuracy_before` its own before it; on every step with `after_every_step` (one more a step)."""
+        every = self.after_every_step
+        history = [
+            self.step(batch, cond, uncond, measure_after=every or i == 0) for i, batch in enumerate(batches)
+        ]
         if not history:
             raise ValueError("no training items: every pair tied on the reward")
-        return mean_metrics(history)
+        measured = history if every else history[:1]
+        after = {k: mean_metrics(measured)[k] for k in ("margin_after", "accuracy_after")}
+        before = {
+            "margin_before": mean_metrics(measured)["reward_margin"],
+            "accuracy_before": mean_metrics(measured)["preference_accuracy"],
+        }
+        for metrics in history:
+            for k in after:
+                metrics.pop(k, None)
+        return mean_metrics(history) | before | after
 
 
 def make_learner(cfg: D3POConfig, pipe, policy: Policy, grad_sync: GradSync | None = None) -> D3POLearner:
@@ -301,6 +320,7 @@ def make_learner(cfg: D3POConfig, pipe, policy: Policy, grad_sync: GradSync | No
         max_grad_norm=cfg.max_grad_norm,
         grad_sync=grad_sync,
         micro_batch=cfg.micro_batch,
+        after_every_step=cfg.margin_after_every_step,
     )
 
 

@@ -60,6 +60,7 @@ class D3POLabelsConfig(RunConfig):
 
     algorithm: ClassVar[str] = "d3po"  # its learner: D3PO's (rlft/algorithms/registry.py)
     objective: ClassVar[str] = "steps"  # the labelled batch records every step
+    margin_after_every_step: ClassVar[bool] = False
 
     @property
     def dpo_beta(self) -> float:

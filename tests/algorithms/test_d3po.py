@@ -4,6 +4,7 @@ import torch
 
 from rlft.algorithms.d3po import D3POLearner, noised_pair_items, pair_items, pairs_from_rewards
 from rlft.diffusion.families import denoiser_for
+from rlft.diffusion.models import build_tiny_pipeline
 from rlft.diffusion.policy import Policy
 from rlft.diffusion.sampling import sample_trajectories
 
@@ -53,7 +54,7 @@ def test_learner_moves_the_policy_towards_the_preferred_steps(tiny_pipe):
     denoiser = denoiser_for(tiny_pipe)
     cond, uncond = denoiser.encode(["a photo of a cat"] * 4)  # one row per prompt
     learner = D3POLearner(policy, denoiser, lr=1e-2, beta=1.0, clip=0.5, guidance_scale=5.0, eta=1.0)
-    first = learner.step(items, cond, uncond)
+    first = learner.step(items, cond, uncond, measure_after=True)
     assert abs(first["loss"] - math.log(2)) < 1e-6  # policy == reference at the start
     # The step moved its own items the way they ask: measured on them again after it.
     assert first["reward_margin"] == 0.0 and first["margin_after"] > 0
@@ -127,3 +128,42 @@ def test_the_noised_objective_compares_noise_prediction_errors_and_learns_its_pa
     for _ in range(5):
         last = learner.step(items, cond, uncond)
     assert last["preference_accuracy"] == 1.0 and last["loss"] < 0.1  # of the 8 (pair, draw) items
+
+
+def test_an_epoch_measures_its_first_step_after_it_unless_asked_for_every_step(tiny_pipe):
+    out = sample_trajectories(
+        tiny_pipe,
+        ["a photo of a cat"] * 2,
+        group_size=2,
+        num_steps=3,
+        generator=torch.Generator().manual_seed(0),
+    )
+    items = pair_items(
+        out["latents"], out["group"], out["timesteps"], torch.tensor([0, 2]), torch.tensor([1, 3])
+    )
+    batches = [{k: v[:3] for k, v in items.items()}, {k: v[3:] for k, v in items.items()}]  # 6 items, 2 steps
+    epochs = {}
+    for every in (False, True):
+        pipe = tiny_pipe if not every else build_tiny_pipeline(seed=0)  # a fresh policy at the reference
+        pipe.unet.requires_grad_(False)
+        denoiser = denoiser_for(pipe)
+        denoiser.set_timesteps(3)  # the steps the items were sampled at
+        cond, uncond = denoiser.encode(["a photo of a cat"] * 2)
+        learner = D3POLearner(
+            Policy(pipe.unet),
+            denoiser,
+            lr=1e-2,
+            beta=1.0,
+            clip=0.5,
+            guidance_scale=5.0,
+            eta=1.0,
+            after_every_step=every,
+        )
+        epochs[every] = learner.train_epoch(batches, cond, uncond)
+    first_only, every_step = epochs[False], epochs[True]
+    assert first_only["margin_before"] == 0.0  # the first step starts at the reference
+    assert first_only["margin_after"] > 0  # and moved its 3 items the way they ask
+    # Every step: before and after each of the two steps, averaged; before, as the epoch's own margin.
+    assert every_step["margin_before"] == every_step["reward_margin"]
+    assert first_only["margin_before"] != first_only["reward_margin"]  # the second step's counts there
+    assert every_step["margin_after"] > every_step["margin_before"]  # each step moved its own items
