@@ -209,7 +209,7 @@ def epoch_data(cfg: RunConfig, c: Counts, resolution: int) -> tuple[int, str]:
         items = pairs * (cfg.num_steps - cfg.skip_final_steps)
         return items * 4 * latent, f"{items} (pair, step) items of 4 latents"
     if cfg.algorithm == "ddpo":
-        items = cfg.images_per_epoch * cfg.num_steps
+        items = cfg.images_per_epoch * cfg.steps_trained
         return items * 2 * latent, f"{items} (sample, step) items of 2 latents"
     return cfg.images_per_epoch * latent, f"{cfg.images_per_epoch} latents entering the trained steps"
 

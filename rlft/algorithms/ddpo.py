@@ -41,15 +41,21 @@ NO_ITEMS = {"loss": float("nan"), "grad_norm": 0.0}
 
 
 def ddpo_items(
-    samples: dict[str, Tensor], advantages: Tensor, steps_trained: int, generator: torch.Generator
+    samples: dict[str, Tensor],
+    advantages: Tensor,
+    steps_trained: int,
+    generator: torch.Generator,
+    skip_final_steps: int = 0,
 ) -> dict[str, Tensor]:
-    """One item per (sample, trained step): `steps_trained` of each sample's S steps, chosen at random per
-    sample (every step when it is S), as ddpo-pytorch's `timestep_fraction` does.
+    """One item per (sample, trained step): `steps_trained` of each sample's first S - `skip_final_steps`
+    steps, chosen at random per sample (every one of them when it is that many), as ddpo-pytorch's
+    `timestep_fraction` does.
 
     samples: latents (B, S+1, C, h, w), log_probs (B, S), timesteps (S,), group (B,); advantages (B,).
     Keys: latents (x_t) and next_latents (x_{t-1}) (N, C, h, w), timesteps, prompt, old_log_probs and
     advantages (N,). Item n is sample n // steps_trained."""
     count, steps = samples["log_probs"].shape
+    steps -= skip_final_steps
     if steps_trained == steps:
         chosen = torch.arange(steps).repeat(count, 1)
     else:
@@ -183,9 +189,8 @@ class DDPOEpoch:
         signed = -sampled.rewards if cfg.reverse_preferences else sampled.rewards  # the control descends
         samples, signed = finite_samples(sampled.samples, signed)
         advantages = self.advantages(prompts_of(prompts, samples["group"]), signed)
-        items = ddpo_items(
-            samples, advantages, cfg.steps_trained, stream_generator(cfg.seed, epoch, "timesteps")
-        )
+        generator = stream_generator(cfg.seed, epoch, "timesteps")
+        items = ddpo_items(samples, advantages, cfg.steps_trained, generator, cfg.skip_final_steps)
         passes, timing = [], {}
         if len(items["prompt"]) >= cfg.train_workers:  # else every reward was NaN: nothing to train on
             for inner in range(cfg.inner_epochs):

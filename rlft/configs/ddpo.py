@@ -48,6 +48,10 @@ class DDPOConfig(SamplingConfig):
     """Advantages are clamped to [-adv_clip_max, adv_clip_max] (ddpo-pytorch: 5)."""
     timestep_fraction: float = 1.0
     """Fraction of each sample's denoising steps trained, chosen at random per sample (ddpo-pytorch: 1.0)."""
+    skip_final_steps: int = 0
+    """The last denoising steps that are not trained (as D3PO's): on the tiny model at 10 steps the
+    second-to-last step's small noise gives its log-probability about 8 times the gradient of any other
+    step's (docs/learning.md)."""
     inner_epochs: int = 1
     """Passes over an epoch's samples, each in a new order (ddpo-pytorch: 1)."""
     lr: float = 2e-3
@@ -75,7 +79,7 @@ class DDPOConfig(SamplingConfig):
     @property
     def steps_trained(self) -> int:
         """Denoising steps trained per sample: at least one."""
-        return max(1, round(self.num_steps * self.timestep_fraction))
+        return max(1, round((self.num_steps - self.skip_final_steps) * self.timestep_fraction))
 
     def sampling_settings(self) -> dict:
         """`sample_trajectories` arguments: every latent, and the sampler's log-probabilities (the ratio's
@@ -109,6 +113,12 @@ class DDPOConfig(SamplingConfig):
         check(0 < self.clip_range < 1, "clip_range", self.clip_range, "in (0, 1)")
         check(self.adv_clip_max > 0, "adv_clip_max", self.adv_clip_max, "positive")
         check(0 < self.timestep_fraction <= 1, "timestep_fraction", self.timestep_fraction, "in (0, 1]")
+        check(
+            0 <= self.skip_final_steps < self.num_steps,
+            "skip_final_steps",
+            self.skip_final_steps,
+            f"0 to num_steps - 1 ({self.num_steps - 1})",
+        )
         check(self.inner_epochs >= 1, "inner_epochs", self.inner_epochs, "at least 1")
         check(self.lr > 0, "lr", self.lr, "positive")
         check(self.batch_size >= 1, "batch_size", self.batch_size, "at least 1")

@@ -44,6 +44,18 @@ def test_a_timestep_fraction_trains_distinct_random_steps_of_each_sample():
     assert ((items["old_log_probs"] % 100) == steps.flatten()).all()  # the log-prob of the step taken
 
 
+def test_skipped_final_steps_are_never_trained():
+    items = ddpo_items(
+        _samples(2, 3), torch.zeros(2), 2, torch.Generator().manual_seed(0), skip_final_steps=1
+    )
+    assert items["timesteps"].tolist() == [900, 600, 900, 600]  # the last step, 300, is left out
+    assert DDPOConfig(skip_final_steps=2).steps_trained == 8
+    some = ddpo_items(
+        _samples(4, 10), torch.zeros(4), 3, torch.Generator().manual_seed(0), skip_final_steps=2
+    )
+    assert ((some["latents"].flatten() % 10) < 8).all()  # drawn among the first 8 of 10
+
+
 def test_a_resumed_run_computes_the_advantages_an_uninterrupted_one_would(tmp_path):
     """Two prompts, so each recurs every epoch and, from epoch 1, its own statistics (carried in the
     checkpoint) replace the batch's: a resume that lost them would train on other advantages."""

@@ -49,6 +49,7 @@ JOBS = {  # what each job file runs
         (DDPOConfig, {"clip_range": 1.0}, "clip_range=1.0 is not allowed: in \\(0, 1\\)"),
         (DDPOConfig, {"timestep_fraction": 1.5}, "timestep_fraction=1.5 is not allowed: in \\(0, 1\\]"),
         (DDPOConfig, {"inner_epochs": 0}, "inner_epochs=0 is not allowed: at least 1"),
+        (DDPOConfig, {"skip_final_steps": -1}, "skip_final_steps=-1 is not allowed: 0 to num_steps - 1"),
         (D3POConfig, {"samplers": 0}, "samplers=0 is not allowed: at least 1"),
         (DRaFTConfig, {"scorers": -1}, "scorers=-1 is not allowed: 0 \\(the samplers score\\) or more"),
         (D3POConfig, {"scorers": 0, "scorer_gpus": 0.5}, "scorer_gpus=0.5 is not allowed: 0 with scorers=0"),
