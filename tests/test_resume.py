@@ -132,8 +132,8 @@ def test_a_non_finite_loss_stops_the_run_before_that_epoch_is_saved(tmp_path, mo
     adapter = {f.name: f.read_bytes() for f in (tmp_path / "adapter").iterdir()}
     step = D3POLearner.step
 
-    def diverging(self, batch, embeds, uncond):  # what a too-large learning rate ends in
-        metrics = step(self, batch, embeds, uncond)
+    def diverging(self, batch, embeds, uncond, **options):  # what a too-large learning rate ends in
+        metrics = step(self, batch, embeds, uncond, **options)
         for parameter in self.policy.parameters():
             parameter.data.fill_(float("nan"))
         return metrics | {"loss": float("nan")}
