@@ -41,7 +41,9 @@ def d3po_loss(
     margin = beta * (kept_w - kept_l)
     ratios = torch.cat([log_ratio_w, log_ratio_l])
     kl = 0.5 * (ratios**2).mean()
-    loss = -F.logsigmoid(margin).mean() + kl_coef * kl
+    loss = -F.logsigmoid(margin).mean()
+    if kl_coef:  # only when asked: the default's arithmetic is the paper's loss alone
+        loss = loss + kl_coef * kl
     ratios = ratios.detach()
     clamped = torch.cat([kept_w != log_ratio_w, kept_l != log_ratio_l])
     metrics = {
