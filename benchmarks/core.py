@@ -26,7 +26,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
-from rlft.algorithms.d3po import D3POLearner, pair_items
+from rlft.algorithms.d3po import D3POLearner
+from rlft.algorithms.pairs import pair_items
 from rlft.diffusion.families import denoiser_for
 from rlft.diffusion.loading import load_pipeline
 from rlft.diffusion.policy import Policy

@@ -19,7 +19,8 @@ import torch
 from torch import Tensor
 
 from rlft.algorithms.backend import backward, micro_batches
-from rlft.algorithms.d3po import d3po_items, make_learner, pairs_from_rewards
+from rlft.algorithms.d3po import make_learner
+from rlft.algorithms.pairs import d3po_items, pairs_from_rewards
 from rlft.algorithms.registry import algorithm_of
 from rlft.configs import D3POConfig
 from rlft.diffusion.families import denoiser_for

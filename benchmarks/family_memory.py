@@ -25,8 +25,9 @@ import time
 
 import torch
 
-from rlft.algorithms.d3po import D3POLearner, pair_items
+from rlft.algorithms.d3po import D3POLearner
 from rlft.algorithms.draft import DRaFTLearner
+from rlft.algorithms.pairs import pair_items
 from rlft.diffusion.families import denoiser_for
 from rlft.diffusion.loading import load_pipeline
 from rlft.diffusion.policy import Policy

@@ -2,7 +2,7 @@
 
 An epoch: draw its prompts (`epoch_prompts`); cut them into fixed-size chunks (`plan_chunks`), each sampled
 by `sample_chunk` with its own noise seed, whichever sampler takes it; score the images, dropping samples
-whose reward is NaN; turn the samples into training items (rlft/algorithms/d3po.py's `d3po_items`: one per
+whose reward is NaN; turn the samples into training items (rlft/algorithms/pairs.py's `d3po_items`: one per
 (pair, timestep); rlft/algorithms/draft.py's `draft_items`: one per sample); feed the items in a seeded
 random order to a learner. Items carry a `prompt` index into the epoch's prompts instead of prompt
 embeddings, so what crosses between processes stays small: the learner encodes the epoch's prompts once.

@@ -140,6 +140,8 @@ def run_epochs(
             f"evaluation set: {len(base[0])} images of {cfg.eval_prompts!r} | base model "
             f"{format_base(base[0])}"
         )
+        # What the world judge reads in the base model's images, once: logged beside every evaluation's.
+        base_judged = {f"{k}_base": v for k, v in judged_metrics(base[1], eval_prompts(cfg)).items()}
     if state is not None:
         own_state = state.pop("algorithm", None)  # what the epoch itself carries (DDPO's statistics)
         trained.load(state)
@@ -165,8 +167,7 @@ def run_epochs(
         if base is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch == cfg.epochs - 1):
             latest = evaluate()
             metrics |= eval_metrics(latest[0], base[0], reward_names(cfg.reward))
-            metrics |= judged_metrics(latest[1], eval_prompts(cfg))
-            metrics |= {f"{k}_base": v for k, v in judged_metrics(base[1], eval_prompts(cfg)).items()}
+            metrics |= judged_metrics(latest[1], eval_prompts(cfg)) | base_judged
             metrics["eval_time_s"] = time.perf_counter() - start - elapsed
         progress.close()
         history.append(metrics)

@@ -35,9 +35,9 @@ class D3POConfig(SamplingConfig):
     tiny default, best-worst of 4 raised the evaluation reward beyond 3 standard errors on seeds 0-2, every
     pair of 2 on two of them (docs/learning.md)."""
     skip_final_steps: int = 0
-    """The last denoising steps that are not trained. Their noise is small (on the tiny model at 10 steps,
-    sigma 0.04 and 0.02 against 0.26-0.78 before), so a small move of their mean changes their
-    log-probability far more than any other step's, and their gradients outweigh the rest."""
+    """The last denoising steps that are not trained. On the tiny model at 10 steps the second-to-last draws
+    its noise with sigma 0.041 against 0.26-0.78 before while the model output moves its mean as much, so
+    its log-probability's gradient is about 8 times any other step's (docs/learning.md)."""
     eta: float = 1.0
     """DDIM stochasticity, or for flow-matching models (SD3) the SDE's noise level (Flow-GRPO uses 0.7); must
     be > 0, since the loss needs each step's log-probability."""

@@ -15,7 +15,8 @@ import torch
 from torch import Tensor
 
 from rlft.algorithms.backend import Log
-from rlft.algorithms.d3po import make_learner, pair_items
+from rlft.algorithms.d3po import make_learner
+from rlft.algorithms.pairs import pair_items
 from rlft.diffusion.adapters import adapter_digest, adapter_state
 from rlft.diffusion.policy import LocalTrained, build_policy
 from rlft.diffusion.sampling import encode_prompts

@@ -18,7 +18,7 @@ Names (`--reward`):
   images' dtype); rlft/rewards/world_judge.py says how they are computed.
 - Several: `a,b` scores with each and returns (B, R), R the number of rewards, in the order named. D3PO
   prefers a sample only when it is at least as good on every reward and better on one
-  (`rlft.algorithms.d3po.pairs_from_rewards`); DRaFT refuses several rewards (see `get_reward`).
+  (`rlft.algorithms.pairs.pairs_from_rewards`); DRaFT refuses several rewards (see `get_reward`).
 """
 
 import io

@@ -2,7 +2,8 @@ import math
 
 import torch
 
-from rlft.algorithms.d3po import D3POLearner, noised_pair_items, pair_items, pairs_from_rewards
+from rlft.algorithms.d3po import D3POLearner
+from rlft.algorithms.pairs import noised_pair_items, pair_items, pairs_from_rewards
 from rlft.diffusion.families import denoiser_for
 from rlft.diffusion.models import build_tiny_pipeline
 from rlft.diffusion.policy import Policy
@@ -38,15 +39,17 @@ def test_pair_items_are_the_recorded_steps_of_winner_and_loser():
     assert items["prompt"].tolist() == [9, 9, 9, 7, 7, 7]
 
 
+def _cat_groups(pipe, prompts: int, num_steps: int) -> dict:
+    """Groups of 2 samples sharing x_T, one group per "a photo of a cat" prompt, every step recorded."""
+    generator = torch.Generator().manual_seed(0)
+    return sample_trajectories(
+        pipe, ["a photo of a cat"] * prompts, group_size=2, num_steps=num_steps, generator=generator
+    )
+
+
 def test_learner_moves_the_policy_towards_the_preferred_steps(tiny_pipe):
     policy = Policy(tiny_pipe.unet)
-    out = sample_trajectories(
-        tiny_pipe,
-        ["a photo of a cat"] * 4,
-        group_size=2,
-        num_steps=5,
-        generator=torch.Generator().manual_seed(0),
-    )
+    out = _cat_groups(tiny_pipe, 4, 5)
     # Arbitrary preferences: the first member of each group wins.
     items = pair_items(
         out["latents"], out["group"], out["timesteps"], torch.tensor([0, 2, 4, 6]), torch.tensor([1, 3, 5, 7])
@@ -68,29 +71,13 @@ def test_learner_moves_the_policy_towards_the_preferred_steps(tiny_pipe):
 def test_noised_items_give_both_members_one_timestep_and_one_noise():
     latents = torch.randn(4, 6, 2, 3, 3)  # 4 samples, 5 steps
     timesteps = torch.tensor([900, 700, 500])  # the steps trained
-    generator = torch.Generator().manual_seed(0)
-    items = noised_pair_items(
-        latents,
-        torch.tensor([0, 0, 1, 1]),
-        timesteps,
-        torch.tensor([1, 2]),
-        torch.tensor([0, 3]),
-        3,
-        generator,
-    )
+    args = (latents, torch.tensor([0, 0, 1, 1]), timesteps, torch.tensor([1, 2]), torch.tensor([0, 3]), 3)
+    items = noised_pair_items(*args, torch.Generator().manual_seed(0))
     assert items["noise"].shape == (6, 2, 3, 3) and items["prompt"].tolist() == [0, 0, 0, 1, 1, 1]
     assert set(items["timesteps"].tolist()) <= {900, 700, 500}
     torch.testing.assert_close(items["latents_w"][:3], latents[1, -1].expand(3, 2, 3, 3))  # final latents
     torch.testing.assert_close(items["latents_l"][3:], latents[3, -1].expand(3, 2, 3, 3))
-    again = noised_pair_items(
-        latents,
-        torch.tensor([0, 0, 1, 1]),
-        timesteps,
-        torch.tensor([1, 2]),
-        torch.tensor([0, 3]),
-        3,
-        torch.Generator().manual_seed(0),
-    )
+    again = noised_pair_items(*args, torch.Generator().manual_seed(0))
     torch.testing.assert_close(again, items)  # drawn from the generator only
 
 
@@ -98,13 +85,7 @@ def test_the_noised_objective_compares_noise_prediction_errors_and_learns_its_pa
     policy = Policy(tiny_pipe.unet)
     denoiser = denoiser_for(tiny_pipe)
     denoiser.set_timesteps(5)
-    out = sample_trajectories(
-        tiny_pipe,
-        ["a photo of a cat"] * 2,
-        group_size=2,
-        num_steps=5,
-        generator=torch.Generator().manual_seed(0),
-    )
+    out = _cat_groups(tiny_pipe, 2, 5)
     items = noised_pair_items(
         out["latents"],
         out["group"],
@@ -131,13 +112,7 @@ def test_the_noised_objective_compares_noise_prediction_errors_and_learns_its_pa
 
 
 def test_an_epoch_measures_its_first_step_after_it_unless_asked_for_every_step(tiny_pipe):
-    out = sample_trajectories(
-        tiny_pipe,
-        ["a photo of a cat"] * 2,
-        group_size=2,
-        num_steps=3,
-        generator=torch.Generator().manual_seed(0),
-    )
+    out = _cat_groups(tiny_pipe, 2, 3)
     items = pair_items(
         out["latents"], out["group"], out["timesteps"], torch.tensor([0, 2]), torch.tensor([1, 3])
     )

@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from rlft.algorithms.backend import micro_batches
-from rlft.algorithms.d3po import D3POLearner, pair_items
+from rlft.algorithms.d3po import D3POLearner
 from rlft.algorithms.ddpo import DDPOLearner, ddpo_items
 from rlft.algorithms.draft import DRaFTLearner
 from rlft.algorithms.draft_losses import draft_k_loss
+from rlft.algorithms.pairs import pair_items
 from rlft.configs import D3POConfig, DDPOConfig, DRaFTConfig
 from rlft.diffusion.families import denoiser_for
 from rlft.diffusion.policy import Policy

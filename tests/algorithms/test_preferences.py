@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from rlft.algorithms.d3po import d3po_items, pairs_from_rewards
+from rlft.algorithms.pairs import d3po_items, pairs_from_rewards
 from rlft.epoch import Chunk, chunk_prompts, prompts_of, reward_metrics
 
 NAN = float("nan")

@@ -8,8 +8,9 @@ import math
 import pytest
 import torch
 
-from rlft.algorithms.d3po import D3POLearner, pair_items
+from rlft.algorithms.d3po import D3POLearner
 from rlft.algorithms.draft_losses import draft_k_loss
+from rlft.algorithms.pairs import pair_items
 from rlft.configs import D3POConfig
 from rlft.diffusion.families import FluxDenoiser, SD3Denoiser, XLDenoiser, denoiser_for
 from rlft.diffusion.loading import load_pipeline
