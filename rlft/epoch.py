@@ -25,13 +25,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from rlft.configs import D3POConfig, DDPOConfig, DRaFTConfig
+from rlft.configs import RunConfig, SamplingConfig
 from rlft.prompts import draw_prompts
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
 
-AlgorithmConfig = D3POConfig | DRaFTConfig | DDPOConfig
 STREAMS = ("prompts", "noise", "shuffle", "train", "show", "eval", "timesteps", "noised")
 
 
@@ -47,7 +46,7 @@ def stream_generator(
     return torch.Generator(device).manual_seed(stream_seed(seed, epoch, stream, index))
 
 
-def epoch_prompts(cfg: AlgorithmConfig, epoch: int) -> list[str]:
+def epoch_prompts(cfg: SamplingConfig, epoch: int) -> list[str]:
     """The epoch's prompts (`cfg.prompts_per_epoch` of them), drawn from the epoch's own stream."""
     return draw_prompts(cfg.prompts, cfg.prompts_per_epoch, stream_generator(cfg.seed, epoch, "prompts"))
 
@@ -107,7 +106,7 @@ def chunk_prompts(chunk: Chunk, group_size: int) -> list[str]:
     return [prompt for prompt in chunk.prompts for _ in range(group_size)]
 
 
-def item_order(count: int, cfg: AlgorithmConfig, epoch: int) -> Tensor:
+def item_order(count: int, cfg: RunConfig, epoch: int) -> Tensor:
     """The order the single-process loop trains items in: seeded random, or as made with shuffle off."""
     if not cfg.shuffle:
         return torch.arange(count)

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from rlft.algorithms.backend import EvalFn, Log, Sampled
 from rlft.algorithms.registry import algorithm_of
-from rlft.configs import D3POConfig, DRaFTConfig, SamplingConfig
+from rlft.configs import SamplingConfig
 from rlft.diffusion.policy import LocalTrained, build_policy
 from rlft.diffusion.sampling import encode_prompts
 from rlft.epoch import (
@@ -63,7 +63,7 @@ class LocalBackend:
 
     def __init__(
         self,
-        cfg: D3POConfig | DRaFTConfig,
+        cfg: SamplingConfig,
         pipe: StableDiffusionPipeline,
         learner,
         train_fn,
@@ -119,7 +119,7 @@ class LocalBackend:
 
 
 def train_local(
-    cfg: D3POConfig | DRaFTConfig,
+    cfg: SamplingConfig,
     run_dir: Path,
     tracker: Tracker | None = None,
     log: Log = print,

@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from rlft.algorithms.backend import EpochFn, EvalFn, Log, Trained
+from rlft.algorithms.backend import EpochFn, EpochParts, EvalFn, Log, Trained
+from rlft.algorithms.registry import algorithm_of
 from rlft.configs import RunConfig
 from rlft.epoch import reward_metrics
 from rlft.evaluation import (
@@ -43,9 +44,10 @@ from rlft.runs.tracking import Tracker
 GRID_FILE = "before_after.png"
 
 
-def format_epoch(epoch: int, m: dict[str, float]) -> str:
-    """One line per epoch, each number at the digits where it moves; an epoch that sampled nothing (people's
-    labels) has no reward or images."""
+def format_epoch(epoch: int, m: dict[str, float], learner_parts: EpochParts) -> str:
+    """One line per epoch, each number at the digits where it moves, the algorithm's own numbers given by
+    `learner_parts` (its Algorithm's `epoch_parts`); an epoch that sampled nothing (people's labels) has no
+    reward or images."""
     parts = [f"epoch {epoch:3d}"]
     if "eval_reward_mean" in m:
         parts.append(format_eval(m))
@@ -63,50 +65,6 @@ def format_epoch(epoch: int, m: dict[str, float]) -> str:
     if m.get("nan_rewards"):
         parts.append(f"{m['nan_rewards']:.0f} NaN rewards dropped")
     return " | ".join(parts)
-
-
-def learner_parts(m: dict[str, float]) -> list[str]:
-    """The learner's numbers. DDPO's PPO loss is a mean of advantages (about 0) times ratios near 1, and
-    its approximate KL is tiny: both in scientific notation. DRaFT's loss is minus the reward of what it
-    finished, at the reward's own scale."""
-    if "pairs" in m or "reward_margin" in m:
-        return d3po_parts(m)
-    if "approx_kl" in m:  # DDPO: how far the updates moved from the sampling policy
-        return [f"loss {m['loss']:+.2e}", f"kl {m['approx_kl']:.1e}", f"clipped {m['clip_fraction']:.1%}"]
-    return [f"loss {plain(m['loss'])}"]
-
-
-def d3po_parts(m: dict[str, float]) -> list[str]:
-    """D3PO's loss is log 2 to four decimals even in a run whose evaluation reward rises many standard
-    errors: its margin, beta times a difference of small per-step log-ratios (policy over reference), is
-    about 1e-4. So the loss is shown as its distance from log 2, the implicit reward margin and the mean
-    log-ratios of the preferred (w) and rejected (l) steps in scientific notation, the accuracy to 0.1 %."""
-    parts = []
-    if "reward_margin" in m:
-        parts += [
-            f"loss log2{m['loss'] - math.log(2):+.1e}",
-            f"margin {m['reward_margin']:+.1e}",
-            f"acc {m['preference_accuracy']:.3f}",
-            f"log-ratio w {m['log_ratio_w']:+.1e} l {m['log_ratio_l']:+.1e}",
-        ]
-        if "margin_after" in m:  # did a step move its own pairs the way they ask?
-            parts.append(
-                f"step: margin {m['margin_before']:+.1e} -> {m['margin_after']:+.1e}, "
-                f"acc {m['accuracy_before']:.3f} -> {m['accuracy_after']:.3f}"
-            )
-        if m.get("clamped_fraction"):  # steps past the clip get no gradient
-            parts.append(f"clamped {m['clamped_fraction']:.1%}")
-    else:
-        parts.append("nothing trained")  # every pair tied
-    if "pairs" in m:
-        compared = m["pairs"] + m["ties"]
-        parts.append(f"pairs {m['pairs']:.0f} ({m['pairs'] / max(compared, 1):.0%} of compared)")
-    return parts
-
-
-def plain(x: float) -> str:
-    """Four decimals, or scientific notation where they would hide the number."""
-    return f"{x:.4f}" if 1e-2 <= abs(x) < 1e5 else f"{x:.2e}"
 
 
 def run_epochs(
@@ -171,7 +129,7 @@ def run_epochs(
             metrics["eval_time_s"] = time.perf_counter() - start - elapsed
         progress.close()
         history.append(metrics)
-        log(format_epoch(epoch, metrics))
+        log(format_epoch(epoch, metrics, algorithm_of(cfg).epoch_parts))
         # Checkpoint, then log: after a crash in between, the epoch is logged from the checkpoint.
         adapter = trained.adapter_files()
         save_checkpoint(

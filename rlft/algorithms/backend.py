@@ -79,20 +79,36 @@ class Backend(Protocol):
     def evaluate(self) -> tuple[Tensor, Tensor]: ...
 
 
+class Learner(Protocol):
+    """What applies an algorithm's updates where the weights live: the `Policy` it trains (the model with
+    its adapter, rlft/diffusion/policy.py) and the optimizer a checkpoint saves with the weights."""
+
+    policy: Any
+    optimizer: torch.optim.Optimizer
+
+
+# Builds a learner where the weights live: (the run's config, the pipeline, its Policy, the gradient sync of
+# data-parallel workers or None).
+MakeLearner = Callable[[Any, Any, Any, GradSync | None], Learner]
 # A learner's epoch, given its batches, the epoch's prompt conditioning (rlft/diffusion/families.py's `Cond`,
 # one row per prompt), the unconditional prompt's, a generator for the learner's own noise and the prompts:
 # (metrics, rewards it computed or None).
-TrainFn = Callable[[Any, Iterable[dict[str, Tensor]], dict, dict, torch.Generator, list[str]], tuple]
+TrainFn = Callable[[Any, Iterable[dict[str, Tensor]], Any, Any, torch.Generator, list[str]], tuple]
+# The algorithm's own part of an epoch's printed line: its metrics, each at the digits where it moves.
+EpochParts = Callable[[dict[str, float]], list[str]]
 
 
 @dataclass(frozen=True)
 class Algorithm:
-    """One algorithm: its learner (built where the weights live) and its epoch (written once)."""
+    """One algorithm: its learner (built where the weights live), its epoch (written once) and how its
+    metrics read on the epoch's line. Adding an algorithm is its module, its config, one line in
+    rlft/algorithms/registry.py and a job file; the loop, the backends and the jobs name none of them."""
 
     name: str
-    make_learner: Callable[..., Any]  # (cfg, pipe, policy, grad_sync) -> learner with an `optimizer`
+    make_learner: MakeLearner
     train: TrainFn
     epoch: Callable[[Any, Backend], EpochFn]  # (cfg, backend) -> one epoch
+    epoch_parts: EpochParts
 
 
 def pipeline_next(
@@ -105,6 +121,16 @@ def pipeline_next(
         return {}
     backend.prefetch(epoch + 1, prompts_of_epoch(epoch + 1))
     return {"sample_staleness": float(sampled.staleness)}
+
+
+def denoiser_at_sampled_steps(cfg, pipe):
+    """The pipeline's `Denoiser` (rlft/diffusion/families.py) with its scheduler at the steps the items were
+    sampled at: what D3PO's and DDPO's learners recompute each recorded step's log-probability with."""
+    from rlft.diffusion.families import denoiser_for  # model code, only where the weights live
+
+    denoiser = denoiser_for(pipe)
+    denoiser.set_timesteps(cfg.num_steps, cfg.resolution)
+    return denoiser
 
 
 def adamw(params: list[torch.nn.Parameter], lr: float) -> torch.optim.AdamW:

@@ -12,6 +12,7 @@ is written once against a `Backend` (rlft/algorithms/backend.py): sample and sco
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
@@ -25,6 +26,7 @@ from rlft.algorithms.backend import (
     adamw,
     apply_gradients,
     backward,
+    denoiser_at_sampled_steps,
     mean_metrics,
     micro_batches,
     pipeline_next,
@@ -160,13 +162,9 @@ class D3POLearner:
 
 
 def make_learner(cfg: D3POConfig, pipe, policy: Policy, grad_sync: GradSync | None = None) -> D3POLearner:
-    from rlft.diffusion.families import denoiser_for
-
-    denoiser = denoiser_for(pipe)
-    denoiser.set_timesteps(cfg.num_steps, cfg.resolution)  # the steps the items were sampled at
     return D3POLearner(
         policy,
-        denoiser,
+        denoiser_at_sampled_steps(cfg, pipe),
         lr=cfg.lr,
         beta=cfg.dpo_beta,
         clip=None if cfg.objective == "noised" else cfg.clip,
@@ -215,4 +213,33 @@ def d3po_epoch(cfg: D3POConfig, backend: Backend):
     return one_epoch
 
 
-D3PO = Algorithm("d3po", make_learner, train, d3po_epoch)
+def epoch_parts(m: dict[str, float]) -> list[str]:
+    """D3PO's part of the epoch line. Its loss is log 2 to four decimals even in a run whose evaluation reward
+    rises many standard errors: its margin, beta times a difference of small per-step log-ratios (policy over
+    reference), is about 1e-4. So the loss is shown as its distance from log 2, the implicit reward margin and
+    the mean log-ratios of the preferred (w) and rejected (l) steps in scientific notation, the accuracy to
+    0.1 %; then the margin and accuracy a step moved its own items by, the clamped share and the pairs."""
+    parts = []
+    if "reward_margin" in m:
+        parts += [
+            f"loss log2{m['loss'] - math.log(2):+.1e}",
+            f"margin {m['reward_margin']:+.1e}",
+            f"acc {m['preference_accuracy']:.3f}",
+            f"log-ratio w {m['log_ratio_w']:+.1e} l {m['log_ratio_l']:+.1e}",
+        ]
+        if "margin_after" in m:  # did a step move its own pairs the way they ask?
+            parts.append(
+                f"step: margin {m['margin_before']:+.1e} -> {m['margin_after']:+.1e}, "
+                f"acc {m['accuracy_before']:.3f} -> {m['accuracy_after']:.3f}"
+            )
+        if m.get("clamped_fraction"):  # steps past the clip get no gradient
+            parts.append(f"clamped {m['clamped_fraction']:.1%}")
+    else:
+        parts.append("nothing trained")  # every pair tied
+    if "pairs" in m:
+        compared = m["pairs"] + m["ties"]
+        parts.append(f"pairs {m['pairs']:.0f} ({m['pairs'] / max(compared, 1):.0%} of compared)")
+    return parts
+
+
+D3PO = Algorithm("d3po", make_learner, train, d3po_epoch, epoch_parts)

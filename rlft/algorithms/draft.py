@@ -254,4 +254,11 @@ def draft_epoch(cfg: DRaFTConfig, backend: Backend):
     return one_epoch
 
 
-DRAFT = Algorithm("draft", make_learner, train, draft_epoch)
+def epoch_parts(m: dict[str, float]) -> list[str]:
+    """DRaFT's part of the epoch line: its loss, minus the reward of what it finished, at the reward's own
+    scale (four decimals, or scientific notation where they would hide it)."""
+    loss = m["loss"]
+    return [f"loss {loss:.4f}" if 1e-2 <= abs(loss) < 1e5 else f"loss {loss:.2e}"]
+
+
+DRAFT = Algorithm("draft", make_learner, train, draft_epoch, epoch_parts)

@@ -3,9 +3,10 @@ and flags) and checked on construction, so a bad value raises ValueError naming 
 is built. Defaults run the embedded tiny model on a CPU in minutes; the paper values for Stable Diffusion 1.5
 are noted where they differ. Imports rlft.diffusion, rlft.rewards, rlft.prompts and rlft.runs.storage."""
 
-from rlft.configs.base import RunConfig, SamplingConfig
+from rlft.configs.base import RunConfig
 from rlft.configs.d3po import D3POConfig
 from rlft.configs.ddpo import DDPOConfig
 from rlft.configs.draft import DRaFTConfig
+from rlft.configs.sampling import SamplingConfig
 
 __all__ = ["D3POConfig", "DDPOConfig", "DRaFTConfig", "RunConfig", "SamplingConfig"]

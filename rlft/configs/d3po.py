@@ -5,8 +5,8 @@ the per-step DPO loss against the frozen reference. Training on people's labels 
 from dataclasses import dataclass
 from typing import ClassVar
 
-from rlft.configs.base import SamplingConfig
 from rlft.configs.checks import check, check_divides, check_micro_batch
+from rlft.configs.sampling import SamplingConfig
 from rlft.rewards.registry import get_reward
 
 HUMAN = "human:"

@@ -5,8 +5,8 @@ policy that sampled it. The shared baseline D3PO and DRaFT are compared with (be
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from rlft.configs.base import SamplingConfig
 from rlft.configs.checks import check, check_divides, check_micro_batch, refuse_labels
+from rlft.configs.sampling import SamplingConfig
 from rlft.rewards.registry import get_reward
 
 

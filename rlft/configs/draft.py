@@ -6,8 +6,8 @@ AlignProp (arXiv 2310.03739), a random truncation K at each optimizer step."""
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from rlft.configs.base import SamplingConfig
 from rlft.configs.checks import check, check_divides, check_micro_batch, refuse_labels
+from rlft.configs.sampling import SamplingConfig
 from rlft.rewards.registry import get_reward
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import ray
 
 from rlft.algorithms.backend import Log
-from rlft.configs import D3POConfig, DRaFTConfig
+from rlft.configs import SamplingConfig
 from rlft.distributed.actors import start_actors
 from rlft.distributed.train_workers import TrainWorkers
 
@@ -32,7 +32,7 @@ class Launched:
             ray.kill(actor)
 
 
-def launch(cfg: D3POConfig | DRaFTConfig, run_dir: Path, log: Log = print) -> Launched:
+def launch(cfg: SamplingConfig, run_dir: Path, log: Log = print) -> Launched:
     """Start the config's actors and train workers without waiting for them to be ready."""
     log("starting the samplers, scorers and train workers (each loads the model once)")
     samplers, scorers = start_actors(cfg, cfg.sampling_settings(), cfg.reward)

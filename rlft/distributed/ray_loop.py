@@ -24,7 +24,7 @@ from torch import Tensor
 
 from rlft.algorithms.backend import Log, Sampled
 from rlft.algorithms.registry import algorithm_of
-from rlft.configs import D3POConfig, DRaFTConfig, RunConfig
+from rlft.configs import RunConfig, SamplingConfig
 from rlft.distributed.actors import Weights
 from rlft.distributed.launch import Launched, launch
 from rlft.distributed.train_workers import TrainWorkers, WorkersRestarted
@@ -152,7 +152,7 @@ class RayBackend:
 
     def __init__(
         self,
-        cfg: D3POConfig | DRaFTConfig,
+        cfg: SamplingConfig,
         trained: RayTrained,
         samplers,
         scorers,
@@ -204,7 +204,7 @@ class RayBackend:
 
 
 def ray_train(
-    cfg: D3POConfig | DRaFTConfig,
+    cfg: SamplingConfig,
     run_dir: Path,
     tracker: Tracker | None = None,
     log: Log = print,
@@ -295,11 +295,6 @@ def collect(calls: SamplingCalls, log: Log, progress: Progress | None = None):
     rewards = None if calls.rewards is None else torch.cat(wait(calls.rewards, "scoring", log))
     timing = {"time_sample_s": sampled - start, "time_score_s": time.perf_counter() - sampled}
     return samples, rewards, calls.images, timing
-
-
-def sample_and_score(cfg, epoch, prompts, samplers, scorers, weights: Weights, log, score: bool = True):
-    """`launch_sampling`, then `collect`."""
-    return collect(launch_sampling(cfg, epoch, prompts, samplers, scorers, weights, score), log)
 
 
 def train_on_workers(cfg, trained: RayTrained, epoch, prompts, items, log, progress: Progress | None = None):

@@ -41,7 +41,7 @@ from ray.train import FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from rlft.configs import D3POConfig, DRaFTConfig
+from rlft.configs import SamplingConfig
 from rlft.distributed.actors import custom_resource, use_threads
 from rlft.distributed.mailbox import open_boxes
 from rlft.epoch import stream_generator
@@ -76,7 +76,7 @@ def worker_loop(config: dict) -> None:
     from rlft.diffusion.policy import LocalTrained, build_policy
     from rlft.diffusion.sampling import encode_prompts
 
-    cfg: D3POConfig | DRaFTConfig = config["cfg"]
+    cfg: SamplingConfig = config["cfg"]
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     use_threads(cfg)
@@ -142,7 +142,7 @@ class WorkersRestarted(Exception):
 class TrainWorkers:
     """The driver's handle on the train workers: send a command to all, wait for every reply."""
 
-    def __init__(self, cfg: D3POConfig | DRaFTConfig, storage: Path, name: str, wait: bool = True):
+    def __init__(self, cfg: SamplingConfig, storage: Path, name: str, wait: bool = True):
         """Start the group; with `wait`, return once every worker has started (else call `wait_started`)."""
         self.count, self.ready_timeout_s = cfg.train_workers, cfg.ready_timeout_s
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)

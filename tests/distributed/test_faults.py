@@ -21,7 +21,7 @@ from rlft.configs import D3POConfig
 from rlft.diffusion.policy import build_policy
 from rlft.distributed.actors import Weights, start_actors
 from rlft.distributed.cluster import start_ray
-from rlft.distributed.ray_loop import ray_train, sample_and_score
+from rlft.distributed.ray_loop import collect, launch_sampling, ray_train
 from rlft.epoch import epoch_prompts
 from rlft.local import train_local
 from rlft.runs.tracking import Tracker
@@ -52,7 +52,8 @@ def test_a_sampler_killed_mid_epoch_is_restarted_and_no_trajectory_is_lost_or_do
 
     def epoch() -> tuple[dict, torch.Tensor, float]:
         start = time.perf_counter()
-        samples, rewards, _, _ = sample_and_score(cfg, 0, prompts, [sampler], scorers, weights, print)
+        calls = launch_sampling(cfg, 0, prompts, [sampler], scorers, weights, True)
+        samples, rewards, _, _ = collect(calls, print)
         return samples, rewards, time.perf_counter() - start
 
     first_pid = ray.get(sampler.pid.remote())  # the sampler has built its pipeline
