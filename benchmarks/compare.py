@@ -4,7 +4,7 @@
     python benchmarks/compare.py --quick    # 3 epochs x 16 images, 1 seed (a few minutes)
 
 Runs D3PO (preferences from the reward's order), DDPO, DRaFT-1, DRaFT-LV, full DRaFT, ReFL-style and
-AlignProp-style DRaFT on colour alignment, and D3PO and DDPO on JPEG compressibility (rlft/comparison.py
+AlignProp-style DRaFT on colour alignment, and D3PO and DDPO on JPEG compressibility (comparison.py, beside it,
 defines the grid), each run in its own process with one thread, `--workers` at a time, on the pretrained tiny
 model, without Ray. Writes <out>/results.md (a table per task and the papers' claims checked), results.png
 (evaluation reward against images sampled and against training time, a band of one standard error over
@@ -23,7 +23,7 @@ from dataclasses import asdict
 from multiprocessing import get_context
 from pathlib import Path
 
-from rlft.comparison import (
+from comparison import (
     DRAFT_LR,
     FULL,
     QUICK,
@@ -36,6 +36,7 @@ from rlft.comparison import (
     verdict_table,
     verdicts,
 )
+
 from rlft.runs.tracking import Tracker
 
 NOTES = "<!-- notes -->"

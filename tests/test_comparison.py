@@ -5,28 +5,29 @@ import subprocess
 import sys
 
 import pytest
+from benchmark_scripts import load
 from mlflow.tracking import MlflowClient
 from processes import ROOT
 
-from rlft.comparison import (
-    DRAFT_LR,
-    FULL,
-    METHODS,
-    QUICK,
-    TASKS,
-    Budget,
-    Point,
-    Summary,
-    curve,
-    mean_se,
-    method_config,
-    summarise,
-    target_gain,
-    task_table,
-    time_to_reach,
-    verdicts,
-)
 from rlft.configs import D3POConfig, DDPOConfig, DRaFTConfig
+
+comparison = load("comparison")  # benchmarks/comparison.py, beside the script that runs the grid
+DRAFT_LR = comparison.DRAFT_LR
+FULL = comparison.FULL
+METHODS = comparison.METHODS
+QUICK = comparison.QUICK
+TASKS = comparison.TASKS
+Budget = comparison.Budget
+Point = comparison.Point
+Summary = comparison.Summary
+curve = comparison.curve
+mean_se = comparison.mean_se
+method_config = comparison.method_config
+summarise = comparison.summarise
+target_gain = comparison.target_gain
+task_table = comparison.task_table
+time_to_reach = comparison.time_to_reach
+verdicts = comparison.verdicts
 
 
 @pytest.mark.parametrize("budget", [FULL, QUICK])
