@@ -33,7 +33,7 @@ def reward_folders(tmp_path_factory) -> Path:
     parameters, 1.8 GB on disk)."""
     out = tmp_path_factory.mktemp("reward_folders")
     made = subprocess.run(
-        [sys.executable, "benchmarks/random_reward_folders.py", str(out), "--small"],
+        [sys.executable, "benchmarks/tools/random_reward_folders.py", str(out), "--small"],
         capture_output=True,
         text=True,
         timeout=900,

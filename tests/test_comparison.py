@@ -11,7 +11,7 @@ from processes import ROOT
 
 from rlft.configs import D3POConfig, DDPOConfig, DRaFTConfig
 
-comparison = load("comparison")  # benchmarks/comparison.py, beside the script that runs the grid
+comparison = load("comparison")  # benchmarks/science/comparison.py, beside the script that runs the grid
 DRAFT_LR = comparison.DRAFT_LR
 FULL = comparison.FULL
 METHODS = comparison.METHODS
@@ -130,7 +130,15 @@ def test_the_quick_comparison_writes_its_report_a_curve_point_per_epoch_and_an_m
     out.mkdir()
     (out / "results.md").write_text("an old report\n<!-- notes -->\nWhat we think differs: kept.\n")
     env = os.environ | {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
-    command = [sys.executable, "benchmarks/compare.py", "--quick", "--workers", "2", "--out", str(out)]
+    command = [
+        sys.executable,
+        "benchmarks/science/compare.py",
+        "--quick",
+        "--workers",
+        "2",
+        "--out",
+        str(out),
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env, cwd=ROOT)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 

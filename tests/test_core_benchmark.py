@@ -1,5 +1,5 @@
-"""benchmarks/core.py's FLOP accounting: the CPU's attention kernels counted, and the update's time split
-by kind of op (the figures docs/performance.md's D3PO FLOP rate rests on)."""
+"""benchmarks/speed/core.py's FLOP accounting: the CPU's attention kernels counted, and the update's time
+split by kind of op (the figures docs/performance.md's D3PO FLOP rate rests on)."""
 
 import torch
 import torch.nn.functional as F

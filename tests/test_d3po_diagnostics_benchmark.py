@@ -1,10 +1,11 @@
-"""benchmarks/d3po_diagnostics.py: one table row per epoch, each column from the metrics a D3PO epoch logs."""
+"""benchmarks/science/d3po_diagnostics.py: one table row per epoch, each column from the metrics a D3PO
+epoch logs."""
 
-from benchmark_scripts import BENCHMARKS, load
+from benchmark_scripts import folder_of, load
 
 
 def test_a_row_shows_every_diagnostic_of_an_epoch(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))  # it imports benchmarks/learning.py beside it
+    monkeypatch.syspath_prepend(str(folder_of("learning")))  # it imports learning.py beside it
     diagnostics = load("d3po_diagnostics")
     metrics = {
         "eval_gain_mean": -0.0467,

@@ -1,5 +1,5 @@
-"""benchmarks/family_memory.py on tiny-sd3, on CPU: both steps run rlft's learners, train the LoRA and are
-measured; the full-size runs of the same script need a GPU (docs/models.md)."""
+"""benchmarks/speed/family_memory.py on tiny-sd3, on CPU: both steps run rlft's learners, train the LoRA and
+are measured; the full-size runs of the same script need a GPU (docs/models.md)."""
 
 import math
 

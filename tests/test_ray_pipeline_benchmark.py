@@ -1,4 +1,4 @@
-"""benchmarks/ray_pipeline.py's start-up accounting (the benchmark itself takes minutes: run it)."""
+"""benchmarks/speed/ray_pipeline.py's start-up accounting (the benchmark itself takes minutes: run it)."""
 
 import subprocess
 import sys

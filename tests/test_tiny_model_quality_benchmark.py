@@ -1,4 +1,5 @@
-"""benchmarks/tiny_model_quality.py's reading of D3PO's groups: what a preference within a group can learn."""
+"""benchmarks/science/tiny_model_quality.py's reading of D3PO's groups: what a preference within a group
+can learn."""
 
 import numpy as np
 import pytest

@@ -59,8 +59,8 @@ class RunConfig:
     compile: bool = False
     """`torch.compile` the UNet or transformer where it samples and trains: the first calls compile it (a few
     minutes, again after each new batch shape), the later ones run faster (D3PO's update took 0.78x and
-    0.92x the time in two sittings on a 2-core CPU, `python benchmarks/core.py --compile`). Numbers agree
-    with uncompiled ones to rounding."""
+    0.92x the time in two sittings on a 2-core CPU, `python benchmarks/speed/core.py --compile`). Numbers
+    agree with uncompiled ones to rounding."""
     max_grad_norm: float = 1.0
     """Gradients are clipped to this global norm."""
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -70,7 +70,8 @@ class D3POConfig(SamplingConfig):
     margin_after_every_step: bool = False
     """Measure the implicit reward margin and preference accuracy on a step's items after every optimizer
     step (margin_before -> margin_after, averaged over the epoch), not only after the epoch's first: one
-    more forward pass of the policy per step instead of per epoch. benchmarks/d3po_diagnostics.py sets it."""
+    more forward pass of the policy per step instead of per epoch (benchmarks/science/d3po_diagnostics.py
+    sets it)."""
     micro_batch: int | None = None
     """Items per forward/backward pass: each optimizer step of batch_size items accumulates its gradient over
     batch_size / micro_batch passes (per train worker, over its share of the batch), to fit a GPU's memory;

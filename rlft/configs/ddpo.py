@@ -1,6 +1,7 @@
 """DDPO's config (Black et al., arXiv 2305.13301): samples of each prompt from independent noise, rewards
 turned into advantages, and the PPO-clip loss on every denoising step's log-probability ratio against the
-policy that sampled it. The shared baseline D3PO and DRaFT are compared with (benchmarks/learning.py)."""
+policy that sampled it. The shared baseline D3PO and DRaFT are compared with
+(benchmarks/science/learning.py)."""
 
 from dataclasses import dataclass
 from typing import ClassVar, Literal

@@ -21,8 +21,8 @@ from rlft.configs import RunConfig
 QUIET = dict(logging_level=logging.ERROR, log_to_driver=False)
 
 # A local Ray has no node to drain, so Ray Train's preemption watcher (an actor polling for node drains)
-# would be one more process waking every 10 ms beside the computation (benchmarks/ray_pipeline.py measures
-# what an idle Ray tree costs); a variable the user set is left alone.
+# would be one more process waking every 10 ms beside the computation (benchmarks/speed/ray_pipeline.py
+# measures what an idle Ray tree costs); a variable the user set is left alone.
 LOCAL_RAY_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 
 

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # Two seeds each, to keep CI within its 90 minutes on 2 cores (the full slow tier took 76 of CI's 83 minutes
 # on 1 December 2026); docs/learning.md's and docs/results.md's figures come from three seeds each
-# (`python benchmarks/learning.py --seeds 0 1 2`).
+# (`python benchmarks/science/learning.py --seeds 0 1 2`).
 SEEDS = (0, 1)
 DRAFT_SEEDS = (0, 1)
 
@@ -62,8 +62,8 @@ def _check_learns(cfg, tmp_path):
     assert gain - reverse_gain > 3 * math.hypot(se, reverse_se), (gain, se, reverse_gain, reverse_se)
 
 
-# Measured on the model pretrained on 1 December 2026 (`python benchmarks/learning.py --threads 1`, one
-# process, 32 evaluation images). D3PO default (best-worst pairs of groups of 4), 2 December 2026: seed 0
+# Measured on the model pretrained on 1 December 2026 (`python benchmarks/science/learning.py --threads 1`,
+# one process, 32 evaluation images). D3PO default (best-worst pairs of groups of 4), 2 December 2026: seed 0
 # +0.200 +- 0.026 kB (reversed -0.015), seed 1 +0.128 +- 0.017 (-0.019); over seeds 0-5 the forward runs
 # gained +0.119 +- 0.020 across seeds and ended above their twins on all six, by 3 SE on four (seed 4: 1.1):
 # float-level changes move single runs that far (docs/learning.md). DRaFT-K, 4 epochs, 1
@@ -128,11 +128,11 @@ def test_ddpo_with_shared_noise_and_group_advantages_learns_brightness_and_its_r
 
 
 # The newer families, tiny and random (rlft/diffusion/tiny_families.py): their images are noise, so the reward
-# is brightness, which has range on noise. Measured (`python benchmarks/learning.py --variant "model=...
-# reward='brightness' ..."`, seed 0, 32 evaluation images): DRaFT-1, 2 epochs: tiny-sdxl +0.0139 +- 0.0002
-# (reversed -0.0150), tiny-sd3 +0.0061 +- 0.0001 (reversed -0.0067); DRaFT-LV the same to 4 digits (Adam's
-# first steps follow the sign of a gradient both agree on); D3PO, 4 epochs: tiny-sd3 +0.0023 +- 0.00004
-# (reversed -0.0019).
+# is brightness, which has range on noise. Measured (`python benchmarks/science/learning.py --variant
+# "model=... reward='brightness' ..."`, seed 0, 32 evaluation images): DRaFT-1, 2 epochs: tiny-sdxl +0.0139 +-
+# 0.0002 (reversed -0.0150), tiny-sd3 +0.0061 +- 0.0001 (reversed -0.0067); DRaFT-LV the same to 4 digits
+# (Adam's first steps follow the sign of a gradient both agree on); D3PO, 4 epochs: tiny-sd3 +0.0023 +-
+# 0.00004 (reversed -0.0019).
 FAMILY_RUNS = [
     ("tiny-sdxl", "d3po"),
     ("tiny-sdxl", "draft-k"),

@@ -1,4 +1,5 @@
-"""PickScore with a small random CLIP and a tokenizer built offline (benchmarks/random_reward_folders.py)."""
+"""PickScore with a small random CLIP and a tokenizer built offline
+(benchmarks/tools/random_reward_folders.py)."""
 
 import numpy as np
 import pytest

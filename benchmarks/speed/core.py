@@ -11,9 +11,9 @@ Prints, for the same model and inputs in one run:
    products taking turns, their medians over the rounds compared; then, uncompiled, where the
    update's time goes: each kind of op's share of the time and of the FLOPs (torch.profiler).
 
-Runs without Ray or MLflow:  python benchmarks/core.py [--model tiny] [--threads 2] [--device cpu]
+Runs without Ray or MLflow:  python benchmarks/speed/core.py [--model tiny] [--threads 2] [--device cpu]
 [--dtype bfloat16] [--compile]
-(`--json PATH` also writes the figures there, for benchmarks/report.py.)
+(`--json PATH` also writes the figures there, for benchmarks/speed/report.py.)
 """
 
 import argparse

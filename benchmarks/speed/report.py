@@ -5,8 +5,8 @@ side by side: they would share the cores), and writes docs/performance.md: the t
 the machine and the command. Times are given as ratios measured in the same run wherever the target is a
 ratio; start-up is given in seconds and as a multiple of the same run's single-process epoch.
 
-    python benchmarks/report.py                 # about 25 minutes on 2 cores
-    python benchmarks/report.py --report-only   # the page again from docs/performance.json, running nothing
+    python benchmarks/speed/report.py                # about 25 minutes on 2 cores
+    python benchmarks/speed/report.py --report-only  # the page again from docs/performance.json, running none
 
 The benchmarks' own figures go to docs/performance.json beside the page, with the stamp, so the page can be
 written again (a new table layout, a new row from figures already measured) without measuring again.
@@ -25,18 +25,18 @@ from datetime import date
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-PAGE = HERE.parent / "docs" / "performance.md"
+PAGE = HERE.parents[1] / "docs" / "performance.md"
 FIGURES = PAGE.with_suffix(".json")
-COMMAND = "python benchmarks/report.py"
+COMMAND = "python benchmarks/speed/report.py"
 NOTES = "<!-- notes -->"
 TITLE = "# Speed and memory on one machine"
 
 
 def run_benchmark(script: str, *flags: str) -> dict:
-    """Run benchmarks/<script> with `flags` (its output shown as it goes); the figures it wrote."""
+    """Run benchmarks/speed/<script> with `flags` (its output shown as it goes); the figures it wrote."""
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "figures.json"
-        print(f"$ python benchmarks/{script} {' '.join(flags)}", flush=True)
+        print(f"$ python benchmarks/speed/{script} {' '.join(flags)}", flush=True)
         subprocess.run([sys.executable, str(HERE / script), *flags, "--json", str(out)], check=True)
         return json.loads(out.read_text())
 

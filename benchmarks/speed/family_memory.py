@@ -3,11 +3,12 @@
 For a GPU check of the large families (`sd35-random` is Stable Diffusion 3.5 Large's shape and `flux-random`
 is FLUX.1-dev's, both with random weights; rlft/diffusion/full_size.py):
 
-    python benchmarks/family_memory.py --model sd35-random --device cuda --dtype bfloat16
+    python benchmarks/speed/family_memory.py --model sd35-random --device cuda --dtype bfloat16
 
 and DRaFT-K's memory and time against K on SD 1.5's shape (each K samples to K steps before the end):
 
-    python benchmarks/family_memory.py --model sd15-random --dtype bfloat16 --num-steps 50 --k 1,5,10,20,50
+    python benchmarks/speed/family_memory.py --model sd15-random --dtype bfloat16 --num-steps 50 \
+        --k 1,5,10,20,50
 
 Each step is rlft's own code: a LoRA `Policy` on the UNet or transformer with gradient checkpointing (on
 by default), the `DRaFTLearner` with k=K on latents sampled to K steps before the end, and the

@@ -1,10 +1,10 @@
 """How well the tiny model draws its world: the judge's accuracy on its samples, against the world's own
 images and the random model's samples, as a markdown table.
 
-    python benchmarks/tiny_model_quality.py                      # the shipped model, CFG 5, 20 DDIM steps
-    python benchmarks/tiny_model_quality.py --folder /tmp/ckpt   # a pretraining run's folder
-    python benchmarks/tiny_model_quality.py --grid docs/tiny_model_samples.png   # and a picture
-    python benchmarks/tiny_model_quality.py --steps 10 --eta 1 --group-size 4   # D3PO's training samples
+    python benchmarks/science/tiny_model_quality.py                     # the shipped model, CFG 5, 20 steps
+    python benchmarks/science/tiny_model_quality.py --folder /tmp/ckpt  # a pretraining run's folder
+    python benchmarks/science/tiny_model_quality.py --grid docs/tiny_model_samples.png  # and a picture
+    python benchmarks/science/tiny_model_quality.py --steps 10 --eta 1 --group-size 4  # as D3PO samples
 
 Every held-out caption (`shapes-eval`, 224; `--prompts` another set) is sampled from its own fixed noise
 with eta 0 (`--eta`); the judge (rlft/rewards/world_judge.py) reads back each sample's colour, shape, size

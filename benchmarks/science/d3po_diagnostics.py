@@ -3,7 +3,7 @@ far the policy moves from the reference, whether each step moves its own pairs t
 the world judge reads on the fixed evaluation set. One markdown table per run (one process each, as the job
 runs with --no-ray).
 
-    python benchmarks/d3po_diagnostics.py --seed 0 --variant "reward='color-alignment-soft'"
+    python benchmarks/science/d3po_diagnostics.py --seed 0 --variant "reward='color-alignment-soft'"
 
 Columns: the evaluation gain over the base model (+- its standard error); the judged shares of evaluation
 images whose shape colour and shape match their captions; the trained pairs' mean reward gap and the share
@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from learning import parse_variant  # benchmarks/learning.py, beside this script
+from learning import parse_variant  # benchmarks/science/learning.py, beside this script
 
 from rlft.configs import D3POConfig
 from rlft.local import train_local
@@ -59,7 +59,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--variant", default="", help="config fields, as benchmarks/learning.py takes them")
+    parser.add_argument("--variant", default="", help="config fields, as learning.py takes them")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--only", choices=("forward", "reversed"), default=None)
     args = parser.parse_args()

@@ -1,7 +1,7 @@
 """Does a setting learn? Each variant trained forward and reversed (--reverse-preferences) over seeds, in one
 process, judged on the fixed evaluation set; one markdown row per variant and seed, then a mean per variant.
 
-    python benchmarks/learning.py --algorithm d3po --seeds 0 1 2 --variant "" --variant "lr=2e-3 epochs=12"
+    python benchmarks/science/learning.py --algorithm d3po --seeds 0 1 2 --variant "" --variant "lr=2e-3"
 
 A variant is space-separated config fields (`field=value`, values parsed as Python literals, else strings);
 "" is the default config. The row gives the forward run's paired gain over the base model (mean +- standard

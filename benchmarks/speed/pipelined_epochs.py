@@ -8,7 +8,7 @@ ratio pipelined / sequential (issue target: at most 0.7). The runs alternate (se
 pipelined, sequential, ... for --repeats) so that the machine's drift falls on both. The evaluation runs only
 at the end: evaluated every epoch, it would queue behind the next epoch's sampling. Needs no GPU or MLflow.
 
-    python benchmarks/pipelined_epochs.py [--epochs 5] [--pairs 16] [--repeats 2] [--json PATH]
+    python benchmarks/speed/pipelined_epochs.py [--epochs 5] [--pairs 16] [--repeats 2] [--json PATH]
 """
 
 import argparse

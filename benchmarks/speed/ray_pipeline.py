@@ -18,7 +18,8 @@ the computation beside it CPU, and on 2 cores each interruption stalls the other
 Needs no GPU or MLflow; on a GPU, `--model sd15-random --samplers 2 --sampler-gpus 0.25 --worker-gpus 0.5`
 puts two samplers and the train worker on one GPU (benchmarks/gpu.sh).
 
-    python benchmarks/ray_pipeline.py [--epochs 4] [--pairs 16] [--threads N] [--scorers 1] [--json PATH]
+    python benchmarks/speed/ray_pipeline.py [--epochs 4] [--pairs 16] [--threads N] [--scorers 1] \
+        [--json PATH]
 """
 
 import argparse

@@ -1,4 +1,5 @@
-"""Every method on one budget of sampled images: the grid `benchmarks/compare.py` runs, and its report.
+"""Every method on one budget of sampled images: the grid `compare.py` (beside this file) runs, and its
+report.
 
 A cell is (task, method, seed): one run in one process, judged on the fixed evaluation set
 (rlft/evaluation.py) before training and after every epoch. All cells share the budget (images sampled per

@@ -1,6 +1,6 @@
 """Write reward folders with random weights, to run the jobs on model-based rewards offline.
 
-    python benchmarks/random_reward_folders.py OUT [--small]
+    python benchmarks/tools/random_reward_folders.py OUT [--small]
     python jobs/draft.py --reward aesthetic:OUT/aesthetic --no-ray --no-track --epochs 1
     python jobs/draft.py --reward imagereward:OUT/imagereward ...
     python jobs/draft.py --reward pickscore:OUT/pickscore ...

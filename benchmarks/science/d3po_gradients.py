@@ -1,6 +1,6 @@
 """How much signal D3PO's gradient carries at the start of training, and which denoising steps it comes from.
 
-    python benchmarks/d3po_gradients.py --groups 64 --seeds 0 1 2
+    python benchmarks/science/d3po_gradients.py --groups 64 --seeds 0 1 2
 
 For each reward and seed: the base policy samples `--groups` groups as a D3PO epoch does (one prompt and one
 initial noise per group), pairs them best over worst, and D3PO's loss gradient (policy = reference, so no
