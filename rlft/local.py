@@ -13,7 +13,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 from torch import Tensor
 
-from rlft.algorithms.backend import EvalFn, Log, Sampled
+from rlft.algorithms.backend import EpochInputs, EvalFn, Log, Sampled
 from rlft.algorithms.registry import algorithm_of
 from rlft.configs import SamplingConfig
 from rlft.diffusion.policy import LocalTrained, build_policy
@@ -110,7 +110,8 @@ class LocalBackend:
         batches = counted(batches, lambda count: self.progress.advance("trained", count))
         generator = stream_generator(self.cfg.seed, epoch, "train", 0, device)
         cond, uncond = encode_prompts(self.pipe, prompts)
-        metrics, rewards = self.train_fn(self.learner, batches, cond, uncond, generator, prompts)
+        inputs = EpochInputs(cond, uncond, generator, prompts)
+        metrics, rewards = self.train_fn(self.learner, batches, inputs)
         return metrics, rewards, {"time_train_s": time.perf_counter() - start}
 
     def sample_images(self, chunk: Chunk) -> Tensor:

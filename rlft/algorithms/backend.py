@@ -90,10 +90,22 @@ class Learner(Protocol):
 # Builds a learner where the weights live: (the run's config, the pipeline, its Policy, the gradient sync of
 # data-parallel workers or None).
 MakeLearner = Callable[[Any, Any, Any, GradSync | None], Learner]
-# A learner's epoch, given its batches, the epoch's prompt conditioning (rlft/diffusion/families.py's `Cond`,
-# one row per prompt), the unconditional prompt's, a generator for the learner's own noise and the prompts:
-# (metrics, rewards it computed or None).
-TrainFn = Callable[[Any, Iterable[dict[str, Tensor]], Any, Any, torch.Generator, list[str]], tuple]
+
+
+@dataclass
+class EpochInputs:
+    """What a learner's epoch may use beside its batches, made where the learner runs: the epoch's prompt
+    conditioning (rlft/diffusion/families.py's `Cond`, one row per prompt), the unconditional prompt's, a
+    generator for the learner's own noise (DRaFT's) and the prompts (DRaFT-K scores what it finishes)."""
+
+    cond: Any
+    uncond: Any
+    generator: torch.Generator
+    prompts: list[str]
+
+
+# A learner's epoch over its batches: (metrics, the rewards it computed or None).
+TrainFn = Callable[[Any, Iterable[dict[str, Tensor]], EpochInputs], tuple]
 # The algorithm's own part of an epoch's printed line: its metrics, each at the digits where it moves.
 EpochParts = Callable[[dict[str, float]], list[str]]
 

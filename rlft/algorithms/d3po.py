@@ -22,6 +22,7 @@ from torch import Tensor
 from rlft.algorithms.backend import (
     Algorithm,
     Backend,
+    EpochInputs,
     GradSync,
     adamw,
     apply_gradients,
@@ -179,9 +180,9 @@ def make_learner(cfg: D3POConfig, pipe, policy: Policy, grad_sync: GradSync | No
     )
 
 
-def train(learner: D3POLearner, batches, cond: Cond, uncond: Cond, generator, prompts) -> tuple:
+def train(learner: D3POLearner, batches, inputs: EpochInputs) -> tuple:
     """The learner's epoch on its batches: (metrics, None); D3PO draws no noise and scores nothing."""
-    return learner.train_epoch(batches, cond, uncond), None
+    return learner.train_epoch(batches, inputs.cond, inputs.uncond), None
 
 
 def d3po_epoch(cfg: D3POConfig, backend: Backend):

@@ -20,6 +20,7 @@ from rlft.algorithms.advantages import PerPromptStats, group_advantages
 from rlft.algorithms.backend import (
     Algorithm,
     Backend,
+    EpochInputs,
     GradSync,
     adamw,
     apply_gradients,
@@ -142,9 +143,9 @@ def make_learner(cfg: DDPOConfig, pipe, policy: Policy, grad_sync: GradSync | No
     )
 
 
-def train(learner: DDPOLearner, batches: Iterable[dict[str, Tensor]], cond, uncond, generator, prompts):
+def train(learner: DDPOLearner, batches: Iterable[dict[str, Tensor]], inputs: EpochInputs) -> tuple:
     """The learner's pass over its batches: (mean metrics, None); DDPO draws no noise in training."""
-    history = [learner.step(batch, cond, uncond) for batch in batches]
+    history = [learner.step(batch, inputs.cond, inputs.uncond) for batch in batches]
     if not history:
         raise ValueError("no training items")
     return mean_metrics(history), None

@@ -31,6 +31,7 @@ from torch import Tensor
 from rlft.algorithms.backend import (
     Algorithm,
     Backend,
+    EpochInputs,
     GradSync,
     adamw,
     apply_gradients,
@@ -230,9 +231,9 @@ def make_learner(cfg: DRaFTConfig, pipe, policy: Policy, grad_sync: GradSync | N
     )
 
 
-def train(learner: DRaFTLearner, batches, cond: Cond, uncond: Cond, generator, prompts) -> tuple:
+def train(learner: DRaFTLearner, batches, inputs: EpochInputs) -> tuple:
     """The learner's epoch: (metrics, the rewards of the samples DRaFT-K finished, or None for DRaFT-LV)."""
-    return learner.train_epoch(batches, cond, uncond, generator, prompts)
+    return learner.train_epoch(batches, inputs.cond, inputs.uncond, inputs.generator, inputs.prompts)
 
 
 def draft_epoch(cfg: DRaFTConfig, backend: Backend):

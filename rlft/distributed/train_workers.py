@@ -72,6 +72,7 @@ def _to_cpu(value):
 
 def worker_loop(config: dict) -> None:
     """The train function: build the policy once, join the driver, then serve commands until `stop`."""
+    from rlft.algorithms.backend import EpochInputs
     from rlft.algorithms.registry import algorithm_of
     from rlft.diffusion.policy import LocalTrained, build_policy
     from rlft.diffusion.sampling import encode_prompts
@@ -93,7 +94,8 @@ def worker_loop(config: dict) -> None:
         reporter = ProgressReporter(replies, rank, generation)
         generator = stream_generator(cfg.seed, epoch, "train", rank, device)
         trained_batches = counted(batches, reporter.add)
-        metrics, rewards = algorithm.train(learner, trained_batches, cond, uncond, generator, prompts)
+        inputs = EpochInputs(cond, uncond, generator, prompts)
+        metrics, rewards = algorithm.train(learner, trained_batches, inputs)
         return {"metrics": metrics, "rewards": rewards, "items": reporter.done}
 
     commands, replies = config["commands"][rank], config["replies"]
