@@ -4,7 +4,7 @@ tests of their pure parts."""
 import importlib.util
 from pathlib import Path
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 def folder_of(name: str) -> Path:
