@@ -76,9 +76,6 @@ class Sampler:
         samples, images = self.sample(chunk, weights, **overrides)
         return samples, images, self.scorer.score(images, prompts)
 
-    def pid(self) -> int:
-        return os.getpid()
-
 
 def start_actors(cfg: SamplingConfig, settings: dict, reward: str) -> tuple[list, list]:
     """cfg.samplers samplers and cfg.scorers scorers with the resources the config asks for; with no
