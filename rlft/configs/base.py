@@ -178,11 +178,13 @@ class RunConfig:
             self.run_name,
             "a folder name one level below runs_dir: not '.' or '..', no '/', '\\' or quotes",
         )
+        name = self.register_model
         check(
-            self.register_model is None or (self.track and self.register_model.strip() != ""),
+            name is None or (self.track and name.strip() != "" and not set(name) & set("'\"")),
             "register_model",
-            self.register_model,
-            "a model name, with tracking on (--no-track keeps no MLflow run to register from)",
+            name,
+            "a model name without quotes (MLflow's registry searches by it), with tracking on (--no-track "
+            "keeps no MLflow run to register from)",
         )
         problem = None if self.storage is None else storage_problem(self.storage)
         check(not problem, "storage", self.storage, f"{problem}; expected {ALLOWED}")

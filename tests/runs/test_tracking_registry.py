@@ -70,10 +70,14 @@ def test_a_run_with_register_model_registers_its_final_adapter_and_says_so(tmp_p
 
 
 def test_without_tracking_there_is_nothing_to_register_from():
-    with pytest.raises(
-        ValueError, match="register_model='tiny-d3po' is not allowed: a model name, with tracking"
-    ):
+    with pytest.raises(ValueError, match="register_model='tiny-d3po' is not allowed: a model name without"):
         D3POConfig(register_model="tiny-d3po", track=False)
     lines = []  # the library's loop given no tracker says so
     register(D3POConfig(register_model="tiny-d3po"), None, lines.append)
     assert lines == ["register_model='tiny-d3po': not registered, no MLflow run (tracking is off)"]
+
+
+@pytest.mark.parametrize("name", ["it's-mine", 'a "quoted" name', "  "])
+def test_a_model_name_with_a_quote_or_nothing_in_it_is_refused_before_anything_starts(name):
+    with pytest.raises(ValueError, match=r"register_model=.* is not allowed: a model name without quotes"):
+        D3POConfig(register_model=name)
