@@ -85,6 +85,7 @@ def run_epochs(
     `progress`: what the backend counts its work in, shown while an epoch runs (default: not shown).
     """
     progress = progress or quiet()
+    learner_parts = algorithm_of(cfg).epoch_parts  # the algorithm's own numbers on each epoch's line
     checkpoint = Path(run_dir) / "checkpoint"
     storage = RunStorage(cfg.storage, Path(run_dir).name) if cfg.storage else None  # <storage>/<run>/
     settings = cfg.defining_settings()  # recorded in every checkpoint
@@ -129,7 +130,7 @@ def run_epochs(
             metrics["eval_time_s"] = time.perf_counter() - start - elapsed
         progress.close()
         history.append(metrics)
-        log(format_epoch(epoch, metrics, algorithm_of(cfg).epoch_parts))
+        log(format_epoch(epoch, metrics, learner_parts))
         # Checkpoint, then log: after a crash in between, the epoch is logged from the checkpoint.
         adapter = trained.adapter_files()
         save_checkpoint(

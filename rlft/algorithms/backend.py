@@ -114,7 +114,8 @@ EpochParts = Callable[[dict[str, float]], list[str]]
 class Algorithm:
     """One algorithm: its learner (built where the weights live), its epoch (written once) and how its
     metrics read on the epoch's line. Adding an algorithm is its module, its config, one line in
-    rlft/algorithms/registry.py and a job file; the loop, the backends and the jobs name none of them."""
+    rlft/algorithms/registry.py and a job file; the loop and the backends reach it only through the config's
+    `algorithm` and the registry."""
 
     name: str
     make_learner: MakeLearner
