@@ -123,16 +123,9 @@ def run_job(
     the flags (default: the command line's)."""
 
     def train(cfg: SamplingConfig, checked: None, **kwargs) -> History:
-        if cfg.ray:
-            from rlft.distributed.launch import launch  # imports no model code: the actors start at once
+        from rlft.training import train
 
-            launched = launch(cfg, kwargs["run_dir"])
-            from rlft.distributed.ray_loop import ray_train  # the training code, while the actors load
-
-            return ray_train(cfg, launched=launched, **kwargs)
-        from rlft.local import train_local
-
-        return train_local(cfg, **kwargs)
+        return train(cfg, **kwargs)
 
     run(config_type, algorithm, description, lambda cfg: None, train, summary, args, prog)
 
@@ -140,10 +133,12 @@ def run_job(
 def run_labels_job(description: str, args: Sequence[str] | None = None, prog: str | None = None) -> None:
     """`rlft train-labels` (jobs/d3po_labels.py): D3PO on a labelled batch, read and checked before Ray."""
 
-    from rlft.feedback.human import check_labelled, train_human
+    from rlft.feedback.human import check_labelled
 
     def train(cfg: D3POLabelsConfig, checked: tuple, **kwargs) -> History:
-        return train_human(cfg, checked=checked, **kwargs)
+        from rlft.training import train_labels
+
+        return train_labels(cfg, checked=checked, **kwargs)
 
     run(D3POLabelsConfig, "d3po-labels", description, check_labelled, train, labels_summary, args, prog)
 

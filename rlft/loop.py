@@ -1,7 +1,8 @@
 """The training loop's frame, shared by every algorithm and backend (rlft/local.py,
 rlft/distributed/ray_loop.py).
 
-`run_epochs` runs any epoch function: resume from the checkpoint, evaluate the base model on the fixed
+`run_backend` runs a backend's training (the config's algorithm's epoch, or one over fixed items) through
+`run_epochs`, which runs any epoch function: resume from the checkpoint, evaluate the base model on the fixed
 evaluation set, one printed line per epoch (and the backend's progress while it runs, rlft/progress.py),
 checkpoint, MLflow, the final adapter (registered in MLflow's Model Registry with `register_model`) and
 the before/after grid.
@@ -11,12 +12,13 @@ uninterrupted run gives, and logs no epoch to MLflow twice.
 
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from rlft.algorithms.backend import EpochFn, EpochParts, EvalFn, Log, Trained
+from rlft.algorithms.backend import EpochFn, EpochParts, EvalFn, Log, Trained, Trainer
 from rlft.algorithms.registry import algorithm_of
 from rlft.configs import RunConfig
 from rlft.epoch import reward_metrics
@@ -161,6 +163,22 @@ def run_epochs(
         if tracker is not None:
             tracker.log_file(grid, "")
     return history
+
+
+def run_backend(
+    cfg: RunConfig,
+    run_dir: Path,
+    backend: Trainer,
+    tracker: Tracker | None = None,
+    log: Log = print,
+    epoch_of: Callable[[Trainer], EpochFn] | None = None,
+) -> list[dict[str, float]]:
+    """Train on `backend` (in this process or on Ray, as the caller built it) through `run_epochs`, with its
+    evaluation if it has one and its progress display. `epoch_of(backend)`: the epoch to run (default: the
+    config's algorithm's, which samples; a run on people's labels gives one over its fixed pairs)."""
+    one_epoch = (epoch_of or (lambda b: algorithm_of(cfg).epoch(cfg, b)))(backend)
+    evaluate = getattr(backend, "evaluate", None)  # a backend that samples
+    return run_epochs(cfg, run_dir, backend.trained, one_epoch, tracker, log, evaluate, backend.progress)
 
 
 def register(cfg: RunConfig, tracker: Tracker | None, log: Log) -> None:

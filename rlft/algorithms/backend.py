@@ -1,4 +1,5 @@
-"""What an algorithm's epoch is written against: a backend that samples, scores, trains and evaluates.
+"""What an algorithm's epoch is written against: a backend that samples, scores, trains and evaluates (a
+`Backend`), or, for a run on people's labels, one that only trains (a `Trainer`).
 
 An algorithm (rlft/algorithms/d3po.py, rlft/algorithms/draft.py) writes its epoch once, as a function of its
 config and a `Backend`; the single-process backend (rlft/local.py) and the Ray one
@@ -53,11 +54,22 @@ class Sampled:
     staleness: int = 0
 
 
-class Backend(Protocol):
-    """Where an epoch runs. `train` gives the learner's metrics (averaged over workers), the rewards the
-    learner computed itself (DRaFT-K finishes its samples while training) or None, and its timing."""
+class Trainer(Protocol):
+    """Where the weights train: `train` gives the learner's metrics (averaged over workers), the rewards the
+    learner computed itself (DRaFT-K finishes its samples while training) or None, and its timing.
+    `progress` counts the work within an epoch (rlft/progress.py). A run on people's labels needs only
+    this."""
 
     trained: Trained
+    progress: Any
+
+    def train(
+        self, epoch: int, prompts: list[str], items: dict[str, Tensor]
+    ) -> tuple[dict[str, float], Tensor | None, dict[str, float]]: ...
+
+
+class Backend(Trainer, Protocol):
+    """A `Trainer` that also samples, scores and evaluates: where a sampled run's epoch runs."""
 
     def sample(self, epoch: int, prompts: list[str], score: bool = True) -> Sampled:
         """The epoch's samples: from the weights `prefetch` saw if it was called for this epoch (or the
@@ -68,10 +80,6 @@ class Backend(Protocol):
         where samplers are free to overlap the training that follows (Ray), or recorded for later (one
         process). Called every epoch, also the last: a longer resumed run samples its next epoch as an
         uninterrupted one does."""
-
-    def train(
-        self, epoch: int, prompts: list[str], items: dict[str, Tensor]
-    ) -> tuple[dict[str, float], Tensor | None, dict[str, float]]: ...
 
     def sample_images(self, chunk: Any) -> Tensor:
         """A chunk sampled to the end with the training settings, as images (for grids)."""

@@ -11,10 +11,14 @@ Pipelined, the next epoch's chunks go to the samplers before the workers start, 
 workers start from (`RayBackend.prefetch`); each sampler loads newer weights with its next call.
 While an epoch runs the driver shows its progress (rlft/progress.py): the images of each chunk as it
 finishes, and the items the workers say they have trained (rlft/distributed/train_workers.py).
+`RayTrainer` is the training side alone (a run on people's labels: its fixed pairs go through the same
+shuffle to the same workers, and no sampler starts); `RayBackend` adds the samplers and scorers.
 """
 
 import itertools
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,14 +27,13 @@ import torch
 from torch import Tensor
 
 from rlft.algorithms.backend import Log, Sampled
-from rlft.algorithms.registry import algorithm_of
 from rlft.configs import RunConfig, SamplingConfig
 from rlft.distributed.actors import Weights
 from rlft.distributed.launch import Launched, launch
 from rlft.distributed.train_workers import TrainWorkers, WorkersRestarted
 from rlft.epoch import Chunk, chunk_prompts, concat_samples, plan_chunks, stream_seed
 from rlft.evaluation import eval_chunks, eval_settings
-from rlft.loop import run_epochs
+from rlft.loop import run_backend
 from rlft.progress import Progress, progress_for, quiet
 from rlft.runs.tracking import Tracker
 
@@ -146,9 +149,25 @@ class RayTrained:
         return replies
 
 
-class RayBackend:
-    """Samplers and scorers (actors) sample and score chunk by chunk; the items go through a Ray Data shuffle
-    to the Ray Train workers; rank 0's new weights reach every sampler through one object reference."""
+class RayTrainer:
+    """Trains on the Ray Train workers: an epoch's items go through a Ray Data shuffle, one equal share per
+    worker, and rank 0's new weights come back to the driver (and reach the samplers, if any)."""
+
+    def __init__(self, cfg: RunConfig, trained: RayTrained, log: Log, progress: Progress | None = None):
+        self.cfg, self.trained, self.log = cfg, trained, log
+        self.progress = progress or quiet()  # counts the items trained (and a backend's images sampled)
+
+    def train(self, epoch: int, prompts: list[str], items: dict[str, Tensor]):
+        metrics, replies, timing = train_on_workers(
+            self.cfg, self.trained, epoch, prompts, items, self.log, self.progress
+        )
+        rewards = [r.get("rewards") for r in replies]
+        return metrics, None if rewards[0] is None else torch.cat(rewards), timing
+
+
+class RayBackend(RayTrainer):
+    """A `RayTrainer` whose samplers and scorers (actors) sample and score chunk by chunk; rank 0's new
+    weights reach every sampler through one object reference."""
 
     def __init__(
         self,
@@ -159,8 +178,8 @@ class RayBackend:
         log: Log,
         progress: Progress | None = None,
     ):
-        self.cfg, self.trained, self.samplers, self.scorers, self.log = cfg, trained, samplers, scorers, log
-        self.progress = progress or quiet()  # counts the images sampled and the items trained
+        super().__init__(cfg, trained, log, progress)
+        self.samplers, self.scorers = samplers, scorers
         self.prefetched: tuple[int, list[str], SamplingCalls] | None = None  # (epoch, prompts, calls)
 
     def sample(self, epoch: int, prompts: list[str], score: bool = True) -> Sampled:
@@ -181,13 +200,6 @@ class RayBackend:
             calls = launch_sampling(self.cfg, epoch, prompts, self.samplers, self.scorers, weights, True)
             self.prefetched = (epoch, prompts, calls)
 
-    def train(self, epoch: int, prompts: list[str], items: dict[str, Tensor]):
-        metrics, replies, timing = train_on_workers(
-            self.cfg, self.trained, epoch, prompts, items, self.log, self.progress
-        )
-        rewards = [r.get("rewards") for r in replies]
-        return metrics, None if rewards[0] is None else torch.cat(rewards), timing
-
     def sample_images(self, chunk: Chunk) -> Tensor:
         sampler = self.samplers[0].sample.options(num_returns=2)
         return ray.get(sampler.remote(chunk, self.trained.weights, skip_last=0))[1]
@@ -203,16 +215,17 @@ class RayBackend:
         return torch.cat(wait(calls.rewards, "scoring the evaluation set", self.log)), torch.cat(images)
 
 
-def ray_train(
-    cfg: SamplingConfig,
+@contextmanager
+def ray_backend(
+    cfg: RunConfig,
     run_dir: Path,
-    tracker: Tracker | None = None,
     log: Log = print,
+    progress: Progress | None = None,
     launched: Launched | None = None,
-) -> list[dict[str, float]]:
-    """Train the config's algorithm on Ray; the per-epoch metrics, as `run_epochs` gives. `launched`: the
-    actors `rlft.distributed.launch.launch` started for this config (started here when None); stopped at the
-    end either way."""
+) -> Iterator[RayTrainer]:
+    """The config's algorithm ready to train on Ray: a `RayBackend` for a sampled run, a `RayTrainer` for one
+    on fixed items (people's labels). `launched`: the actors `rlft.distributed.launch.launch` started for this
+    config (started here when None); all stopped when the block ends."""
     launched = launched or launch(cfg, run_dir, log)
     samplers, scorers, workers = launched.samplers, launched.scorers, launched.workers
     try:
@@ -227,16 +240,28 @@ def ray_train(
             timeout_s=cfg.ready_timeout_s,
             field="samplers",
         )
-        log(
-            f"{cfg.samplers} sampler(s), {cfg.scorers} scorer(s), {cfg.train_workers} train worker(s) "
-            f"ready ({time.perf_counter() - launched.started_at:.1f} s)"
-        )
-        progress = progress_for(log)
-        backend = RayBackend(cfg, trained, samplers, scorers, log, progress)
-        one_epoch = algorithm_of(cfg).epoch(cfg, backend)
-        return run_epochs(cfg, run_dir, trained, one_epoch, tracker, log, backend.evaluate, progress)
+        counts = cfg.actor_counts()
+        actors = ", ".join(f"{n} {kind.replace('_', ' ')[:-1]}(s)" for kind, n in counts.items() if n)
+        log(f"{actors} ready ({time.perf_counter() - launched.started_at:.1f} s)")
+        if isinstance(cfg, SamplingConfig):
+            yield RayBackend(cfg, trained, samplers, scorers, log, progress)
+        else:
+            yield RayTrainer(cfg, trained, log, progress)
     finally:
         launched.stop()
+
+
+def ray_train(
+    cfg: SamplingConfig,
+    run_dir: Path,
+    tracker: Tracker | None = None,
+    log: Log = print,
+    launched: Launched | None = None,
+) -> list[dict[str, float]]:
+    """Train the config's algorithm on Ray; the per-epoch metrics, as `run_epochs` gives (see `ray_backend`
+    for `launched`)."""
+    with ray_backend(cfg, run_dir, log, progress_for(log), launched) as backend:
+        return run_backend(cfg, run_dir, backend, tracker, log)
 
 
 @dataclass

@@ -37,11 +37,11 @@ import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
-from ray.train import FailureConfig, RunConfig, ScalingConfig
+from ray.train import FailureConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from rlft.configs import SamplingConfig
+from rlft.configs import RunConfig
 from rlft.distributed.actors import custom_resource, use_threads
 from rlft.distributed.mailbox import open_boxes
 from rlft.epoch import stream_generator
@@ -77,7 +77,7 @@ def worker_loop(config: dict) -> None:
     from rlft.diffusion.policy import LocalTrained, build_policy
     from rlft.diffusion.sampling import encode_prompts
 
-    cfg: SamplingConfig = config["cfg"]
+    cfg: RunConfig = config["cfg"]
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     use_threads(cfg)
@@ -144,7 +144,7 @@ class WorkersRestarted(Exception):
 class TrainWorkers:
     """The driver's handle on the train workers: send a command to all, wait for every reply."""
 
-    def __init__(self, cfg: SamplingConfig, storage: Path, name: str, wait: bool = True):
+    def __init__(self, cfg: RunConfig, storage: Path, name: str, wait: bool = True):
         """Start the group; with `wait`, return once every worker has started (else call `wait_started`)."""
         self.count, self.ready_timeout_s = cfg.train_workers, cfg.ready_timeout_s
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
@@ -161,7 +161,7 @@ class TrainWorkers:
             scaling_config=ScalingConfig(
                 num_workers=self.count, use_gpu=cfg.worker_gpus > 0, resources_per_worker=resources
             ),
-            run_config=RunConfig(
+            run_config=ray.train.RunConfig(
                 name=name,
                 storage_path=str(Path(storage).resolve()),
                 # A failure limit on both counters: a node that never comes back fails the run.

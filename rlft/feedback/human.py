@@ -1,35 +1,28 @@
-"""Training on people's labels: a labelled batch as D3PO samples and pairs, and one training round.
+"""Training on people's labels: a labelled batch as D3PO samples and pairs, and the epoch over them.
 
 A round of the human-feedback loop: `jobs/sample_groups.py` samples a batch (from the base model or the
-last round's adapter), people label it on `jobs/label.py`'s page, `train_on_labels` applies D3PO to the
-majority pairs and saves an adapter, and the next round samples from that adapter. The reference stays the
-base model (the adapter switched off), as in the D3PO job.
+last round's adapter), people label it on `jobs/label.py`'s page, D3PO trains on the majority pairs
+(rlft/training.py's `train_on_labels`) and saves an adapter, and the next round samples from that adapter.
+The reference stays the base model (the adapter switched off), as in the D3PO job.
+
+`labels_epoch` is that training's epoch: D3PO's learner over the batch's fixed (pair, step) items, nothing
+sampled. It runs on whatever trainer it is given (rlft/algorithms/backend.py's `Trainer`: in this process, or
+Ray Train workers fed through the same shuffle as a sampled run's), so this package knows nothing of Ray.
 """
 
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
-import ray
 import torch
 from torch import Tensor
 
-from rlft.algorithms.backend import Log
-from rlft.algorithms.d3po import make_learner
+from rlft.algorithms.backend import EpochFn, Log, Trainer
 from rlft.algorithms.pairs import pair_items
 from rlft.diffusion.adapters import adapter_digest, adapter_state
-from rlft.diffusion.policy import LocalTrained, build_policy
-from rlft.diffusion.sampling import encode_prompts
-from rlft.distributed.cluster import start_ray
-from rlft.distributed.ray_loop import RayTrained, train_on_workers
-from rlft.distributed.train_workers import TrainWorkers
-from rlft.epoch import item_order, iterate_batches
 from rlft.feedback.batch_folder import read_images, read_manifest, read_trajectories
 from rlft.feedback.label_pairs import majority_pairs
 from rlft.feedback.labels import DB_FILE, LabelError, check_label, connect, read_labels
 from rlft.feedback.labels_config import D3POLabelsConfig
-from rlft.loop import run_epochs
-from rlft.runs.tracking import Tracker
 
 
 def labelled_items(folder: str | Path) -> tuple[dict[str, Tensor], dict]:
@@ -102,94 +95,29 @@ def check_labelled(cfg: D3POLabelsConfig) -> tuple[dict[str, Tensor], dict]:
     return samples, labels
 
 
-@contextmanager
-def local_trainer(
-    cfg: D3POLabelsConfig, run_dir: Path, items: dict, prompts: list[str], start: dict | None, log: Log
-):
-    """(trained, train_epoch) in this process: the policy, with the start adapter's weights if any."""
-    pipe, policy = build_policy(cfg)
-    if start is not None:
-        policy.load_state_dict(start)
-    learner = make_learner(cfg, pipe, policy)
-    items = {k: v.to(pipe.device) for k, v in items.items()}
-    cond, uncond = encode_prompts(pipe, prompts)
-
-    def train_epoch(epoch: int) -> dict[str, float]:
-        order = item_order(len(items["prompt"]), cfg, epoch)
-        return learner.train_epoch(iterate_batches(items, cfg.batch_size, order), cond, uncond)
-
-    yield LocalTrained(policy, learner.optimizer), train_epoch
-
-
-@contextmanager
-def ray_trainer(
-    cfg: D3POLabelsConfig, run_dir: Path, items: dict, prompts: list[str], start: dict | None, log: Log
-):
-    """(trained, train_epoch) on Ray Train workers, fed the items through a Ray Data shuffle as the D3PO job
-    feeds its sampled pairs; no sampler or scorer starts. The workers stop when the block ends."""
-    workers = TrainWorkers(cfg, run_dir / "ray", run_dir.name)
-    try:
-        trained = RayTrained(workers, samplers=[])
-        workers.publish()
-        trained.fetch()
-        if start is not None:  # a fresh optimizer; a resumed checkpoint loads over both afterwards
-            trained.load({"weights": start, "optimizer": trained.state()["optimizer"]})
-        log(f"{cfg.train_workers} train worker(s) ready")
-
-        def train_epoch(epoch: int) -> dict[str, float]:
-            metrics, _, timing = train_on_workers(cfg, trained, epoch, prompts, items, log)
-            return metrics | timing
-
-        yield trained, train_epoch
-    finally:
-        workers.stop()
-
-
-def train_human(
-    cfg: D3POLabelsConfig,
-    run_dir: str | Path,
-    tracker: Tracker | None = None,
-    log: Log = print,
-    checked: tuple[dict, dict] | None = None,
-) -> list[dict[str, float]]:
-    """D3PO on the majority pairs of cfg.batch for cfg.epochs passes, on Ray Train workers (cfg.ray; Ray must
-    be running) or in this process. Each pass is an epoch of `run_epochs`: checkpointed, resumed after the
-    last finished one when started again on the same run_dir, logged to `tracker`. Writes run_dir/adapter and
-    returns one metrics dict per pass (loss, preference_accuracy, grad_norm, pairs, ties, items_per_s,
-    epoch_time_s). `checked`: what `check_labelled(cfg)` gave, when the caller has it already (the job
-    checks the batch before Ray starts), so the batch is read once."""
-    samples, labels = checked or check_labelled(cfg)
-    adapter = labels["manifest"].get("adapter")
+def labels_epoch(
+    cfg: D3POLabelsConfig, trainer: Trainer, checked: tuple[dict, dict], log: Log = print
+) -> EpochFn:
+    """One pass over the majority pairs of the batch `checked` holds (what `check_labelled(cfg)` gave) on
+    `trainer`, whose weights start from the adapter the batch was sampled from, if any (a resumed checkpoint
+    loads over them afterwards). Each pass's metrics: the learner's (loss, preference_accuracy, grad_norm),
+    pairs, ties, items_per_s and the trainer's timing."""
+    samples, labels = checked
     items = pair_items(
         samples["latents"], samples["group"], samples["timesteps"], labels["index_w"], labels["index_l"]
     )
     log(f"{labels['pairs']} pairs ({labels['ties']} ties) from {len(labels['annotators'])} annotator(s)")
-    start = adapter_state(adapter) if adapter is not None else None
-    trainer = ray_trainer if cfg.ray else local_trainer
-    with trainer(cfg, Path(run_dir), items, labels["prompts"], start, log) as (trained, train_epoch):
+    adapter = labels["manifest"].get("adapter")
+    if adapter is not None:  # with a fresh optimizer
+        trainer.trained.load(
+            {"weights": adapter_state(adapter), "optimizer": trainer.trained.state()["optimizer"]}
+        )
+    counts = {"pairs": labels["pairs"], "ties": labels["ties"]}
 
-        def one_epoch(epoch: int):  # nothing sampled: no rewards, no images
-            began = time.perf_counter()
-            metrics = train_epoch(epoch)
-            speed = len(items["prompt"]) / (time.perf_counter() - began)
-            return (
-                metrics | {"pairs": labels["pairs"], "ties": labels["ties"], "items_per_s": speed},
-                None,
-                None,
-            )
+    def one_epoch(epoch: int):  # nothing sampled: no rewards, no images
+        began = time.perf_counter()
+        metrics, _, timing = trainer.train(epoch, labels["prompts"], items)
+        speed = len(items["prompt"]) / (time.perf_counter() - began)
+        return metrics | timing | counts | {"items_per_s": speed}, None, None
 
-        return run_epochs(cfg, Path(run_dir), trained, one_epoch, tracker, log)
-
-
-def train_on_labels(cfg: D3POLabelsConfig, log: Log = print) -> Path:
-    """One human-feedback round: D3PO on the majority pairs of cfg.batch for cfg.epochs passes (on Ray when
-    cfg.ray: joined or started here as the jobs do), with no tracking; returns the adapter folder
-    (runs_dir/run_name/adapter), which `jobs/sample_groups.py --adapter` samples from."""
-    run_dir = Path(cfg.runs_dir) / (cfg.run_name or f"human-{Path(cfg.batch).resolve().name}")
-    started = cfg.ray and start_ray(cfg, log)
-    try:
-        train_human(cfg, run_dir, log=log)
-    finally:
-        if started:
-            ray.shutdown()
-    return run_dir / "adapter"
+    return one_epoch

@@ -14,10 +14,11 @@ from rlft.diffusion.policy import build_policy
 from rlft.epoch import concat_samples, epoch_prompts, plan_chunks, sample_chunk
 from rlft.feedback import batch_folder
 from rlft.feedback.batch_folder import MANIFEST, TRAJECTORIES, read_manifest
-from rlft.feedback.human import labelled_items, train_human
+from rlft.feedback.human import labelled_items
 from rlft.feedback.labels import Label, connect, save_label
 from rlft.feedback.labels_config import D3POLabelsConfig
 from rlft.feedback.sample_groups import SampleGroupsConfig, policy_config, sample_groups
+from rlft.training import train_labels
 
 SETTINGS = dict(groups=3, group_size=3, num_steps=3, round=2)
 
@@ -205,7 +206,7 @@ def test_a_pass_over_the_labelled_pairs_in_this_process_writes_the_adapter(batch
     label(batch, "ann", 0, "g0000-2", "g0000-0")
     label(batch, "ann", 1, "g0001-1", "g0001-2")
     cfg = D3POLabelsConfig(batch=str(batch), ray=False, epochs=1, batch_size=6)
-    (metrics,) = train_human(cfg, tmp_path / "run", log=lambda line: None)
+    (metrics,) = train_labels(cfg, tmp_path / "run", log=lambda line: None)
     assert metrics["pairs"] == 6 and 0 < metrics["loss"] < 1  # beta * clipped log-ratios: near log 2
     assert (tmp_path / "run" / "adapter" / "pytorch_lora_weights.safetensors").is_file()
 

@@ -36,12 +36,12 @@ from rlft.configs import D3POConfig
 from rlft.diffusion.adapters import load_adapter
 from rlft.diffusion.policy import build_policy
 from rlft.evaluation import eval_metrics
-from rlft.feedback.human import train_on_labels
 from rlft.feedback.label_server import create_app
 from rlft.feedback.labels_config import D3POLabelsConfig
 from rlft.feedback.sample_groups import SampleGroupsConfig, sample_groups
 from rlft.local import local_evaluate
 from rlft.rewards.registry import jpeg_size_kb
+from rlft.training import train_on_labels
 
 pytestmark = pytest.mark.slow
 

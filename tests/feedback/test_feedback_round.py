@@ -15,11 +15,11 @@ from rlft.diffusion.models import build_tiny_pipeline
 from rlft.diffusion.policy import ADAPTER_FILE
 from rlft.distributed.cluster import start_ray
 from rlft.feedback.batch_folder import read_manifest
-from rlft.feedback.human import train_human, train_on_labels
 from rlft.feedback.labels import Label, connect, save_label
 from rlft.feedback.labels_config import D3POLabelsConfig
 from rlft.feedback.sample_groups import SampleGroupsConfig, sample_groups
 from rlft.runs.tracking import Tracker
+from rlft.training import train_labels, train_on_labels
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLING = dict(groups=4, group_size=2, num_steps=3)
@@ -127,15 +127,15 @@ def test_on_ray_labels_train_as_in_one_process_a_run_resumes_and_the_start_adapt
     first, tmp_path
 ):
     same = dict(batch=str(first), batch_size=4, shuffle=False, threads=1)
-    single = train_human(D3POLabelsConfig(epochs=2, ray=False, **same), tmp_path / "single", log=print)
+    single = train_labels(D3POLabelsConfig(epochs=2, ray=False, **same), tmp_path / "single", log=print)
     start_ray(D3POLabelsConfig(**same))  # asks for one train worker, no sampler or scorer
     try:
         run, uri = tmp_path / "ray", f"sqlite:///{tmp_path / 'mlflow.db'}"
         with Tracker("ray", same, {}, uri=uri) as tracker:  # stopped after epoch 0 ...
-            train_human(D3POLabelsConfig(epochs=1, **same), run, tracker, log=print)
+            train_labels(D3POLabelsConfig(epochs=1, **same), run, tracker, log=print)
         lines = []
         with Tracker("ray", same, {}, uri=uri) as tracker:  # ... and started again
-            resumed = train_human(D3POLabelsConfig(epochs=2, **same), run, tracker, log=lines.append)
+            resumed = train_labels(D3POLabelsConfig(epochs=2, **same), run, tracker, log=lines.append)
         assert f"resuming {run} after epoch 0" in lines
         history = MlflowClient(uri).get_metric_history(tracker.run_id, "loss")
         assert [m.step for m in history] == [0, 1]  # each pass logged once
@@ -155,7 +155,7 @@ def test_on_ray_labels_train_as_in_one_process_a_run_resumes_and_the_start_adapt
         save_label(conn, Label("ann", 0, best="g0000-0", worst="g0000-1"), sha)
         conn.close()
         again = D3POLabelsConfig(epochs=1, lr=1e-12, **same | {"batch": str(second)})
-        train_human(again, tmp_path / "ray1", log=print)
+        train_labels(again, tmp_path / "ray1", log=print)
         assert_same_adapter(adapter, tmp_path / "ray1" / "adapter")
     finally:
         ray.shutdown()

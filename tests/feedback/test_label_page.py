@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from rlft.diffusion.policy import ADAPTER_FILE
-from rlft.feedback.human import labelled_items, train_on_labels
+from rlft.feedback.human import labelled_items
 from rlft.feedback.labels_config import D3POLabelsConfig
 from rlft.feedback.sample_groups import SampleGroupsConfig, sample_groups
+from rlft.training import train_on_labels
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
