@@ -1,5 +1,5 @@
-"""Pretrain the tiny model on rlft/diffusion/world.py's captioned shapes and write it to a new folder, which
-`--model <folder>` loads (the shipped weights, rlft/diffusion/tiny_model, are never overwritten).
+"""Pretrain the tiny model on rlft/world/scenes.py's captioned shapes and write it to a new folder, which
+`--model <folder>` loads (the shipped weights, rlft/world/tiny_weights, are never overwritten).
 
 The VAE first, then the UNet with the text encoder; one progress line every --settings.log-every steps. The
 shipped weights (model.json records the settings, losses and times) are this command's defaults with

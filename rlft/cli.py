@@ -88,7 +88,7 @@ def label(args: Sequence[str], prog: str = "rlft label") -> None:
 
 def pretrain_tiny(args: Sequence[str], prog: str = "rlft pretrain-tiny") -> None:
     from rlft.configs.flags import parse_config
-    from rlft.diffusion.pretrain import PretrainArgs, pretrain
+    from rlft.world.pretrain import PretrainArgs, pretrain
 
     try:
         cfg = parse_config(PretrainArgs, "pretrain-tiny", args, PRETRAIN, prog)

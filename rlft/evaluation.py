@@ -76,8 +76,8 @@ def eval_metrics(rewards: Tensor, base: Tensor, names: list[str] | None = None) 
 def judged_metrics(images: Tensor, prompts: list[str]) -> dict[str, float]:
     """On the tiny model's world: the share of evaluation images whose shape colour and whose shape the world
     judge reads as their captions say (eval_colour_accuracy, eval_shape_accuracy); {} for other prompts."""
-    from rlft.diffusion.world import parse_caption
-    from rlft.rewards.world_judge import accuracy
+    from rlft.world.judge import accuracy
+    from rlft.world.scenes import parse_caption
 
     if not prompts or any(parse_caption(prompt) is None for prompt in prompts):
         return {}

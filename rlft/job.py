@@ -21,7 +21,6 @@ import ray
 from rlft.configs import RunConfig, SamplingConfig
 from rlft.configs.flags import parse_config
 from rlft.configs.hub import check_hub_model, check_hub_rewards
-from rlft.diffusion.names import GPU_ONLY_MODELS
 from rlft.distributed.cluster import check_resources, start_ray
 from rlft.feedback.labels_config import D3POLabelsConfig
 from rlft.runs.checkpoint import OtherRun, UnreadableCheckpoint, check_same_run, check_writable, run_lock
@@ -29,6 +28,7 @@ from rlft.runs.places import durable_runs_dir, in_ray_working_copy
 from rlft.runs.secrets import redact
 from rlft.runs.storage import check_reachable
 from rlft.runs.tracking import Tracker, check_tracking_uri, tracking_uri
+from rlft.zoo.names import GPU_ONLY_MODELS
 
 History = list[dict[str, float]]
 

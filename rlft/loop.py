@@ -175,7 +175,7 @@ def run_backend(
 ) -> list[dict[str, float]]:
     """Train on `backend` (in this process or on Ray, as the caller built it) through `run_epochs`, with its
     evaluation if it has one and its progress display. `epoch_of(backend)`: the epoch to run (default: the
-    config's algorithm's, which samples; a run on people's labels gives one over its fixed pairs)."""
+    config's algorithm's, which samples; a run on people's labels gives one over its fixed items)."""
     one_epoch = (epoch_of or (lambda b: algorithm_of(cfg).epoch(cfg, b)))(backend)
     evaluate = getattr(backend, "evaluate", None)  # a backend that samples
     return run_epochs(cfg, run_dir, backend.trained, one_epoch, tracker, log, evaluate, backend.progress)

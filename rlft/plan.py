@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from rlft.configs import RunConfig, SamplingConfig
-from rlft.diffusion.names import GPU_ONLY_MODELS, PIPELINE_PARTS, check_model_name
+from rlft.zoo.names import GPU_ONLY_MODELS, PIPELINE_PARTS, check_model_name
 
 GB = 1024**3
 MODEL_PARTS = ("unet", "transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3")
@@ -40,15 +40,15 @@ def count_model(cfg: RunConfig) -> Counts:
     """`cfg.model`'s parameters, built on the meta device (the tiny models: loaded, they are small)."""
     kind = check_model_name(cfg.model)
     if kind in ("tiny", "tiny-folder", "tiny-random", "tiny-sdxl", "tiny-sd3", "tiny-flux"):
-        from rlft.diffusion.loading import load_pipeline
+        from rlft.zoo.loading import load_pipeline
 
         pipe = load_pipeline(cfg.model)
     elif kind in GPU_ONLY_MODELS:
-        from rlft.diffusion.full_size import FULL_SIZE
+        from rlft.zoo.full_size import FULL_SIZE
 
         pipe = FULL_SIZE[kind](cfg.seed, device="meta", dtype=torch.bfloat16)
     elif kind == "sd15-random":
-        from rlft.diffusion.models import build_sd15_random_pipeline
+        from rlft.zoo.full_size import build_sd15_random_pipeline
 
         with torch.device("meta"):
             pipe = build_sd15_random_pipeline(cfg.seed)

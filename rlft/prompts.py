@@ -9,7 +9,7 @@ Built-in sets, from DDPO's code (ddpo-pytorch, `ddpo_pytorch/assets`) and paper 
   `unseen-animals` is the evaluation set of `animals` and `simple-animals`.
 - `animal-activities`: "a(n) <animal> <activity>" for the 45 animals and the paper's three activities, DDPO's
   prompt-alignment task; prompt-conditioned rewards (imagereward) have something to judge there.
-- `shapes` and `shapes-eval`: captions of the tiny model's world (rlft/diffusion/world.py), "a small red
+- `shapes` and `shapes-eval`: captions of the tiny model's world (rlft/world/scenes.py), "a small red
 circle on a noisy blue background"; `shapes-eval` holds every eighth caption, `shapes` the rest, so the
 evaluation set (rlft/evaluation.py) judges prompts training never draws.
 Sets shipped as text files in rlft/prompt_sets/ (package data, read with importlib.resources, so they load
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from rlft.diffusion.world import all_scenes
+from rlft.world.scenes import all_scenes
 
 # ddpo-pytorch's simple_animals.txt, in its order.
 SIMPLE_ANIMALS = (

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlft.diffusion.models import build_tiny_pipeline
+from rlft.world.tiny_model import build_tiny_pipeline
 
 SLOW_TIER = "pytest -m slow"
 ROOT = Path(__file__).resolve().parents[1]

@@ -241,7 +241,7 @@ def test_a_gpu_run_on_a_machine_without_one_is_refused(tmp_path, monkeypatch, ca
 
 
 def test_pretrain_tiny_never_writes_over_a_model(tmp_path, monkeypatch):
-    shipped = ROOT / "rlft" / "diffusion" / "tiny_model"
+    shipped = ROOT / "rlft" / "world" / "tiny_weights"
     with pytest.raises(SystemExit, match="the shipped model is there"):
         cli.main(["pretrain-tiny", "--out", str(shipped)])
     (tmp_path / "model.json").write_text("{}")

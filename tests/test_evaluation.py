@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from rlft.configs import D3POConfig, DRaFTConfig
-from rlft.diffusion import world
 from rlft.evaluation import (
     before_after_grid,
     eval_chunks,
@@ -16,6 +15,7 @@ from rlft.evaluation import (
     judged_metrics,
 )
 from rlft.prompts import PROMPT_SETS
+from rlft.world import scenes
 
 
 def test_the_set_is_the_same_for_every_seed_and_algorithm_and_held_out_from_training():
@@ -55,13 +55,13 @@ def test_several_rewards_are_each_reported():
 
 
 def test_the_world_judge_reads_colour_and_shape_against_the_captions():
-    images, captions = world.make_dataset(4, seed=3)
+    images, captions = scenes.make_dataset(4, seed=3)
     assert judged_metrics(images, captions) == {"eval_colour_accuracy": 1.0, "eval_shape_accuracy": 1.0}
-    scenes = [world.parse_caption(c) for c in captions]
+    shown = [scenes.parse_caption(c) for c in captions]
     other = {"red": "blue", "blue": "red"}
     swapped = [  # the first caption's shape colour changed: one image in four no longer matches
         c.replace(f" {s.colour} {s.shape} ", f" {other.get(s.colour, 'red')} {s.shape} ") if i == 0 else c
-        for i, (c, s) in enumerate(zip(captions, scenes, strict=True))
+        for i, (c, s) in enumerate(zip(captions, shown, strict=True))
     ]
     assert judged_metrics(images, swapped)["eval_colour_accuracy"] == 0.75
     assert judged_metrics(images, ["a photo of a cat"] * 4) == {}  # not the tiny world's captions

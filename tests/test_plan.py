@@ -35,7 +35,7 @@ def test_the_dry_run_prints_the_default_plan_and_starts_nothing(tmp_path, monkey
 def test_the_dry_run_counts_the_full_size_models_parameters(model, tmp_path, monkeypatch, capsys):
     import torch
 
-    from rlft.diffusion.full_size import FULL_SIZE
+    from rlft.zoo.full_size import FULL_SIZE
 
     parts = FULL_SIZE[model](0, device="meta", dtype=torch.bfloat16).components.values()
     counted = sum(p.numel() for m in parts if isinstance(m, torch.nn.Module) for p in m.parameters())

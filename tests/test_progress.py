@@ -220,5 +220,5 @@ def test_the_loop_names_no_algorithms_metrics():
     source = inspect.getsource(rlft.loop)
     own = ("reward_margin", "preference_accuracy", "approx_kl", "clip_fraction", "pairs", "log_ratio")
     assert [name for name in own if name in source] == []
-    assert {name for name in ALGORITHMS} == {"d3po", "ddpo", "draft"}
+    assert {"d3po", "ddpo", "draft"} <= set(ALGORITHMS)
     assert all(callable(algorithm.epoch_parts) for algorithm in ALGORITHMS.values())

@@ -6,8 +6,8 @@ import torch
 
 import rlft.prompt_sets
 from rlft.configs import D3POConfig, DRaFTConfig
-from rlft.diffusion.world import BACKGROUNDS, COLOURS
 from rlft.prompts import EVAL_SETS, PACKAGED, PROMPT_SETS, draw_prompts, load_prompts
+from rlft.world.scenes import BACKGROUNDS, COLOURS
 
 
 def test_built_in_sets_hold_the_papers_prompts():

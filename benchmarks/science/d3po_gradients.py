@@ -23,10 +23,10 @@ from rlft.algorithms.d3po import make_learner
 from rlft.algorithms.pairs import d3po_items, pairs_from_rewards
 from rlft.algorithms.registry import algorithm_of
 from rlft.configs import D3POConfig
-from rlft.diffusion.families import denoiser_for
 from rlft.diffusion.policy import build_policy
 from rlft.diffusion.sampling import encode_prompts
 from rlft.epoch import epoch_prompts
+from rlft.families.registry import denoiser_for
 from rlft.local import LocalBackend
 
 

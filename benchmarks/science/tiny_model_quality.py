@@ -7,7 +7,7 @@ images and the random model's samples, as a markdown table.
     python benchmarks/science/tiny_model_quality.py --steps 10 --eta 1 --group-size 4  # as D3PO samples
 
 Every held-out caption (`shapes-eval`, 224; `--prompts` another set) is sampled from its own fixed noise
-with eta 0 (`--eta`); the judge (rlft/rewards/world_judge.py) reads back each sample's colour, shape, size
+with eta 0 (`--eta`); the judge (rlft/world/judge.py) reads back each sample's colour, shape, size
 and background, and the table gives the fraction that match the caption, the colour-alignment reward's mean
 and the JPEG sizes' spread. `--group-size N` samples each caption N times from one shared noise, as D3PO's
 groups are, and adds what a preference can learn from there: the share of groups whose members disagree on
@@ -21,13 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rlft.diffusion.models import build_tiny_pipeline, load_tiny_pretrained
 from rlft.diffusion.sampling import sample_trajectories
-from rlft.diffusion.world import parse_caption, render
 from rlft.evaluation import before_after_grid, save_grid
 from rlft.prompts import PROMPT_SETS
 from rlft.rewards.registry import jpeg_size_kb
-from rlft.rewards.world_judge import accuracy, color_alignment, color_alignment_soft, judge
+from rlft.world.judge import accuracy, color_alignment, color_alignment_soft, judge
+from rlft.world.scenes import parse_caption, render
+from rlft.world.tiny_model import build_tiny_pipeline, load_tiny_pretrained
 
 COLUMNS = ("colour", "shape", "size", "background", "background_colour", "all")
 

@@ -28,12 +28,12 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, 
 
 from rlft.algorithms.d3po import D3POLearner
 from rlft.algorithms.pairs import pair_items
-from rlft.diffusion.families import denoiser_for
-from rlft.diffusion.loading import load_pipeline
 from rlft.diffusion.policy import Policy
 from rlft.diffusion.sampling import sample_trajectories
 from rlft.epoch import iterate_batches
+from rlft.families.registry import denoiser_for
 from rlft.prompts import PROMPT_SETS
+from rlft.zoo.loading import load_pipeline
 
 
 def sync(device: torch.device) -> None:

@@ -1,7 +1,7 @@
 """Peak memory and time of a DRaFT-K step (for each K asked) and of a D3PO step, for any model family.
 
 For a GPU check of the large families (`sd35-random` is Stable Diffusion 3.5 Large's shape and `flux-random`
-is FLUX.1-dev's, both with random weights; rlft/diffusion/full_size.py):
+is FLUX.1-dev's, both with random weights; rlft/zoo/full_size.py):
 
     python benchmarks/speed/family_memory.py --model sd35-random --device cuda --dtype bfloat16
 
@@ -29,12 +29,12 @@ import torch
 from rlft.algorithms.d3po import D3POLearner
 from rlft.algorithms.draft import DRaFTLearner
 from rlft.algorithms.pairs import pair_items
-from rlft.diffusion.families import denoiser_for
-from rlft.diffusion.loading import load_pipeline
 from rlft.diffusion.policy import Policy
 from rlft.diffusion.sampling import sample_trajectories
+from rlft.families.registry import denoiser_for
 from rlft.prompts import PROMPT_SETS
 from rlft.rewards.registry import get_reward
+from rlft.zoo.loading import load_pipeline
 
 GiB = 2**30
 

@@ -103,7 +103,7 @@ MakeLearner = Callable[[Any, Any, Any, GradSync | None], Learner]
 @dataclass
 class EpochInputs:
     """What a learner's epoch may use beside its batches, made where the learner runs: the epoch's prompt
-    conditioning (rlft/diffusion/families.py's `Cond`, one row per prompt), the unconditional prompt's, a
+    conditioning (rlft/families/registry.py's `Cond`, one row per prompt), the unconditional prompt's, a
     generator for the learner's own noise (DRaFT's) and the prompts (DRaFT-K scores what it finishes)."""
 
     cond: Any
@@ -145,9 +145,9 @@ def pipeline_next(
 
 
 def denoiser_at_sampled_steps(cfg, pipe):
-    """The pipeline's `Denoiser` (rlft/diffusion/families.py) with its scheduler at the steps the items were
+    """The pipeline's `Denoiser` (rlft/families/registry.py) with its scheduler at the steps the items were
     sampled at: what D3PO's and DDPO's learners recompute each recorded step's log-probability with."""
-    from rlft.diffusion.families import denoiser_for  # model code, only where the weights live
+    from rlft.families.registry import denoiser_for  # model code, only where the weights live
 
     denoiser = denoiser_for(pipe)
     denoiser.set_timesteps(cfg.num_steps, cfg.resolution)

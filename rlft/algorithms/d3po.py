@@ -6,7 +6,7 @@ call per micro-batch (the whole batch unless `micro_batch` cuts it; the gradient
 batch's); the reference is the same model with the adapter disabled. With `objective="noised"` the items
 are Diffusion-DPO's instead (`noised_pair_items`) and a member's log-probability is replaced by minus its
 denoising error (`D3POLearner._denoising_error`); the loss and everything around it are the same. Written
-once for every model family against its `Denoiser` (rlft/diffusion/families.py). The epoch (`d3po_epoch`)
+once for every model family against its `Denoiser` (rlft/families/registry.py). The epoch (`d3po_epoch`)
 is written once against a `Backend` (rlft/algorithms/backend.py): sample and score, pair, train.
 """
 
@@ -39,8 +39,8 @@ from rlft.epoch import epoch_prompts, stream_generator
 
 # The model code only for type checks and in make_learner: a Ray driver runs the epoch, holds no model.
 if TYPE_CHECKING:
-    from rlft.diffusion.families import Cond, Denoiser
     from rlft.diffusion.policy import Policy
+    from rlft.families.registry import Cond, Denoiser
 
 NO_PAIRS = {"loss": float("nan"), "preference_accuracy": float("nan"), "grad_norm": 0.0}
 

@@ -36,8 +36,8 @@ from rlft.epoch import epoch_prompts, prompts_of, stream_generator
 
 # The model code only for type checks and in make_learner: a Ray driver runs the epoch, holds no model.
 if TYPE_CHECKING:
-    from rlft.diffusion.families import Cond, Denoiser
     from rlft.diffusion.policy import Policy
+    from rlft.families.registry import Cond, Denoiser
 
 NO_ITEMS = {"loss": float("nan"), "grad_norm": 0.0}
 

@@ -45,8 +45,8 @@ from rlft.rewards.registry import get_reward
 
 # The model code only for type checks and in make_learner: a Ray driver runs the epoch, holds no model.
 if TYPE_CHECKING:
-    from rlft.diffusion.families import Cond, Denoiser
     from rlft.diffusion.policy import Policy
+    from rlft.families.registry import Cond, Denoiser
 
 TRUNCATIONS = ("fixed", "random", "one")  # DRaFT-K; AlignProp's random K; ReFL's one random step
 
@@ -211,7 +211,7 @@ def show_chunk(cfg: DRaFTConfig, prompts: list[str], epoch: int) -> Chunk:
 
 
 def make_learner(cfg: DRaFTConfig, pipe, policy: Policy, grad_sync: GradSync | None = None) -> DRaFTLearner:
-    from rlft.diffusion.families import denoiser_for
+    from rlft.families.registry import denoiser_for
 
     return DRaFTLearner(
         denoiser_for(pipe),

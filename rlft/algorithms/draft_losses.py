@@ -1,5 +1,5 @@
 """DRaFT's losses (Clark et al., arXiv 2309.17400) and ReFL's (Xu et al., arXiv 2304.05977): the reward of
-samples finished with gradient, as functions of the model family's `Denoiser` (rlft/diffusion/families.py),
+samples finished with gradient, as functions of the model family's `Denoiser` (rlft/families/registry.py),
 the model being trained and the latents the sampler left. rlft/algorithms/draft.py says what each variant is
 and applies them. A sample whose reward is NaN drops out of the loss (the mean runs over the finite
 rewards)."""
@@ -14,7 +14,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 if TYPE_CHECKING:  # the model code is imported by whoever builds the Denoiser
-    from rlft.diffusion.families import Cond, Denoiser
+    from rlft.families.registry import Cond, Denoiser
 
 RewardFn = Callable[[Tensor, list[str] | None], Tensor]  # (images, their prompts or None) -> (B,)
 

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from rlft.configs.checks import check, check_gpus, check_resource, run_name_stays_below
-from rlft.diffusion.names import DEFAULT_LORA_TARGETS, GPU_ONLY_MODELS, check_model_name
 from rlft.runs.places import default_runs_dir
 from rlft.runs.storage import ALLOWED, storage_problem
+from rlft.zoo.names import DEFAULT_LORA_TARGETS, GPU_ONLY_MODELS, check_model_name
 
 # Fields that say where and how fast a run goes, not what it is: they may change when the run resumes.
 RUNTIME_FIELDS = frozenset(

@@ -13,7 +13,7 @@ from pathlib import Path
 import huggingface_hub
 from huggingface_hub import constants, errors
 
-from rlft.diffusion.names import PIPELINE_PARTS, check_model_name, check_pipeline_class
+from rlft.zoo.names import PIPELINE_PARTS, check_model_name, check_pipeline_class
 
 # A part's weights, under any of the names diffusers and transformers write (single file or sharded).
 WEIGHTS = (

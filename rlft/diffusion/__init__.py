@@ -1,3 +1,4 @@
-"""Diffusion models and sampling: pipelines by name (the shipped tiny model among them), the trainable policy
-(LoRA through peft, or full fine-tuning) and its adapters, DDIM steps with log-probabilities, trajectories
-for groups sharing x_T, and the tiny model's captioned world and pretraining. Imports nothing else of rlft."""
+"""The trainable policy and sampling: the denoising model with a LoRA adapter (through peft) or fully
+fine-tuned, and its frozen reference (`policy`); adapters saved and read in diffusers' format (`adapters`);
+trajectories for groups sharing x_T, with log-probabilities (`sampling`).
+Imports from rlft: families and zoo."""

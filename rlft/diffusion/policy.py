@@ -22,9 +22,9 @@ from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from torch import Tensor
 
-from rlft.diffusion.families import denoiser_for
-from rlft.diffusion.loading import load_pipeline
-from rlft.diffusion.names import DEFAULT_LORA_TARGETS
+from rlft.families.registry import denoiser_for
+from rlft.zoo.loading import load_pipeline
+from rlft.zoo.names import DEFAULT_LORA_TARGETS
 
 ADAPTER_FILE = "pytorch_lora_weights.safetensors"
 

@@ -1,6 +1,6 @@
 """Sampling trajectories: groups of samples that share the initial noise x_T, with every latent and log-prob.
 
-Written once for every model family against its `Denoiser` (rlft/diffusion/families.py). One model call per
+Written once for every model family against its `Denoiser` (rlft/families/registry.py). One model call per
 denoising step covers the whole batch, classifier-free guidance included (the unconditional and conditional
 halves go through together); training makes the same call through `Denoiser.guided`.
 """
@@ -8,7 +8,7 @@ halves go through together); training makes the same call through `Denoiser.guid
 import torch
 from torch import Tensor
 
-from rlft.diffusion.families import Cond, denoiser_for
+from rlft.families.registry import Cond, denoiser_for
 
 
 def encode_prompts(pipe, prompts: list[str]) -> tuple[Cond, Cond]:

@@ -11,8 +11,8 @@ from typing import ClassVar
 
 from rlft.configs.base import RunConfig
 from rlft.configs.checks import check, check_divides, check_micro_batch
-from rlft.diffusion.names import BUILTIN_MODELS, DEFAULT_LORA_TARGETS
 from rlft.feedback.batch_folder import read_manifest
+from rlft.zoo.names import BUILTIN_MODELS, DEFAULT_LORA_TARGETS
 
 
 @dataclass(frozen=True)

@@ -100,8 +100,8 @@ def random_scorer(small: bool = True, seed: int = 0) -> PickScorer:
     still tokenizes, down to bytes). The scores mean nothing; the shapes, loading and gradients are real."""
     from transformers import CLIPConfig, CLIPModel
 
-    from rlft.diffusion.models import build_tiny_tokenizer
     from rlft.prompts import PROMPT_SETS
+    from rlft.world.tiny_model import build_tiny_tokenizer
 
     tokenizer = build_tiny_tokenizer(" ".join(p.lower() for ps in PROMPT_SETS.values() for p in ps))
     text = dict(

@@ -12,10 +12,10 @@ Names (`--reward`):
   are differentiable. Their weights load on the first call,
   once per process, and move to the images' device; `get_reward` only checks the folder, so a config that
   names one is validated in well under a second.
-- World (the tiny model's captions, rlft/diffusion/world.py; both need the prompts and refuse any other with a
+- World (the tiny model's captions, rlft/world/scenes.py; both need the prompts and refuse any other with a
   ValueError): `color-alignment`, how much the shape has the colour its prompt names, in [0, 1] (float32,
   not differentiable), and `color-alignment-soft`, the same with soft colours (differentiable, keeps the
-  images' dtype); rlft/rewards/world_judge.py says how they are computed.
+  images' dtype); rlft/world/judge.py says how they are computed.
 - Several: `a,b` scores with each and returns (B, R), R the number of rewards, in the order named. D3PO
   prefers a sample only when it is at least as good on every reward and better on one
   (`rlft.algorithms.pairs.pairs_from_rewards`); DRaFT refuses several rewards (see `get_reward`).
@@ -36,7 +36,7 @@ from rlft.rewards.imagereward import ImageRewardScore
 from rlft.rewards.imagereward import check_folder as check_imagereward_folder
 from rlft.rewards.pickscore import PickScore
 from rlft.rewards.pickscore import check_folder as check_pickscore_folder
-from rlft.rewards.world_judge import color_alignment, color_alignment_soft
+from rlft.world.judge import color_alignment, color_alignment_soft
 
 # fn(images (B, 3, H, W), prompts: list[str] | None = None) -> (B,), or (B, R) for several rewards
 RewardFn = Callable[..., Tensor]

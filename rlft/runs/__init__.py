@@ -1,2 +1,2 @@
-"""What a run keeps: checkpoints, storage on S3 or any pyarrow filesystem, and MLflow tracking. Imports
-nothing from rlft."""
+"""What a run keeps: checkpoints, storage on S3 or any pyarrow filesystem, and MLflow tracking.
+Imports from rlft: nothing."""

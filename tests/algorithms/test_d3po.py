@@ -4,10 +4,10 @@ import torch
 
 from rlft.algorithms.d3po import D3POLearner
 from rlft.algorithms.pairs import noised_pair_items, pair_items, pairs_from_rewards
-from rlft.diffusion.families import denoiser_for
-from rlft.diffusion.models import build_tiny_pipeline
 from rlft.diffusion.policy import Policy
 from rlft.diffusion.sampling import sample_trajectories
+from rlft.families.registry import denoiser_for
+from rlft.world.tiny_model import build_tiny_pipeline
 
 
 def test_pairs_follow_the_reward_order_within_groups_and_count_ties():

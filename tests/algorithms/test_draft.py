@@ -5,9 +5,9 @@ from diffusers import DDIMScheduler
 from rlft.algorithms.draft import DRaFTLearner
 from rlft.algorithms.draft_losses import denoise_steps, draft_k_loss, draft_lv_loss, refl_loss
 from rlft.configs import DRaFTConfig
-from rlft.diffusion.ddim import predicted_x0
-from rlft.diffusion.families import denoiser_for
 from rlft.diffusion.policy import Policy
+from rlft.families.ddim import predicted_x0
+from rlft.families.registry import denoiser_for
 from rlft.rewards.registry import smoothness
 
 GUIDANCE = 3.0

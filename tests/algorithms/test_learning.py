@@ -17,8 +17,8 @@ from mlflow.tracking import MlflowClient
 from processes import SMALL_EVAL
 
 from rlft.configs import D3POConfig, DDPOConfig, DRaFTConfig
-from rlft.diffusion.loading import load_pipeline
 from rlft.local import train_local
+from rlft.zoo.loading import load_pipeline
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,9 +12,9 @@ from rlft.algorithms.draft import DRaFTLearner
 from rlft.algorithms.draft_losses import draft_k_loss
 from rlft.algorithms.pairs import pair_items
 from rlft.configs import D3POConfig, DDPOConfig, DRaFTConfig
-from rlft.diffusion.families import denoiser_for
 from rlft.diffusion.policy import Policy
 from rlft.diffusion.sampling import sample_trajectories
+from rlft.families.registry import denoiser_for
 from rlft.feedback import labels_config
 from rlft.rewards.registry import smoothness
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from benchmark_scripts import load
 
-from rlft.diffusion.world import parse_caption, render
-from rlft.rewards.world_judge import color_alignment_soft
+from rlft.world.judge import color_alignment_soft
+from rlft.world.scenes import parse_caption, render
 
 
 def test_group_spread_counts_the_groups_whose_members_disagree_on_the_colour():

@@ -3,11 +3,11 @@ import dataclasses
 import torch
 
 from rlft.configs import D3POConfig
-from rlft.diffusion.families import denoiser_for
-from rlft.diffusion.loading import load_pipeline
-from rlft.diffusion.models import build_tiny_pipeline
 from rlft.diffusion.policy import Policy, build_policy
 from rlft.diffusion.sampling import sample_trajectories
+from rlft.families.registry import denoiser_for
+from rlft.world.tiny_model import build_tiny_pipeline
+from rlft.zoo.loading import load_pipeline
 
 
 def _perturb(policy: Policy, seed: int = 1) -> None:

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from rlft.diffusion.ddim import ddim_step_with_logprob
-from rlft.diffusion.families import denoiser_for
 from rlft.diffusion.sampling import sample_trajectories
+from rlft.families.ddim import ddim_step_with_logprob
+from rlft.families.registry import denoiser_for
 
 PROMPTS = ["a photo of a cat", "a photo of a dog"]
 

@@ -11,7 +11,6 @@ from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 from test_feedback_learns import label_over_http as label_by_rule
 
-from rlft.diffusion.models import build_tiny_pipeline
 from rlft.diffusion.policy import ADAPTER_FILE
 from rlft.distributed.cluster import start_ray
 from rlft.feedback.batch_folder import read_manifest
@@ -20,6 +19,7 @@ from rlft.feedback.labels_config import D3POLabelsConfig
 from rlft.feedback.sample_groups import SampleGroupsConfig, sample_groups
 from rlft.runs.tracking import Tracker
 from rlft.training import train_labels, train_on_labels
+from rlft.world.tiny_model import build_tiny_pipeline
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLING = dict(groups=4, group_size=2, num_steps=3)

@@ -8,11 +8,11 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from rlft.configs import D3POConfig
-from rlft.diffusion.models import build_tiny_pipeline
 from rlft.diffusion.policy import Policy
 from rlft.local import train_local
 from rlft.loop import register
 from rlft.runs.tracking import Tracker
+from rlft.world.tiny_model import build_tiny_pipeline
 
 TAGS = {"base_model": "tiny", "algorithm": "d3po", "reward": "jpeg-compressibility", "epochs": "1"}
 

@@ -1,9 +1,9 @@
 """The Stable Diffusion 1.x-shaped models rlft builds offline, and the tiny parts the other families share.
 
-"tiny" is pretrained on rlft/diffusion/world.py's captioned shapes (rlft/diffusion/pretrain.py) and ships
+"tiny" is pretrained on rlft/world/scenes.py's captioned shapes (rlft/world/pretrain.py) and ships
 with the package as safetensors (`load_tiny_pretrained`); "tiny-random" is the same architecture with random
 weights (noise in, noise out), for tests that need only speed; "sd15-random" is Stable Diffusion 1.5's
-architecture with random weights, for GPU speed and memory work. rlft/diffusion/loading.py loads any model
+architecture with random weights, for GPU speed and memory work. rlft/zoo/loading.py loads any model
 by name.
 """
 
@@ -22,7 +22,7 @@ from diffusers import (
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 # The pretrained tiny model's weights, inside the package (written by jobs/pretrain_tiny.py).
-TINY_MODEL_FOLDER = files("rlft.diffusion") / "tiny_model"
+TINY_MODEL_FOLDER = files("rlft.world") / "tiny_weights"
 # Stable Diffusion 1.x's noise schedule, which every pipeline built here uses (and the tiny model learned).
 TINY_SCHEDULER = dict(
     beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000
@@ -35,7 +35,7 @@ TINY_TOKENIZER_TEXT = (
 )
 
 
-def _assemble(unet, vae, text_encoder, tokenizer) -> StableDiffusionPipeline:
+def assemble_sd(unet, vae, text_encoder, tokenizer) -> StableDiffusionPipeline:
     """A pipeline from built parts, with Stable Diffusion 1.x's noise schedule and no safety checker."""
     scheduler = DDIMScheduler(**TINY_SCHEDULER, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
     return StableDiffusionPipeline(
@@ -146,15 +146,15 @@ def build_tiny_pipeline(seed: int = 0) -> StableDiffusionPipeline:
     too little signal for the compressibility reward to train on in minutes (measured; docs/tiny-model.md).
     """
     tokenizer = build_tiny_tokenizer()
-    return _assemble(*tiny_parts(len(tokenizer), seed), tokenizer)
+    return assemble_sd(*tiny_parts(len(tokenizer), seed), tokenizer)
 
 
 def load_tiny_pretrained(folder: str | Path | None = None) -> StableDiffusionPipeline:
     """The pretrained tiny model ("tiny"): `tiny_parts` filled with the weights in `folder` (default: the
-    package's own, rlft/diffusion/tiny_model), every tensor checked by name and shape."""
+    package's own, rlft/world/tiny_weights), every tensor checked by name and shape."""
     from safetensors.torch import load_file
 
-    from rlft.diffusion.world import caption_vocabulary
+    from rlft.world.scenes import caption_vocabulary
 
     folder = Path(folder) if folder is not None else Path(str(TINY_MODEL_FOLDER))
     record = folder / "model.json"
@@ -165,35 +165,4 @@ def load_tiny_pretrained(folder: str | Path | None = None) -> StableDiffusionPip
     parts = tiny_parts(len(tokenizer), 0, scaling_factor)
     for name, module in zip(("unet", "vae", "text_encoder"), parts, strict=True):
         module.load_state_dict(load_file(str(folder / f"{name}.safetensors")), strict=True)
-    return _assemble(*parts, tokenizer)
-
-
-# Stable Diffusion's VAE (its latent channels and size differ: 4 in SD 1.x, 16 in SD3 and FLUX) and the CLIP
-# ViT-L/14 text encoder of SD 1.x, SD3 and FLUX (rlft/diffusion/full_size.py builds the last two).
-SD_VAE = dict(
-    block_out_channels=(128, 256, 512, 512),
-    down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4,
-    layers_per_block=2,
-)
-CLIP_L = dict(
-    hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12, projection_dim=768
-)
-
-
-def build_sd15_random_pipeline(seed: int = 0) -> StableDiffusionPipeline:
-    """Stable Diffusion 1.5's architecture (860 M-parameter UNet, 512x512 images) with random weights.
-
-    For GPU speed and memory measurements only: nothing is downloaded, so the tokenizer is the tiny one
-    (ids still index the real 49408-entry embedding table).
-    """
-    tokenizer = build_tiny_tokenizer()
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
-    torch.manual_seed(seed + 1)
-    vae = AutoencoderKL(**SD_VAE, latent_channels=4, sample_size=512)
-    torch.manual_seed(seed + 2)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(vocab_size=49408, max_position_embeddings=77, hidden_act="quick_gelu", **CLIP_L)
-    )
-    return _assemble(unet, vae, text_encoder, tokenizer)
+    return assemble_sd(*parts, tokenizer)

@@ -1,14 +1,14 @@
 """Loading a pipeline by name: a built-in model (built or read offline), a hub id or a folder.
 
-"tiny" is pretrained on rlft/diffusion/world.py's captioned shapes (rlft/diffusion/pretrain.py) and ships
+"tiny" is pretrained on rlft/world/scenes.py's captioned shapes (rlft/world/pretrain.py) and ships
 with the package as safetensors; "tiny-random" is the same architecture with random weights (noise in, noise
-out), for tests that need only speed (both in rlft/diffusion/models.py); "tiny-sdxl", "tiny-sd3" and
-"tiny-flux" are the newer families' structures at the same size (rlft/diffusion/tiny_families.py);
-"sd15-random" (models.py), "sd35-random" and "flux-random" (rlft/diffusion/full_size.py) are full-size
+out), for tests that need only speed (both in rlft/world/tiny_model.py); "tiny-sdxl", "tiny-sd3" and
+"tiny-flux" are the newer families' structures at the same size (rlft/zoo/tiny_sdxl_sd3_flux.py);
+"sd15-random" (models.py), "sd35-random" and "flux-random" (rlft/zoo/full_size.py) are full-size
 shapes with random weights, for GPU memory and speed work.
 
 A hub id or folder loads as the pipeline class its model_index.json names, when rlft trains that class
-(rlft/diffusion/names.py's SUPPORTED_PIPELINES). UNet pipelines come back with a `DDIMScheduler` (the
+(rlft/zoo/names.py's SUPPORTED_PIPELINES). UNet pipelines come back with a `DDIMScheduler` (the
 sampler's log-probabilities need DDIM; flow-matching ones keep their `FlowMatchEulerDiscreteScheduler`), the
 safety checker off, all weights frozen and the progress bar off. Names are checked before anything is built.
 """
@@ -17,14 +17,10 @@ import diffusers
 import torch
 from diffusers import DDIMScheduler, DiffusionPipeline
 
-from rlft.diffusion.full_size import FULL_SIZE
-from rlft.diffusion.models import (
-    build_sd15_random_pipeline,
-    build_tiny_pipeline,
-    load_tiny_pretrained,
-)
-from rlft.diffusion.names import check_model_name, check_pipeline_class
-from rlft.diffusion.tiny_families import TINY_FAMILIES
+from rlft.world.tiny_model import build_tiny_pipeline, load_tiny_pretrained
+from rlft.zoo.full_size import FULL_SIZE, build_sd15_random_pipeline
+from rlft.zoo.names import check_model_name, check_pipeline_class
+from rlft.zoo.tiny_sdxl_sd3_flux import TINY_FAMILIES
 
 
 def load_pipeline(

@@ -25,7 +25,7 @@ DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 # Hub ids are "owner/name" with letters, digits, '-', '_' and '.' (huggingface_hub's own rule).
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 
-# The pipeline classes rlft trains (rlft/diffusion/families.py), and the parts training loads from each.
+# The pipeline classes rlft trains (rlft/families/registry.py), and the parts training loads from each.
 _TWO_ENCODERS = ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
 PIPELINE_PARTS = {
     "StableDiffusionPipeline": ("unet", "vae", "text_encoder", "tokenizer", "scheduler"),

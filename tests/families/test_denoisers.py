@@ -12,12 +12,13 @@ from rlft.algorithms.d3po import D3POLearner
 from rlft.algorithms.draft_losses import draft_k_loss
 from rlft.algorithms.pairs import pair_items
 from rlft.configs import D3POConfig
-from rlft.diffusion.families import FluxDenoiser, SD3Denoiser, XLDenoiser, denoiser_for
-from rlft.diffusion.loading import load_pipeline
 from rlft.diffusion.policy import Policy, build_policy
 from rlft.diffusion.sampling import sample_trajectories
-from rlft.diffusion.tiny_families import TINY_FAMILIES, build_tiny_sd3
+from rlft.families.registry import DENOISERS, FluxDenoiser, SD3Denoiser, XLDenoiser, denoiser_for
 from rlft.rewards.registry import brightness
+from rlft.zoo.loading import load_pipeline
+from rlft.zoo.names import SUPPORTED_PIPELINES
+from rlft.zoo.tiny_sdxl_sd3_flux import TINY_FAMILIES, build_tiny_sd3
 
 PROMPTS = ["a photo of a cat", "a red circle"]
 FAMILIES = list(TINY_FAMILIES)
@@ -64,6 +65,16 @@ def test_the_families_are_their_pipelines_classes(name):
     expected = {"tiny-sdxl": XLDenoiser, "tiny-sd3": SD3Denoiser, "tiny-flux": FluxDenoiser}[name]
     assert type(denoiser_for(pipe)) is expected
     assert not any(p.requires_grad for p in denoiser_for(pipe).model.parameters())
+
+
+def test_every_pipeline_class_a_folder_may_hold_has_a_family_and_an_unknown_one_is_refused_by_name():
+    assert tuple(DENOISERS) == SUPPORTED_PIPELINES  # the zoo checks folders against the same classes
+
+    class KandinskyPipeline:
+        pass
+
+    with pytest.raises(ValueError, match="class KandinskyPipeline is not supported; supported: Stable"):
+        denoiser_for(KandinskyPipeline())
 
 
 @pytest.mark.parametrize(

@@ -7,10 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from rlft.diffusion.loading import load_pipeline
-from rlft.diffusion.models import TINY_MODEL_FOLDER, build_tiny_pipeline
-from rlft.diffusion.names import check_model_name
 from rlft.diffusion.sampling import sample_trajectories
+from rlft.world.tiny_model import TINY_MODEL_FOLDER, build_tiny_pipeline
+from rlft.zoo.loading import load_pipeline
+from rlft.zoo.names import check_model_name
 
 FIRST_SAMPLE = Path(__file__).parents[1] / "data" / "tiny_first_sample.png"
 FIRST_PROMPT = "a large red circle on a plain blue background"
@@ -29,7 +29,7 @@ def first_sample() -> np.ndarray:
 def test_the_shipped_tiny_model_is_the_recorded_one_and_reproduces_its_first_sample():
     folder = Path(str(TINY_MODEL_FOLDER))
     record = json.loads((folder / "model.json").read_text())
-    for name, digest in record["sha256"].items():  # recorded by rlft.diffusion.pretrain.save_model
+    for name, digest in record["sha256"].items():  # recorded by rlft.world.pretrain.save_model
         assert hashlib.sha256((folder / name).read_bytes()).hexdigest() == digest, name
     stored = np.asarray(Image.open(FIRST_SAMPLE).convert("RGB")).astype(int)
     # The same weights and noise give the same image; a different CPU may round a pixel differently.
@@ -49,7 +49,7 @@ def test_the_shipped_tiny_model_is_the_recorded_one_and_reproduces_its_first_sam
 )
 def test_bad_model_names_fail_before_building(name, message, monkeypatch):
     built = []
-    monkeypatch.setattr("rlft.diffusion.loading.build_tiny_pipeline", lambda *a, **k: built.append(1))
+    monkeypatch.setattr("rlft.zoo.loading.build_tiny_pipeline", lambda *a, **k: built.append(1))
     with pytest.raises(ValueError, match=message):
         load_pipeline(name)
     assert not built
@@ -101,7 +101,7 @@ def test_sd15_random_has_the_sd15_unet():
 
 
 def test_tiny_tokenizer_is_identical_every_time():
-    from rlft.diffusion.models import build_tiny_tokenizer
+    from rlft.world.tiny_model import build_tiny_tokenizer
 
     ids = {tuple(build_tiny_tokenizer()("a photo of a dog, unseen words!").input_ids) for _ in range(5)}
     assert len(ids) == 1

@@ -17,7 +17,7 @@ and its log-density is the action's log-probability. `noise_level` is a; as it g
 the scheduler's Euler step. Differences from the scheduler's own `step`:
 
 1. Stochastic (the SDE above), returning the step's mean and standard deviation; `flow_step_with_logprob`
-   adds log N(prev_sample; mean, std^2), averaged over the non-batch dimensions as rlft/diffusion/ddim.py's
+   adds log N(prev_sample; mean, std^2), averaged over the non-batch dimensions as rlft/families/ddim.py's
    DDIM step and Flow-GRPO do. At t = 1 sigma_t is infinite; as Flow-GRPO does, sigma_t there uses the
    next sigma of the schedule instead of 1.
 2. `timestep` may be a tensor (B,): each sample may sit at a different step (D3PO's shuffled items); the
@@ -26,14 +26,14 @@ the scheduler's Euler step. Differences from the scheduler's own `step`:
    score a step already taken.
 4. Dropped: `stochastic_sampling` (the scheduler's own re-noising sampler), per-token timesteps, the
    return_dict wrapper. The step stays in the sample's dtype (upstream upcasts it to float32); the
-   log-probability is computed in float32 at least, as rlft/diffusion/ddim.py's.
+   log-probability is computed in float32 at least, as rlft/families/ddim.py's.
 """
 
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 from torch import Tensor
 
-from rlft.diffusion.ddim import gaussian_log_prob
+from rlft.families.ddim import gaussian_log_prob
 
 
 def step_sigmas(

@@ -1,6 +1,6 @@
 """The `Denoiser`s of the flow-matching families: Stable Diffusion 3.x and FLUX.1 (see
-rlft/diffusion/families.py for what each family differs in). Their stochastic step is Flow-GRPO's SDE
-(rlft/diffusion/flow_sde.py), `eta` its noise level.
+rlft/families/registry.py for what each family differs in). Their stochastic step is Flow-GRPO's SDE
+(rlft/families/flow_sde.py), `eta` its noise level.
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from rlft.diffusion.denoiser import Cond, Denoiser
-from rlft.diffusion.flow_sde import (
+from rlft.families.denoiser import Cond, Denoiser
+from rlft.families.flow_sde import (
     flow_noised,
     flow_predicted_x0,
     flow_step,

@@ -1,8 +1,8 @@
 """The `Denoiser` of the UNet families and the batch of prompt conditioning every family passes around.
 
 `Denoiser` is Stable Diffusion 1.x/2.x's (a UNet on CLIP text embeddings, DDIM steps from
-rlft/diffusion/ddim.py, `eta` DDIM's); `XLDenoiser` adds SDXL's pooled embedding and time ids. The
-flow-matching families subclass it in rlft/diffusion/flow_denoisers.py; rlft/diffusion/families.py picks one
+rlft/families/ddim.py, `eta` DDIM's); `XLDenoiser` adds SDXL's pooled embedding and time ids. The
+flow-matching families subclass it in rlft/families/flow_denoisers.py; rlft/families/registry.py picks one
 per pipeline class.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from rlft.diffusion.ddim import ddim_step, ddim_step_with_logprob, predicted_x0
+from rlft.families.ddim import ddim_step, ddim_step_with_logprob, predicted_x0
 
 
 class Cond(dict):

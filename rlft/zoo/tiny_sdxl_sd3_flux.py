@@ -2,7 +2,7 @@
 
 Each has the family's real structure at a width of 32 (so the stock pipeline classes, their
 `load_lora_weights` and rlft's training code meet every part they would meet at full size) and makes 32x32
-images, like "tiny-random" (rlft/diffusion/models.py). Their weights are random from `seed`: their images
+images, like "tiny-random" (rlft/world/tiny_model.py). Their weights are random from `seed`: their images
 are noise, but a reward with range on noise (brightness) still moves under training. Every tokenizer is the
 tiny one, built locally.
 
@@ -36,7 +36,7 @@ from transformers import (
     T5TokenizerFast,
 )
 
-from rlft.diffusion.models import (
+from rlft.world.tiny_model import (
     TINY_SCHEDULER,
     TINY_UNET,
     WIDTH,

@@ -2,8 +2,8 @@
 
 import torch
 
-from rlft.diffusion.world import BACKGROUNDS, all_scenes, make_dataset, parse_caption
 from rlft.rewards.registry import jpeg_size_kb
+from rlft.world.scenes import BACKGROUNDS, all_scenes, make_dataset, parse_caption
 
 
 def test_the_same_seed_gives_the_same_images_and_captions():

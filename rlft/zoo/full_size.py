@@ -1,10 +1,10 @@
-"""Full-size random pipelines for GPU memory and speed work: "sd35-random" and "flux-random".
+"""Full-size random pipelines for GPU memory and speed work: "sd15-random", "sd35-random" and "flux-random".
 
 Stable Diffusion 3.5 Large and FLUX.1-dev at their published shapes (the configs below are those of their
 hub folders' config.json files), with random weights from a seed: nothing is downloaded, so they measure
 memory and time, not image quality. Every part is created directly on the target device in the target
 dtype (an 8 B-parameter transformer in float32 on a CPU first would need 32 GB). The tokenizers are the
-tiny, local ones (rlft/diffusion/models.py and tiny_families.py); their ids index the real embedding
+tiny, local ones (rlft/world/tiny_model.py and tiny_families.py); their ids index the real embedding
 tables, and the text sequences are padded to the real lengths (77 for CLIP; T5: 256 for SD3, 512 for FLUX),
 so the activations have the real sizes.
 
@@ -27,11 +27,44 @@ from diffusers import (
     FluxTransformer2DModel,
     SD3Transformer2DModel,
     StableDiffusion3Pipeline,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
-from rlft.diffusion.models import CLIP_L, SD_VAE, build_tiny_tokenizer
-from rlft.diffusion.tiny_families import build_t5_tokenizer, evaluating, flux_scheduler
+from rlft.world.tiny_model import assemble_sd, build_tiny_tokenizer
+from rlft.zoo.tiny_sdxl_sd3_flux import build_t5_tokenizer, evaluating, flux_scheduler
+
+# Stable Diffusion's VAE (its latent channels and size differ: 4 in SD 1.x, 16 in SD3 and FLUX) and the CLIP
+# ViT-L/14 text encoder of SD 1.x, SD3 and FLUX.
+SD_VAE = dict(
+    block_out_channels=(128, 256, 512, 512),
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    layers_per_block=2,
+)
+CLIP_L = dict(
+    hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12, projection_dim=768
+)
+
+
+def build_sd15_random_pipeline(seed: int = 0) -> StableDiffusionPipeline:
+    """Stable Diffusion 1.5's architecture (860 M-parameter UNet, 512x512 images) with random weights.
+
+    For GPU speed and memory measurements only: nothing is downloaded, so the tokenizer is the tiny one
+    (ids still index the real 49408-entry embedding table).
+    """
+    tokenizer = build_tiny_tokenizer()
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKL(**SD_VAE, latent_channels=4, sample_size=512)
+    torch.manual_seed(seed + 2)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(vocab_size=49408, max_position_embeddings=77, hidden_act="quick_gelu", **CLIP_L)
+    )
+    return assemble_sd(unet, vae, text_encoder, tokenizer)
+
 
 SD35_LARGE_TRANSFORMER = dict(
     sample_size=128,

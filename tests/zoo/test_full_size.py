@@ -6,10 +6,10 @@ import torch
 from diffusers import FluxPipeline, StableDiffusion3Pipeline
 
 from rlft.configs import D3POConfig
-from rlft.diffusion import full_size
-from rlft.diffusion.families import denoiser_for
-from rlft.diffusion.loading import load_pipeline
 from rlft.diffusion.sampling import sample_trajectories
+from rlft.families.registry import denoiser_for
+from rlft.zoo import full_size
+from rlft.zoo.loading import load_pipeline
 
 
 def _billions(module) -> float:

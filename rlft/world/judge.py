@@ -1,7 +1,7 @@
-"""A fixed judge for the tiny model's world (rlft/diffusion/world.py): what an image shows, and a colour
+"""A fixed judge for the tiny model's world (rlft/world/scenes.py): what an image shows, and a colour
 reward.
 
-No learning. A pixel's colour is the palette colour (world.COLOURS) nearest in hue: the direction of its
+No learning. A pixel's colour is the palette colour (scenes.COLOURS) nearest in hue: the direction of its
 chromaticity, rgb / (r+g+b), from grey's, which neither a shade (brightness multiple) nor washing out towards
 grey changes; dark, grey or in-between pixels are no colour. The background colour is the commonest on the
 border (the world never draws a shape there), the shape colour the commonest other one. The least-squares fit
@@ -9,19 +9,19 @@ border (the world never draws a shape there), the shape colour the commonest oth
 passes 1/2. From that:
 - kind: a hole at the centroid makes a ring; otherwise moments that ignore size and rotation tell a square
   (upright, so E[dx^2 dy^2] / E[r^2]^2 is large) and a triangle (a large E[r^2] / area) from a circle;
-- size: the radius the area implies for that kind, against the gap between world.RADIUS's two ranges;
+- size: the radius the area implies for that kind, against the gap between scenes.RADIUS's two ranges;
 - background kind, from the background pixels' shade away from the shape: its spread (plain or not), how
   much of it row or column means explain (noisy or not), and whether they climb once (gradient) or go up and
   down (striped).
 Thresholds were set on clean world images and on blurred and noised ones, since samples are imperfect.
-Accuracy on world.make_dataset(2000, seed=1): 100 % on every attribute; on uniform noise, chance.
+Accuracy on scenes.make_dataset(2000, seed=1): 100 % on every attribute; on uniform noise, chance.
 
 `color_alignment`, the "colour alignment" reward, is how much the shape has the prompt's shape colour: of the
 pixels not of the prompt's background colour, the share of its shape colour, each pixel counted by how near
 in hue and how saturated it is; grey and dark pixels count against, and blends of the prompt's two colours
 next to both (clean edges) count as their share of the shape colour. `color_alignment_soft` is the same with
 soft colour memberships, differentiable in the pixels, and ranks images as the hard one does (Spearman ~0.97
-on real, washed-out, noisy and mismatched images; tests/rewards/test_world_judge.py).
+on real, washed-out, noisy and mismatched images; tests/world/test_judge.py).
 """
 
 from dataclasses import astuple, dataclass
@@ -30,19 +30,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rlft.diffusion import world
+from rlft.world import scenes
 
-NAMES = list(world.COLOURS)
-PALETTE = torch.tensor(list(world.COLOURS.values()), dtype=torch.float64)  # (8, 3)
+NAMES = list(scenes.COLOURS)
+PALETTE = torch.tensor(list(scenes.COLOURS.values()), dtype=torch.float64)  # (8, 3)
 MIN_VALUE, MIN_SATURATION = 0.1, 0.25  # darker or greyer pixels are no colour
 # Hue distance (2 sin(angle / 2), about the angle) past which a pixel is no palette colour: 12 degrees, half
 # the closest pair's (orange and yellow); and the soft version's distance scale.
 MAX_DISTANCE, TEMPERATURE = 0.21, 0.12
 BLEND_RESIDUAL = 0.05  # a pixel this close (relative) to a blend of the prompt's two colours is an edge
 SQUARE_CROSS, TRIANGLE_MOMENT = 0.205, (0.168, 0.175)  # see _shape_kind
-# Area over radius squared for each shape (world._shape_coverage), and the radius between small and large.
+# Area over radius squared for each shape (scenes._shape_coverage), and the radius between small and large.
 AREA_PER_R2 = {"circle": torch.pi, "square": 1.7**2, "triangle": 3 * 3**0.5 / 4, "ring": torch.pi * 0.8064}
-SIZE_THRESHOLD = (world.RADIUS["small"][1] + world.RADIUS["large"][0]) / 2
+SIZE_THRESHOLD = (scenes.RADIUS["small"][1] + scenes.RADIUS["large"][0]) / 2
 # Background thresholds: shade spread of a plain background (std), share of the shade variance that row or
 # column means explain for stripes and gradients, total variation of those means over their range for stripes.
 PLAIN_SPREAD, BANDED, STRIPED_STEPS = 0.04, 0.5, 3.0
@@ -50,7 +50,7 @@ PLAIN_SPREAD, BANDED, STRIPED_STEPS = 0.04, 0.5, 3.0
 
 @dataclass(frozen=True)
 class Judgement:
-    """What an image shows, in world.Scene's words; None where the judge cannot tell."""
+    """What an image shows, in scenes.Scene's words; None where the judge cannot tell."""
 
     shape: str | None
     colour: str | None
@@ -184,11 +184,11 @@ def accuracy(images: Tensor, captions: list[str]) -> dict[str, float]:
     return scores | {"all": sum(astuple(j) == astuple(s) for j, s in pairs) / len(pairs)}  # same field order
 
 
-def _scene(prompt: str) -> world.Scene:
-    scene = world.parse_caption(prompt)
+def _scene(prompt: str) -> scenes.Scene:
+    scene = scenes.parse_caption(prompt)
     if scene is None:
         raise ValueError(
-            f"prompt {prompt!r} is not a caption of the tiny model's world (rlft/diffusion/world.py)"
+            f"prompt {prompt!r} is not a caption of the tiny model's world (rlft/world/scenes.py)"
         )
     return scene
 

@@ -4,7 +4,7 @@
 in one of 8 named colours, somewhere on a background of another named colour that is plain, noisy (the
 colour's brightness varies pixel by pixel), striped (the colour and a darker shade in bands) or a gradient
 (darker to full along one side). Every background pixel is a shade of its colour, so a pixel's hue tells
-shape from background (rlft/rewards/world_judge.py). Background kinds give JPEG size a real range (plain
+shape from background (rlft/world/judge.py). Background kinds give JPEG size a real range (plain
 files are small, striped ones large), so the compressibility rewards have something to learn.
 
 Everything is drawn from a seeded numpy generator: the same seed gives the same scenes and pixels on every

@@ -2,7 +2,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
-from rlft.diffusion.ddim import ddim_step, ddim_step_with_logprob, gaussian_log_prob, predicted_x0
+from rlft.families.ddim import ddim_step, ddim_step_with_logprob, gaussian_log_prob, predicted_x0
 
 
 @pytest.fixture

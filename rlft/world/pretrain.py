@@ -1,10 +1,10 @@
-"""Pretraining the tiny model on rlft/diffusion/world.py's captioned images: the VAE first, then the UNet
+"""Pretraining the tiny model on rlft/world/scenes.py's captioned images: the VAE first, then the UNet
 with the text encoder, as Stable Diffusion was trained (latent diffusion, epsilon prediction, 10 % empty
-captions for classifier-free guidance), at the tiny shapes of `rlft.diffusion.models.tiny_parts`.
+captions for classifier-free guidance), at the tiny shapes of `rlft.world.tiny_model.tiny_parts`.
 
 Deterministic on a CPU for a seed and thread count: the images, the batches, the noise and the weights'
 initialisation all come from seeded generators. The result is three safetensors files and a `model.json`
-(the VAE's latent scale, the settings, the losses and the time taken), which `rlft.diffusion.models` loads as
+(the VAE's latent scale, the settings, the losses and the time taken), which `rlft.world.tiny_model` loads as
 `--model tiny`. `rlft pretrain-tiny` (or `jobs/pretrain_tiny.py`) is the command line; it writes to a new
 folder, never over the shipped weights.
 """
@@ -25,8 +25,8 @@ from safetensors.torch import save_file
 from torch import Tensor
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from rlft.diffusion.models import TINY_MODEL_FOLDER, TINY_SCHEDULER, build_tiny_tokenizer, tiny_parts
-from rlft.diffusion.world import caption_vocabulary, make_dataset
+from rlft.world.scenes import caption_vocabulary, make_dataset
+from rlft.world.tiny_model import TINY_MODEL_FOLDER, TINY_SCHEDULER, build_tiny_tokenizer, tiny_parts
 
 Log = Callable[[str], None]
 
@@ -36,7 +36,7 @@ class PretrainSettings:
     seed: int = 0
     """Seeds the images, the initial weights, the batches and the noise."""
     images: int = 20000
-    """Captioned images generated for training (rlft/diffusion/world.py)."""
+    """Captioned images generated for training (rlft/world/scenes.py)."""
     vae_steps: int = 600
     """AutoencoderKL optimizer steps."""
     vae_batch: int = 32

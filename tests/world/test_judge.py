@@ -1,22 +1,22 @@
 import numpy as np
 import pytest
 import torch
+from rlft.world.judge import Judgement, accuracy, color_alignment, color_alignment_soft, judge
 
-from rlft.diffusion import world
 from rlft.rewards.registry import get_reward
-from rlft.rewards.world_judge import Judgement, accuracy, color_alignment, color_alignment_soft, judge
+from rlft.world import scenes
 
 PROMPT = "a small red circle on a plain blue background"
 
 
 @pytest.fixture(scope="module")
 def real() -> tuple[torch.Tensor, list[str]]:
-    return world.make_dataset(500, seed=1)
+    return scenes.make_dataset(500, seed=1)
 
 
 def draw(colour: str, background: str = "blue", seed: int = 0) -> torch.Tensor:
-    scene = world.Scene("circle", colour, "small", "plain", background)
-    return torch.from_numpy(world.render(scene, np.random.default_rng(seed)))
+    scene = scenes.Scene("circle", colour, "small", "plain", background)
+    return torch.from_numpy(scenes.render(scene, np.random.default_rng(seed)))
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:

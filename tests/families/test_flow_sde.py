@@ -4,7 +4,7 @@ import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
-from rlft.diffusion.flow_sde import (
+from rlft.families.flow_sde import (
     flow_noised,
     flow_predicted_x0,
     flow_step,

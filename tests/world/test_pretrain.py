@@ -4,8 +4,8 @@ import json
 
 import torch
 
-from rlft.diffusion.models import load_tiny_pretrained
-from rlft.diffusion.pretrain import PretrainSettings, pretrain, unbias_ema, warmup_cosine
+from rlft.world.pretrain import PretrainSettings, pretrain, unbias_ema, warmup_cosine
+from rlft.world.tiny_model import load_tiny_pretrained
 
 TINY_RUN = PretrainSettings(images=64, vae_steps=2, vae_batch=4, unet_steps=3, unet_batch=4, log_every=1)
 
