@@ -4,9 +4,9 @@ Stable Diffusion 3.5 Large and FLUX.1-dev at their published shapes (the configs
 hub folders' config.json files), with random weights from a seed: nothing is downloaded, so they measure
 memory and time, not image quality. Every part is created directly on the target device in the target
 dtype (an 8 B-parameter transformer in float32 on a CPU first would need 32 GB). The tokenizers are the
-tiny, local ones (rlft/world/tiny_model.py and tiny_families.py); their ids index the real embedding
-tables, and the text sequences are padded to the real lengths (77 for CLIP; T5: 256 for SD3, 512 for FLUX),
-so the activations have the real sizes.
+tiny, local ones (rlft/world/tiny_model.py and rlft/zoo/tiny_sdxl_sd3_flux.py); their ids index the real
+embedding tables, and the text sequences are padded to the real lengths (77 for CLIP; T5: 256 for SD3, 512
+for FLUX), so the activations have the real sizes.
 
 - sd35-random: an 8.1 B-parameter `SD3Transformer2DModel` (38 layers of 38 heads x 64), CLIP ViT-L/14 and
   OpenCLIP bigG/14 text encoders with projections, the T5-XXL encoder (4.8 B) unless `with_t5=False` (as

@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 import torch
-from rlft.world.judge import Judgement, accuracy, color_alignment, color_alignment_soft, judge
 
 from rlft.rewards.registry import get_reward
 from rlft.world import scenes
+from rlft.world.judge import Judgement, accuracy, color_alignment, color_alignment_soft, judge
 
 PROMPT = "a small red circle on a plain blue background"
 
