@@ -52,10 +52,11 @@ def start_process(command: list[str], env: dict, log: Path) -> subprocess.Popen:
     )
 
 
-def stop_process(process: subprocess.Popen) -> None:
+def stop_process(process: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """SIGTERM to the process's group, SIGKILL after `grace_s` (`ray start --block` took 30 s to go)."""
     try:
         os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
+        process.wait(timeout=grace_s)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
     except ProcessLookupError:

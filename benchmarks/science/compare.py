@@ -1,7 +1,7 @@
 """Every method side by side on one budget of sampled images, over seeds: one command, one report.
 
     python benchmarks/science/compare.py           # the full grid: 12 epochs x 32 images, 3 seeds (25-40 min)
-    python benchmarks/science/compare.py --quick   # 3 epochs x 16 images, 1 seed (a few minutes)
+    python benchmarks/science/compare.py --quick   # 2 epochs x 8 images, 1 seed (about a minute)
 
 Runs D3PO (preferences from the reward's order), DDPO, DRaFT-1, DRaFT-LV, full DRaFT, ReFL-style and
 AlignProp-style DRaFT on colour alignment, and D3PO and DDPO on JPEG compressibility (comparison.py beside it
@@ -175,7 +175,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="3 epochs x 16 images, seed 0")
+    parser.add_argument("--quick", action="store_true", help="2 epochs x 8 images, seed 0")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default: 0 1 2 (--quick: 0)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="runs at a time")
     parser.add_argument("--out", type=Path, default=Path("docs"))

@@ -49,7 +49,7 @@ class Budget:
 
 
 FULL = Budget()
-QUICK = Budget(images_per_epoch=16, epochs=3, eval_images=16)
+QUICK = Budget(images_per_epoch=8, epochs=2, eval_images=8)
 
 
 def method_config(method: str, reward: str, budget: Budget, seed: int) -> SamplingConfig:

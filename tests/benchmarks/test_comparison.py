@@ -153,7 +153,7 @@ def test_the_quick_comparison_writes_its_report_a_curve_point_per_epoch_and_an_m
     assert sorted((t, m) for t in curves for m in curves[t]) == sorted(cells)
     for task, method in cells:
         (points,) = curves[task][method]  # one seed
-        assert [p["images"] for p in points] == [16 * e for e in range(QUICK.epochs + 1)]  # base, then epochs
+        assert [p["images"] for p in points] == [QUICK.images_per_epoch * e for e in range(QUICK.epochs + 1)]
 
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
     runs = client.search_runs([client.get_experiment_by_name("rlft").experiment_id])

@@ -65,7 +65,8 @@ def test_pipelined_on_ray_the_samplers_draw_the_next_epoch_as_one_process_would_
     assert [h["sample_staleness"] for h in resumed] == [0, 1, 1]
 
 
-@pytest.mark.parametrize("variant", ["draft-k", "draft-lv", "full"])
+# DRaFT-K and DRaFT-LV (which draws noise of its own in the learner); full DRaFT is DRaFT-K, K = every step.
+@pytest.mark.parametrize("variant", ["draft-k", "draft-lv"])
 def test_draft_on_ray_gives_the_single_process_numbers(local_ray, tmp_path, variant):
     cfg = DRaFTConfig(
         epochs=2, variant=variant, shuffle=False, batch_size=2, steps_per_epoch=2, num_steps=3, threads=1
