@@ -60,8 +60,7 @@ def check_gpu(cfg: RunConfig) -> None:
 def headline(cfg: RunConfig) -> str:
     name, work = cfg.describe()
     signal = " ".join(cfg.trained_on())
-    actors = ", ".join(f"{n} {kind.replace('_', ' ')[:-1]}(s)" for kind, n in cfg.actor_counts().items() if n)
-    where = f"Ray: {actors}" if cfg.ray else "one process"
+    where = f"Ray: {cfg.describe_actors()}" if cfg.ray else "one process"
     if cfg.pipelined():
         where += ", pipelined (each epoch samples while the one before trains)"
     return f"{name} | model {cfg.model} | {signal} | {cfg.epochs} epochs x {work} | {where}"

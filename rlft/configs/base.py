@@ -124,6 +124,12 @@ class RunConfig:
         """How many of each kind of actor a Ray run starts (the fields that count them)."""
         return {"samplers": 0, "scorers": 0, "train_workers": self.train_workers}
 
+    def describe_actors(self) -> str:
+        """'1 sampler(s), 1 scorer(s), 1 train worker(s)': the actors a Ray run starts, kinds it has none of
+        left out (the job's first line, and the line when they are ready)."""
+        counts = self.actor_counts()
+        return ", ".join(f"{n} {kind.replace('_', ' ')[:-1]}(s)" for kind, n in counts.items() if n)
+
     def pipelined(self) -> bool:
         """Whether the next epoch's sampling overlaps this epoch's training: never for a run that samples
         nothing (people's labels); see SamplingConfig.pipeline."""

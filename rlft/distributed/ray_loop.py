@@ -142,9 +142,7 @@ def ray_backend(
             timeout_s=cfg.ready_timeout_s,
             field="samplers",
         )
-        counts = cfg.actor_counts()
-        actors = ", ".join(f"{n} {kind.replace('_', ' ')[:-1]}(s)" for kind, n in counts.items() if n)
-        log(f"{actors} ready ({time.perf_counter() - launched.started_at:.1f} s)")
+        log(f"{cfg.describe_actors()} ready ({time.perf_counter() - launched.started_at:.1f} s)")
         if isinstance(cfg, SamplingConfig):
             yield RayBackend(cfg, trained, samplers, scorers, log, progress)
         else:

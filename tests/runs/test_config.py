@@ -189,3 +189,11 @@ def test_best_worst_pairs_need_a_known_rule_and_one_reward():
         D3POConfig(pairs="best")
     with pytest.raises(ValueError, match="needs one reward"):
         D3POConfig(pairs="best-worst", reward="brightness,smoothness")
+
+
+def test_the_actors_a_ray_run_starts_are_named_with_kinds_it_has_none_of_left_out():
+    assert D3POConfig().describe_actors() == "1 sampler(s), 1 scorer(s), 1 train worker(s)"
+    assert (
+        D3POConfig(samplers=2, scorers=0, train_workers=2).describe_actors()
+        == "2 sampler(s), 2 train worker(s)"
+    )
